@@ -1,0 +1,1 @@
+"""The admin area for staff (SPEC §7)."""

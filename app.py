@@ -1,0 +1,855 @@
+"""Birzha: a freelance order exchange. One Bottle application; PostgreSQL keeps the rules.
+
+Read top to bottom: configuration, named queries and database access, language, templates,
+security helpers, forms, error handling, core routes; the route modules (accounts, orders,
+admin) register themselves at the end; the command line is last.
+"""
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import threading
+from functools import wraps
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import bcrypt
+import bottle
+import jinja2
+import psycopg
+import psycopg_pool
+from bottle import HTTPError, HTTPResponse, request, response
+from psycopg.rows import dict_row
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+ROOT = Path(__file__).resolve().parent
+SCHEMA_VERSION = 1
+SESSION_DAYS = 14
+LANGUAGES = ("ru", "en")
+POOL_TIMEOUT = float(os.environ.get("POOL_TIMEOUT", "3"))
+
+
+def _secret_key():
+    """SECRET_KEY from the environment, else a development key kept in .pgdata/ (never committed)."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"].encode()
+    path = ROOT / ".pgdata" / "secret_key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(exist_ok=True)
+        key = secrets.token_hex(32).encode()
+        path.write_bytes(key)
+        path.chmod(0o600)
+        return key
+
+
+class Birzha(bottle.Bottle):
+    """The Bottle application, with security headers on every response, errors included."""
+
+    SECURITY_HEADERS = [
+        ("Content-Security-Policy",
+         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+    ]
+
+    def __call__(self, environ, start_response):
+        def start_with_headers(status, headers, exc_info=None):
+            names = {name.lower() for name, _ in headers}
+            headers = list(headers) + [h for h in self.SECURITY_HEADERS if h[0].lower() not in names]
+            return start_response(status, headers, exc_info)
+        return self.wsgi(environ, start_with_headers)
+
+
+app = Birzha()
+app.config.update({
+    "db.url": os.environ.get("DATABASE_URL", ""),
+    "secret_key": None,  # read lazily: tests and commands set their own
+    "cookie_secure": os.environ.get("COOKIE_SECURE", "") == "1",
+})
+
+
+def secret_key():
+    if app.config["secret_key"] is None:
+        app.config["secret_key"] = _secret_key()
+    return app.config["secret_key"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Named queries (db/queries.sql) and database access
+
+def load_queries(path=ROOT / "db" / "queries.sql"):
+    """Parses `-- name: x` blocks into {name: sql}; a duplicate name is an error."""
+    queries, name, lines = {}, None, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"--\s*name:\s*(\w+)\s*$", line)
+        if match:
+            if name:
+                queries[name] = "\n".join(lines).strip()
+            name, lines = match.group(1), []
+            if name in queries:
+                raise ValueError(f"duplicate query name {name!r} in {path}")
+        elif name and not line.lstrip().startswith("--"):
+            lines.append(line)
+    if name:
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+Q = load_queries()
+
+_pool_lock = threading.Lock()
+_pool = {"pid": None, "url": None, "pool": None}
+
+
+def pool():
+    """The connection pool of this process, opened after fork (gunicorn) and on a URL change (tests)."""
+    url = app.config["db.url"]
+    if _pool["pid"] != os.getpid() or _pool["url"] != url:
+        with _pool_lock:
+            if _pool["pid"] != os.getpid() or _pool["url"] != url:
+                old = _pool["pool"]
+                if old is not None and _pool["pid"] == os.getpid():
+                    old.close()
+                _pool["pool"] = psycopg_pool.ConnectionPool(
+                    url, min_size=1, max_size=int(os.environ.get("POOL_SIZE", "8")),
+                    timeout=POOL_TIMEOUT, open=True,
+                    check=psycopg_pool.ConnectionPool.check_connection,
+                    reconnect_timeout=3600, kwargs={"row_factory": dict_row},
+                    name="birzha")
+                _pool["pid"], _pool["url"] = os.getpid(), url
+    return _pool["pool"]
+
+
+def close_pool():
+    with _pool_lock:
+        if _pool["pool"] is not None and _pool["pid"] == os.getpid():
+            _pool["pool"].close()
+        _pool.update(pid=None, url=None, pool=None)
+
+
+def conn():
+    """The connection of the current request: one transaction, committed when the route succeeds."""
+    current = request.environ.get("birzha.conn")
+    if current is None:
+        current = pool().getconn()
+        request.environ["birzha.conn"] = current
+    return current
+
+
+def db_one(name, **params):
+    """Runs a named query and returns its first row as a dict, or None."""
+    return conn().execute(Q[name], params).fetchone()
+
+
+def db_all(name, **params):
+    """Runs a named query and returns all rows as dicts."""
+    return conn().execute(Q[name], params).fetchall()
+
+
+def db_run(name, **params):
+    """Runs a named query and returns the number of rows it touched."""
+    return conn().execute(Q[name], params).rowcount
+
+
+def db_stream(name, **params):
+    """Yields the rows of a named query through a server-side cursor (big exports)."""
+    with conn().cursor(name="stream") as cur:
+        cur.itersize = 2000
+        cur.execute(Q[name], params)
+        yield from cur
+
+
+def act_as(user_id, note=""):
+    """Names the acting user (and a note) for the history and audit triggers of this transaction."""
+    db_one("actor_set", actor_id=str(user_id or ""), note=note or "")
+
+
+def db_plugin(callback):
+    """One transaction per request: commit on success or redirect, roll back on error; 503 if down."""
+    @wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            try:
+                result = callback(*args, **kwargs)
+            except HTTPResponse as resp:
+                finish_request(commit=resp.status_code < 400)
+                raise
+            except Exception:
+                finish_request(commit=False)
+                raise
+            if isinstance(result, GeneratorType):
+                return stream_then_finish(result)
+            finish_request(commit=True)
+            return result
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+            finish_request(commit=False)
+            return error_page(503, _("The database is not available right now. Please try again in a minute."))
+    return wrapper
+
+
+GeneratorType = type(x for x in ())
+
+
+def stream_then_finish(generator):
+    """A streamed body keeps its connection (and transaction) until the last chunk is sent."""
+    def body():
+        try:
+            yield from generator
+        finally:
+            finish_request(commit=True)
+    return body()
+
+
+def finish_request(commit):
+    current = request.environ.pop("birzha.conn", None)
+    if current is None:
+        return
+    try:
+        if commit:
+            current.commit()
+        else:
+            current.rollback()
+    except psycopg.Error:
+        pass
+    finally:
+        try:
+            pool().putconn(current)
+        except Exception:  # a pool closed underneath us (tests) or a broken connection
+            current.close()
+
+
+app.install(db_plugin)
+
+
+def schema_status(connection):
+    """'empty', 'current', or the unknown version number found in the database."""
+    cur = connection.cursor(row_factory=dict_row)
+    if cur.execute(Q["schema_has_tables"]).fetchone()["n"] == 0:
+        return "empty"
+    try:
+        row = cur.execute(Q["schema_version_read"]).fetchone()
+    except psycopg.errors.UndefinedTable:
+        connection.rollback()
+        return None
+    return "current" if row and row["version"] == SCHEMA_VERSION else (row or {}).get("version")
+
+
+def apply_schema(url):
+    """Builds the schema on an empty database; leaves a current one alone; refuses anything else."""
+    with psycopg.connect(url) as connection:
+        status = schema_status(connection)
+        if status == "empty":
+            connection.execute((ROOT / "db" / "schema.sql").read_text(encoding="utf-8"))
+            connection.commit()
+            return "created"
+        if status == "current":
+            return "current"
+        raise SystemExit(
+            f"This database has schema version {status!r}, but this Birzha knows only version "
+            f"{SCHEMA_VERSION}. Point DATABASE_URL at an empty database or at a Birzha database.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Language: English msgids, translations in locale/<lang>/*.po
+
+def load_po(path):
+    """Reads msgid/msgstr pairs from a .po file (no plurals needed here)."""
+    catalog, msgid, msgstr, target = {}, None, None, None
+
+    def unquote(text):
+        return bytes(text[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+
+    def flush():
+        if msgid and msgstr:
+            catalog[msgid] = msgstr
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("msgid "):
+            flush()
+            msgid, msgstr, target = unquote(line[6:]), None, "id"
+        elif line.startswith("msgstr "):
+            msgstr, target = unquote(line[7:]), "str"
+        elif line.startswith('"') and target == "id":
+            msgid += unquote(line)
+        elif line.startswith('"') and target == "str":
+            msgstr += unquote(line)
+    flush()
+    return catalog
+
+
+def load_translations():
+    catalogs = {"en": {}}
+    for lang in LANGUAGES:
+        if lang == "en":
+            continue
+        catalogs[lang] = {}
+        for po in sorted((ROOT / "locale" / lang).glob("*.po")):
+            catalogs[lang].update(load_po(po))
+    return catalogs
+
+
+TRANSLATIONS = load_translations()
+
+
+def current_lang():
+    """The cookie's language, else the best of Accept-Language, else Russian."""
+    try:
+        environ = request.environ
+    except RuntimeError:
+        return "ru"
+    lang = environ.get("birzha.lang")
+    if lang:
+        return lang
+    lang = request.get_cookie("lang")
+    if lang not in LANGUAGES:
+        lang = "ru"
+        best = 0.0
+        for part in request.headers.get("Accept-Language", "").split(","):
+            tag, _, params = part.strip().partition(";")
+            q = 1.0
+            if params.strip().startswith("q="):
+                try:
+                    q = float(params.strip()[2:])
+                except ValueError:
+                    q = 0.0
+            code = tag.strip().lower()[:2]
+            if code in LANGUAGES and q > best:
+                lang, best = code, q
+    environ["birzha.lang"] = lang
+    return lang
+
+
+def _(message, **values):
+    """gettext for the current request's language; %(name)s values are filled in after."""
+    text = TRANSLATIONS.get(current_lang(), {}).get(message, message)
+    return text % values if values else text
+
+
+def ngettext(singular, plural, n, **values):
+    values.setdefault("num", n)
+    key = singular if n == 1 else plural
+    if current_lang() == "ru":
+        forms = TRANSLATIONS["ru"].get(singular + "|" + plural, "").split("|")
+        if len(forms) == 3:
+            n10, n100 = n % 10, n % 100
+            key = forms[0] if n10 == 1 and n100 != 11 else (
+                forms[1] if 2 <= n10 <= 4 and not 12 <= n100 <= 14 else forms[2])
+            return key % values
+    return _(key) % values
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates
+
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(ROOT / "views")),
+    autoescape=True,
+    extensions=["jinja2.ext.i18n"],
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.install_gettext_callables(
+    lambda message, **kw: _(message, **kw),
+    lambda s, p, n, **kw: ngettext(s, p, n, **kw),
+    newstyle=True)
+
+
+def format_money(value):
+    return f"{value:,}".replace(",", "\u00a0") + "\u00a0₽"
+
+
+def format_date(value):
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return value.isoformat()
+
+
+def category_name(row, prefix="category_"):
+    """The category name in the current language, from a row with name_ru/name_en columns."""
+    key = "name_" + current_lang()
+    return row.get(key) or row.get(prefix + key) or ""
+
+
+templates.filters.update(money=format_money, date=format_date)
+templates.globals.update(category_name=category_name, ngettext=ngettext)
+
+
+def render(name, status=200, **context):
+    """Renders a template with what every page needs: the viewer, CSRF token, flash, language."""
+    response.status = status
+    context.setdefault("user", current_user())
+    context.setdefault("csrf_token", csrf_token())
+    context.setdefault("flashes", pop_flashes())
+    context.setdefault("lang", current_lang())
+    context.setdefault("path", request.fullpath + ("?" + request.query_string if request.query_string else ""))
+    return templates.get_template(name).render(**context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Security helpers: passwords, sessions, CSRF, flash messages, access control
+
+PASSWORD_MIN_BYTES, PASSWORD_MAX_BYTES = 8, 72
+
+
+def password_error(password):
+    """A message when the password is outside bcrypt's safe range (we refuse, never truncate)."""
+    size = len(password.encode("utf-8"))
+    if size < PASSWORD_MIN_BYTES:
+        return _("The password must be at least 8 characters long.")
+    if size > PASSWORD_MAX_BYTES:
+        return _("The password must be at most 72 bytes long (fewer characters outside Latin).")
+    return None
+
+
+def hash_password(password):
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt()).decode()
+
+
+# Checked against when the email is unknown, so both cases take the same time.
+_DUMMY_HASH = bcrypt.hashpw(b"no such user here", bcrypt.gensalt()).decode()
+
+
+def check_password(password, password_hash):
+    data = password.encode("utf-8")
+    if len(data) > PASSWORD_MAX_BYTES:
+        bcrypt.checkpw(b"x", _DUMMY_HASH.encode())
+        return False
+    return bcrypt.checkpw(data, (password_hash or _DUMMY_HASH).encode())
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode()).digest()
+
+
+SESSION_COOKIE = "birzha_session"
+ANON_COOKIE = "birzha_anon"
+
+
+def set_cookie(name, value, max_age):
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Lax",
+                        secure=app.config["cookie_secure"])
+
+
+def start_session(user_id):
+    """Opens a new session (a fresh token at every sign-in) and sets its cookie."""
+    token = secrets.token_urlsafe(32)
+    db_run("session_create", token_hash=token_hash(token), user_id=user_id, days=SESSION_DAYS,
+           user_agent=request.headers.get("User-Agent", "")[:300])
+    set_cookie(SESSION_COOKIE, token, SESSION_DAYS * 86400)
+    request.environ["birzha.session_token"] = token
+    request.environ.pop("birzha.user", None)
+    request.environ.pop("birzha.user_loaded", None)
+
+
+def end_session():
+    token = request.get_cookie(SESSION_COOKIE)
+    if token:
+        db_run("session_delete", token_hash=token_hash(token))
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    request.environ["birzha.session_token"] = None
+    request.environ["birzha.user"] = None
+
+
+def session_token():
+    if "birzha.session_token" in request.environ:
+        return request.environ["birzha.session_token"]
+    return request.get_cookie(SESSION_COOKIE)
+
+
+def current_user():
+    """The signed-in user (dict) or None; looked up once per request."""
+    try:
+        environ = request.environ
+    except RuntimeError:
+        return None
+    if "birzha.user_loaded" not in environ:
+        environ["birzha.user_loaded"] = True
+        token = session_token()
+        user = None
+        if token and len(token) < 100:
+            try:
+                user = db_one("session_user", token_hash=token_hash(token))
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                user = None
+        environ["birzha.user"] = user
+    return environ.get("birzha.user")
+
+
+def csrf_token():
+    """HMAC of the session token (signed in) or of an anonymous cookie (guests)."""
+    try:
+        environ = request.environ
+    except RuntimeError:
+        return ""
+    if environ.get("birzha.csrf"):
+        return environ["birzha.csrf"]
+    basis = session_token() if current_user() else None
+    if not basis:
+        basis = request.get_cookie(ANON_COOKIE)
+        if not basis or len(basis) > 100:
+            basis = secrets.token_urlsafe(24)
+            set_cookie(ANON_COOKIE, basis, 30 * 86400)
+        basis = "anon:" + basis
+    token = hmac.new(secret_key(), basis.encode(), hashlib.sha256).hexdigest()
+    environ["birzha.csrf"] = token
+    return token
+
+
+def check_csrf():
+    """403 unless the form field or X-CSRF-Token header carries this visitor's token."""
+    sent = request.headers.get("X-CSRF-Token") or request.forms.getunicode("csrf_token") or ""
+    expected = csrf_token()
+    if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise error_response(403, _("The form has expired or did not come from this site. Reload the page and try again."))
+
+
+def flash(message, kind="ok"):
+    """Queues a message for the next page; kept in a short-lived cookie."""
+    existing = pop_flashes(peek=True)
+    existing.append([kind, message])
+    response.set_cookie("birzha_flash", quote(json.dumps(existing)), path="/", httponly=True,
+                        samesite="Lax", max_age=60, secure=app.config["cookie_secure"])
+
+
+def pop_flashes(peek=False):
+    try:
+        environ = request.environ
+    except RuntimeError:
+        return []
+    if "birzha.flashes" in environ:
+        return environ["birzha.flashes"]
+    raw = request.get_cookie("birzha_flash")
+    flashes = []
+    if raw:
+        try:
+            flashes = [[str(k), str(m)] for k, m in json.loads(unquote(raw))][:5]
+        except (ValueError, TypeError):
+            flashes = []
+    if not peek:
+        if raw:
+            response.delete_cookie("birzha_flash", path="/")
+        environ["birzha.flashes"] = flashes
+    return flashes
+
+
+def redirect(location, message=None, kind="ok"):
+    """303 See Other with an optional flash message."""
+    if message:
+        flash(message, kind)
+    resp = response.copy(cls=HTTPResponse)  # keeps the cookies set so far
+    resp.status = 303
+    resp.body = ""
+    resp.set_header("Location", location)
+    raise resp
+
+
+def safe_next(target, default="/"):
+    """Only local paths: no scheme, no host, no protocol-relative or backslash tricks."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or any(ord(ch) < 32 for ch in target):
+        return default
+    return target
+
+
+def login_required(view):
+    """Guests go to /login?next=…; blocked users never get here (their session is gone)."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if current_user() is None:
+            redirect("/login?next=" + quote(request.fullpath + (
+                "?" + request.query_string if request.query_string else ""), safe="/"))
+        return view(*args, **kwargs)
+    return wrapper
+
+
+def role_required(*roles, staff=False):
+    """Signed in and of one of these roles (or staff when staff=True); otherwise 403."""
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = current_user()
+            if staff and not user["is_staff"]:
+                raise error_response(403, _("This page is for Birzha staff only."))
+            if roles and user["role"] not in roles:
+                raise error_response(403, _("This action is not available for your account."))
+            return view(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def csrf_protect(view):
+    """Every state-changing route is wrapped in this."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        check_csrf()
+        return view(*args, **kwargs)
+    wrapper.csrf_protected = True
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# Forms: read and validate input; never trust the browser
+
+class Form:
+    """Reads request.forms into clean values and per-field error messages."""
+
+    def __init__(self, source=None):
+        self.source = source if source is not None else request.forms
+        self.values, self.errors = {}, {}
+
+    def raw(self, name):
+        value = self.source.getunicode(name)
+        if value is None and name in self.source:
+            self.errors[name] = _("This text is not valid UTF-8.")
+            return ""
+        return value or ""
+
+    def text(self, name, *, required=True, min_len=0, max_len=200, multiline=False):
+        value = self.raw(name).replace("\r\n", "\n")
+        value = value if multiline else value.strip()
+        self.values[name] = value
+        if name in self.errors:
+            return value
+        if "\x00" in value or (not multiline and any(ord(ch) < 32 for ch in value)):
+            self.errors[name] = _("The text contains control characters.")
+        elif required and not value.strip():
+            self.errors[name] = _("This field is required.")
+        elif value and len(value.strip()) < min_len:
+            self.errors[name] = _("At least %(n)s characters, please.", n=min_len)
+        elif len(value) > max_len:
+            self.errors[name] = _("At most %(n)s characters, please.", n=max_len)
+        return value
+
+    def integer(self, name, *, required=True, min_value=None, max_value=None):
+        text = self.raw(name).strip()
+        self.values[name] = text
+        if name in self.errors:
+            return None
+        if not text:
+            if required:
+                self.errors[name] = _("This field is required.")
+            return None
+        if not re.fullmatch(r"[+-]?\d{1,12}", text):
+            self.errors[name] = _("Enter a whole number.")
+            return None
+        number = int(text)
+        if min_value is not None and number < min_value:
+            self.errors[name] = _("The smallest allowed value is %(n)s.", n=min_value)
+        elif max_value is not None and number > max_value:
+            self.errors[name] = _("The largest allowed value is %(n)s.", n=max_value)
+        return number
+
+    def date(self, name, *, required=False, not_before=None):
+        text = self.raw(name).strip()
+        self.values[name] = text
+        if name in self.errors:
+            return None
+        if not text:
+            if required:
+                self.errors[name] = _("This field is required.")
+            return None
+        try:
+            value = datetime.date.fromisoformat(text)
+        except ValueError:
+            self.errors[name] = _("Enter a date as YYYY-MM-DD.")
+            return None
+        if not_before and value < not_before:
+            self.errors[name] = _("The date cannot be in the past.")
+        return value
+
+    def choice(self, name, options, *, required=True):
+        value = self.raw(name).strip()
+        self.values[name] = value
+        if name in self.errors:
+            return None
+        if not value and not required:
+            return None
+        if value not in options:
+            self.errors[name] = _("Choose one of the options.")
+            return None
+        return value
+
+    def email(self, name):
+        value = self.text(name, max_len=254)
+        if name not in self.errors and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            self.errors[name] = _("Enter a valid email address.")
+        return value.lower()
+
+    @property
+    def ok(self):
+        return not self.errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: a page (or JSON problem) in the visitor's language, never a traceback
+
+ERROR_TITLES = {
+    400: "Bad request", 403: "Access denied", 404: "Page not found", 405: "Method not allowed",
+    409: "Conflict", 429: "Too many attempts", 500: "Something went wrong",
+    503: "Service unavailable",
+}
+
+
+def error_page(status, message=None, **headers):
+    """Renders the error page; safe even when the database is down."""
+    response.status = status
+    for name, value in headers.items():
+        response.set_header(name.replace("_", "-"), value)
+    if request.path.startswith("/api/"):
+        response.content_type = "application/problem+json"
+        return json.dumps({"type": "about:blank", "title": _(ERROR_TITLES.get(status, "Error")),
+                           "status": status, "detail": message or ""})
+    user = None
+    if not request.environ.get("birzha.db_down"):
+        try:
+            user = current_user()
+        except Exception:
+            user = None
+    page = templates.get_template("error.html").render(
+        status=status, title=_(ERROR_TITLES.get(status, "Error")), message=message or "",
+        user=user, csrf_token="", flashes=[], lang=current_lang(),
+        path=request.fullpath)
+    finish_request(commit=False)  # an error never keeps half a change
+    return page
+
+
+def error_response(status, message=None, **headers):
+    """An HTTPResponse to raise: the rendered error page with its status."""
+    body = error_page(status, message, **headers)
+    resp = response.copy(cls=HTTPResponse)
+    resp.status = status
+    resp.body = body
+    return resp
+
+
+def not_found(message=None):
+    return error_response(404, message or _("There is no such page."))
+
+
+@app.error(400)
+@app.error(403)
+@app.error(404)
+@app.error(405)
+@app.error(409)
+@app.error(500)
+def handle_error(err):
+    status = err.status_code
+    message = None
+    if status == 500:
+        finish_request(commit=False)
+        exc = request.environ.get("bottle.exc_info", (None, None))[1]
+        if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+            request.environ["birzha.db_down"] = True
+            return error_page(503, _("The database is not available right now. Please try again in a minute."))
+        request.environ["birzha.db_down"] = True  # do not touch a connection in an unknown state
+    elif isinstance(err.body, str) and err.body and status != 404:
+        message = err.body
+    return error_page(status, message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Core routes
+
+@app.get("/static/<filename:path>")
+def static(filename):
+    return bottle.static_file(filename, root=str(ROOT / "static"))
+
+
+@app.get("/healthz")
+def healthz():
+    try:
+        db_one("health_check")
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+        finish_request(commit=False)
+        response.status = 503
+        response.content_type = "text/plain"
+        return "database unavailable\n"
+    response.content_type = "text/plain"
+    return "ok\n"
+
+
+@app.get("/lang/<code>")
+def switch_language(code):
+    """Remembers the chosen language in a cookie and goes back where the visitor was."""
+    if code not in LANGUAGES:
+        raise not_found()
+    response.set_cookie("lang", code, path="/", max_age=365 * 86400, samesite="Lax",
+                        httponly=True, secure=app.config["cookie_secure"])
+    request.environ["birzha.lang"] = code
+    redirect(safe_next(request.query.getunicode("next") or "/"))
+
+
+# The areas register their routes on `app` (import cycles are fine: `app` exists by now).
+import accounts  # noqa: E402,F401
+import orders  # noqa: E402,F401
+import admin  # noqa: E402,F401
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python app.py initdb | seed-demo | create-admin EMAIL | audit
+
+def cli(argv):
+    import demo
+    url = os.environ.get("DATABASE_URL")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.splitlines()[0])
+        print("usage: python app.py initdb | seed-demo [--if-empty] | create-admin EMAIL | audit")
+        return 0 if argv else 2
+    if not url:
+        print("Set DATABASE_URL (make run does it for you).", file=sys.stderr)
+        return 2
+    app.config["db.url"] = url
+    command = argv[0]
+    if command == "initdb":
+        print({"created": "Schema created.", "current": "Schema is current."}[apply_schema(url)])
+        return 0
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        if command == "seed-demo":
+            return demo.seed(connection, only_if_empty="--if-empty" in argv)
+        if command == "create-admin" and len(argv) == 2:
+            return create_admin(connection, argv[1])
+        if command == "audit":
+            drift = connection.execute(Q["counters_audit"]).fetchall()
+            for row in drift:
+                print(f"{row['counter']} #{row['subject_id']}: stored {row['stored']}, actual {row['actual']}")
+            print("counters: " + ("consistent" if not drift else f"{len(drift)} drifted"))
+            return 1 if drift else 0
+    print(f"unknown command: {' '.join(argv)}", file=sys.stderr)
+    return 2
+
+
+def create_admin(connection, email):
+    """Creates a staff account (or makes an existing one staff) and prints a new password."""
+    password = secrets.token_urlsafe(12)
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        print("That does not look like an email address.", file=sys.stderr)
+        return 2
+    params = {"email": email.lower(), "password_hash": hash_password(password)}
+    row = connection.execute(Q["user_make_staff"], params).fetchone()
+    if row is None:
+        row = connection.execute(Q["user_create"], dict(params, role="customer", name="Admin")).fetchone()
+        connection.execute(Q["user_make_staff"], params)
+    connection.commit()
+    print(f"Staff account {email} (id {row['id']}), password: {password}")
+    return 0
+
+
+if __name__ == "__main__":
+    import app as application  # the routes live on the module `app`, not on `__main__`
+    sys.exit(application.cli(sys.argv[1:]))

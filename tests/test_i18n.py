@@ -1,0 +1,70 @@
+"""Every interface string goes through gettext and has a Russian translation."""
+import ast
+import re
+from pathlib import Path
+
+import app as birzha
+
+ROOT = Path(birzha.__file__).parent
+
+
+def python_msgids():
+    """Literal first arguments of _() and ngettext() calls in the app's modules."""
+    found = set()
+    for path in ROOT.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id == "_" and node.args and isinstance(node.args[0], ast.Constant):
+                    found.add(node.args[0].value)
+                if (node.func.id == "ngettext" and len(node.args) >= 2
+                        and all(isinstance(a, ast.Constant) for a in node.args[:2])):
+                    found.add(node.args[0].value + "|" + node.args[1].value)
+    # ERROR_TITLES are translated where they are shown
+    found.update(birzha.ERROR_TITLES.values())
+    return found
+
+
+def template_msgids():
+    found = set()
+    for path in (ROOT / "views").glob("*.html"):
+        for _lineno, func, message in birzha.templates.extract_translations(path.read_text(encoding="utf-8")):
+            if func in ("_", "gettext"):
+                found.add(message)
+            elif func == "ngettext":
+                found.add("|".join(message[:2]))
+    return found
+
+
+def test_every_interface_string_has_a_russian_translation():
+    missing = sorted((python_msgids() | template_msgids()) - set(birzha.TRANSLATIONS["ru"]))
+    assert missing == [], "add these to locale/ru/*.po:\n" + "\n".join(missing)
+
+
+def test_russian_plural_forms_have_three_variants():
+    for key, value in birzha.TRANSLATIONS["ru"].items():
+        if "|" in key:
+            assert len(value.split("|")) == 3, key
+
+
+def test_templates_have_no_untranslated_visible_text():
+    """Text between tags in templates must come from _() (numbers and punctuation aside)."""
+    offenders = []
+    for path in (ROOT / "views").glob("*.html"):
+        source = path.read_text(encoding="utf-8")
+        stripped = re.sub(r"{#.*?#}|{%.*?%}|{{.*?}}", " ", source, flags=re.S)
+        stripped = re.sub(r"<(script|style)\b.*?</\1>", " ", stripped, flags=re.S)
+        stripped = re.sub(r"<[^>]*>", " ", stripped)
+        for word in re.findall(r"[A-Za-zА-Яа-яЁё]{2,}", stripped):
+            offenders.append(f"{path.name}: {word}")
+    assert offenders == []
+
+
+def test_language_follows_accept_language_and_the_switch(client):
+    assert 'lang="en"' in client.get("/").text
+    ru = client.get("/", headers={"Accept-Language": "ru-RU,ru;q=0.9,en;q=0.8"})
+    assert 'lang="ru"' in ru.text and "Заказы" in ru.text
+    client.get("/lang/ru?next=/orders", status=303)
+    page = client.get("/orders")
+    assert 'lang="ru"' in page.text and "Открытые заказы" in page.text
+    assert client.get("/lang/xx", status=404)
+    assert client.get("/lang/en?next=//evil.example/x", status=303).headers["Location"].endswith("/")
