@@ -230,6 +230,9 @@ def finish_request(commit):
 
 app.install(db_plugin)
 
+# `<order_id:id>` in a route: a positive bigint, so a huge or odd id is a plain 404.
+app.router.add_filter("id", lambda _conf: (r"[1-9][0-9]{0,17}", int, str))
+
 
 def schema_status(connection):
     """'empty', 'current', or the unknown version number found in the database."""

@@ -169,3 +169,18 @@ WHERE o.status = 'open'
   AND NOT u.is_blocked
 ORDER BY o.created_at DESC, o.id DESC
 LIMIT %(limit)s
+
+-- =============================================================================================
+-- Accounts: sign-up, sign-in, throttling, profiles, the performer catalogue (issue 3)
+
+-- (end of the accounts section)
+
+-- =============================================================================================
+-- Orders: the feed, order pages, forms, the cabinets, the home page (issue 4)
+
+-- (end of the orders section)
+
+-- =============================================================================================
+-- Admin area (issue 5)
+
+-- (end of the admin section)
