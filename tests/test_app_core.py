@@ -1,0 +1,87 @@
+"""The application's plumbing: pages from the database, health, outages, schema versions, queries."""
+import os
+import tempfile
+import time
+
+import psycopg
+import pytest
+import webtest
+
+import app as birzha
+from devserver import LocalPostgres
+
+
+def test_home_feed_and_health_are_served_from_the_database(client, make_user, make_order):
+    customer = make_user("customer")
+    make_order(customer, title="Logo for a coffee shop", budget=5000)
+    for path in ("/", "/orders"):
+        page = client.get(path)
+        assert page.status_int == 200 and "Logo for a coffee shop" in page.text
+    assert client.get("/healthz").text == "ok\n"
+
+
+def test_unknown_pages_and_huge_ids_are_404_without_a_traceback(client):
+    for path in ("/no/such/page", "/orders/99999999999999999999999", "/orders/abc"):
+        page = client.get(path, status=404)
+        assert "Traceback" not in page.text
+
+
+@pytest.fixture
+def own_server():
+    """A PostgreSQL of this test's own, so that stopping it disturbs no other test."""
+    tmp = tempfile.mkdtemp(prefix="birzha-outage-")
+    server = LocalPostgres(os.path.join(tmp, "pgdata"))
+    yield server
+    birzha.close_pool()
+    server.destroy()
+    os.rmdir(tmp)
+
+
+def test_app_answers_503_while_the_database_is_down_and_recovers_by_itself(own_server, monkeypatch):
+    url = own_server.uri("postgres")
+    birzha.apply_schema(url)
+    monkeypatch.setitem(birzha.app.config, "db.url", url)
+    monkeypatch.setattr(birzha, "POOL_TIMEOUT", 1.0)
+    client = webtest.TestApp(birzha.app, extra_environ={"HTTP_ACCEPT_LANGUAGE": "en"})
+    assert client.get("/healthz").status_int == 200
+    assert client.get("/").status_int == 200
+
+    own_server.stop()
+    for path in ("/healthz", "/", "/orders"):
+        page = client.get(path, status=503)
+        assert "Traceback" not in page.text
+    assert "database is not available" in client.get("/", status=503).text
+
+    own_server.start()
+    deadline = time.monotonic() + 20
+    while client.get("/healthz", status="*").status_int != 200:
+        assert time.monotonic() < deadline, "the app did not recover after the database came back"
+        time.sleep(0.2)
+    assert client.get("/orders").status_int == 200
+
+
+def test_initdb_refuses_a_database_with_an_unknown_schema_version(db_url):
+    assert birzha.apply_schema(db_url) == "current"
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(SystemExit, match="schema version 99"):
+        birzha.apply_schema(db_url)
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute("UPDATE schema_version SET version = %s", (birzha.SCHEMA_VERSION,))
+
+
+def test_initdb_refuses_a_foreign_database(db_url):
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute("DROP TABLE schema_version")
+    with pytest.raises(SystemExit, match="schema version None"):
+        birzha.apply_schema(db_url)
+
+
+def test_every_named_query_is_upper_case_sql_and_parses(db):
+    """Each query in db/queries.sql is prepared by PostgreSQL (catches typos before a user does)."""
+    import re
+    for name, sql in birzha.Q.items():
+        assert re.match(r"^(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql), name
+        prepared = re.sub(r"%\((\w+)\)s", "NULL", sql)
+        db.execute("PREPARE check_query AS " + prepared)
+        db.execute("DEALLOCATE check_query")

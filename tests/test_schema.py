@@ -1,0 +1,294 @@
+"""The database's own rules: the order state machine, constraints, history and counters.
+
+These talk SQL directly, as a DBA in psql would: the rules must hold without the app.
+"""
+import datetime
+import random
+import threading
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+import app as birzha
+
+Q = birzha.Q
+STATUSES = ("open", "in_progress", "done", "cancelled")
+ALLOWED = {("open", "in_progress"), ("open", "cancelled"), ("in_progress", "done"),
+           ("in_progress", "cancelled"), ("in_progress", "open")}
+
+
+@pytest.fixture
+def people(make_user):
+    return {"customer": make_user("customer"), "other_customer": make_user("customer"),
+            "performer": make_user("performer"), "other_performer": make_user("performer")}
+
+
+def refused(db, sql, params=()):
+    """True when PostgreSQL refuses the statement (and the failed statement changed nothing)."""
+    try:
+        with db.transaction():
+            db.execute(sql, params)
+    except psycopg.Error:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("source,target", [(s, t) for s in STATUSES for t in STATUSES if s != t])
+def test_only_the_transitions_of_the_spec_pass_a_direct_update(db, people, make_order, source, target):
+    order = make_order(people["customer"], performer=people["performer"], status=source)
+    # Give the target the performer it would need, so only the transition rule can refuse it.
+    performer = None if target == "open" else (order["performer_id"] or people["performer"]["id"])
+    if target == "cancelled":
+        performer = order["performer_id"]
+    was_refused = refused(db, "UPDATE orders SET status = %s, performer_id = %s WHERE id = %s",
+                          (target, performer, order["id"]))
+    assert was_refused == ((source, target) not in ALLOWED)
+    after = db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()
+    assert after["status"] == (source if was_refused else target)
+
+
+def test_transition_times_and_history_are_recorded_with_the_actor(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    order = make_order(customer)
+    with db.transaction():
+        db.execute(Q["actor_set"], {"actor_id": str(performer["id"]), "note": ""})
+        db.execute(Q["order_take"], {"order_id": order["id"], "performer_id": performer["id"]})
+    with db.transaction():
+        db.execute(Q["actor_set"], {"actor_id": str(performer["id"]), "note": ""})
+        db.execute(Q["order_complete"], {"order_id": order["id"], "performer_id": performer["id"]})
+    with db.transaction():
+        db.execute(Q["actor_set"], {"actor_id": str(customer["id"]), "note": "great"})
+        db.execute(Q["order_rate"], {"order_id": order["id"], "customer_id": customer["id"],
+                                     "rating": 9, "review": "Thanks"})
+    row = db.execute("SELECT * FROM orders WHERE id = %s", (order["id"],)).fetchone()
+    assert row["taken_at"] and row["completed_at"] and row["rated_at"] and row["cancelled_at"] is None
+    history = db.execute("SELECT action, from_status, to_status, actor_id, note FROM order_history "
+                         "WHERE order_id = %s ORDER BY id", (order["id"],)).fetchall()
+    assert [(h["action"], h["from_status"], h["to_status"]) for h in history] == [
+        ("create", None, "open"), ("take", "open", "in_progress"),
+        ("complete", "in_progress", "done"), ("rate", "done", "done")]
+    assert [h["actor_id"] for h in history[1:]] == [performer["id"], performer["id"], customer["id"]]
+    assert history[3]["note"] == "great"
+    # Append-only, even for a DBA.
+    assert refused(db, "UPDATE order_history SET note = 'x' WHERE order_id = %s", (order["id"],))
+    assert refused(db, "DELETE FROM order_history WHERE order_id = %s", (order["id"],))
+
+
+def test_rating_rules_hold_in_the_database(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    in_progress = make_order(customer, performer=performer, status="in_progress")
+    assert refused(db, "UPDATE orders SET rating = 5 WHERE id = %s", (in_progress["id"],))
+    done = make_order(customer, performer=performer, status="done")
+    for bad in (0, 11, -1):
+        assert refused(db, "UPDATE orders SET rating = %s WHERE id = %s", (bad, done["id"]))
+    assert refused(db, "UPDATE orders SET review = 'no rating' WHERE id = %s", (done["id"],))
+    assert not refused(db, "UPDATE orders SET rating = 7 WHERE id = %s", (done["id"],))
+    assert refused(db, "UPDATE orders SET rating = 10 WHERE id = %s", (done["id"],))
+    assert refused(db, "UPDATE orders SET rating = NULL WHERE id = %s", (done["id"],))
+    assert refused(db, "UPDATE orders SET review = 'changed my mind' WHERE id = %s", (done["id"],))
+    # The app's query rates once: a second attempt touches nothing.
+    assert db.execute(Q["order_rate"], {"order_id": done["id"], "customer_id": customer["id"],
+                                        "rating": 1, "review": ""}).rowcount == 0
+    stats = db.execute("SELECT * FROM performer_stats WHERE performer_id = %s", (performer["id"],)).fetchone()
+    assert (stats["rating_sum"], stats["rating_count"], float(stats["rating_avg"])) == (7, 1, 7.0)
+
+
+def test_rows_that_cannot_exist_are_refused(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    category = db.execute("SELECT id FROM categories WHERE slug = 'design'").fetchone()["id"]
+    insert = ("INSERT INTO orders (customer_id, category_id, title, description, budget, deadline, status, performer_id) "
+              "VALUES (%s, %s, 'A title', 'Text', %s, %s, %s, %s)")
+    today = datetime.date.today()
+    assert refused(db, insert, (customer["id"], category, 0, None, "open", None))            # budget > 0
+    assert refused(db, insert, (customer["id"], category, 100, today - datetime.timedelta(days=1), "open", None))
+    assert refused(db, insert, (customer["id"], category, 100, None, "done", performer["id"]))  # starts open
+    assert refused(db, insert, (performer["id"], category, 100, None, "open", None))         # a performer is no customer
+    db.execute("UPDATE categories SET is_hidden = true WHERE id = %s", (category,))
+    assert refused(db, insert, (customer["id"], category, 100, None, "open", None))          # hidden category
+    db.execute("UPDATE categories SET is_hidden = false WHERE id = %s", (category,))
+
+    order = make_order(customer)
+    # a customer cannot be the performer, nor can another customer
+    assert refused(db, "UPDATE orders SET status = 'in_progress', performer_id = %s WHERE id = %s",
+                   (people["other_customer"]["id"], order["id"]))
+    assert refused(db, "UPDATE orders SET status = 'in_progress', performer_id = NULL WHERE id = %s", (order["id"],))
+    assert refused(db, "UPDATE orders SET customer_id = %s WHERE id = %s", (people["other_customer"]["id"], order["id"]))
+    taken = make_order(customer, performer=performer, status="in_progress")
+    assert refused(db, "UPDATE orders SET title = 'Edited later' WHERE id = %s", (taken["id"],))
+    assert refused(db, "UPDATE orders SET completed_at = now() WHERE id = %s", (taken["id"],))
+    assert not refused(db, "UPDATE orders SET title = 'Edited while open' WHERE id = %s", (order["id"],))
+    # a role never changes; emails are unique whatever their case
+    assert refused(db, "UPDATE users SET role = 'performer' WHERE id = %s", (customer["id"],))
+    assert refused(db, "INSERT INTO users (role, email, password_hash, name) VALUES ('customer', %s, 'x', 'Dup')",
+                   (customer["email"].upper(),))
+    # a customer cannot work in categories
+    assert refused(db, "INSERT INTO performer_categories (performer_id, category_id) VALUES (%s, %s)",
+                   (customer["id"], category))
+
+
+def test_concurrent_block_and_new_order_keep_category_counts_exact(db, people, make_order):
+    """Blocking hides open orders from category counts; unblocking restores them."""
+    customer = people["customer"]
+    make_order(customer, category="design")
+    make_order(customer, category="design")
+    count = lambda: db.execute("SELECT open_orders FROM categories WHERE slug = 'design'").fetchone()["open_orders"]
+    assert count() == 2
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (customer["id"],))
+    assert count() == 0
+    db.execute("UPDATE users SET is_blocked = false WHERE id = %s", (customer["id"],))
+    assert count() == 2
+
+
+def random_operations(db, rng, steps):
+    """Applies `steps` random operations, each in its own transaction; refusals are expected."""
+    customers = [r["id"] for r in db.execute("SELECT id FROM users WHERE role = 'customer'")]
+    performers = [r["id"] for r in db.execute("SELECT id FROM users WHERE role = 'performer'")]
+    slugs = [r["slug"] for r in db.execute("SELECT slug FROM categories")]
+    done_ops = 0
+    for _ in range(steps):
+        op = rng.choice(["create", "create", "take", "take", "complete", "cancel", "rate", "reopen",
+                         "delete", "reassign", "hide", "restore", "block", "edit"])
+        # Mostly pick an order in the state the operation needs, sometimes any order at all.
+        wanted = {"take": "open", "complete": "in_progress", "reassign": "in_progress", "reopen": "in_progress",
+                  "rate": "done", "hide": "done", "restore": "done"}.get(op)
+        if wanted and rng.random() < 0.8:
+            rows = db.execute("SELECT id FROM orders WHERE status = %s ORDER BY id", (wanted,)).fetchall()
+        else:
+            rows = db.execute("SELECT id FROM orders ORDER BY id").fetchall()
+        oid = rng.choice(rows)["id"] if rows else None
+        params = {"order_id": oid, "performer_id": rng.choice(performers), "customer_id": rng.choice(customers)}
+        statements = {
+            "create": (Q["order_create"], dict(params, category=rng.choice(slugs), title="Random order",
+                                               description="Random text", budget=rng.randint(1, 100000), deadline=None)),
+            "take": (Q["order_take"], params),
+            "complete": ("UPDATE orders SET status = 'done' WHERE id = %(order_id)s", params),
+            "cancel": ("UPDATE orders SET status = 'cancelled' WHERE id = %(order_id)s", params),
+            "rate": ("UPDATE orders SET rating = %(rating)s WHERE id = %(order_id)s",
+                     dict(params, rating=rng.randint(1, 10))),
+            "reopen": ("UPDATE orders SET status = 'open', performer_id = NULL WHERE id = %(order_id)s", params),
+            "delete": ("DELETE FROM orders WHERE id = %(order_id)s", params),
+            "reassign": ("UPDATE orders SET performer_id = %(performer_id)s WHERE id = %(order_id)s", params),
+            "hide": ("UPDATE orders SET review_hidden = true WHERE id = %(order_id)s", params),
+            "restore": ("UPDATE orders SET review_hidden = false WHERE id = %(order_id)s", params),
+            "block": ("UPDATE users SET is_blocked = NOT is_blocked WHERE id = %(customer_id)s", params),
+            "edit": ("UPDATE orders SET category_id = (SELECT id FROM categories WHERE slug = %(slug)s) "
+                     "WHERE id = %(order_id)s", dict(params, slug=rng.choice(slugs))),
+        }
+        sql, values = statements[op]
+        if oid is None and op not in ("create", "block"):
+            continue
+        try:
+            with db.transaction():
+                done_ops += db.execute(sql, values).rowcount > 0
+        except psycopg.Error:
+            pass
+    return done_ops
+
+
+def test_two_thousand_random_operations_leave_every_counter_exact(db, make_user):
+    for _ in range(4):
+        make_user("customer")
+        make_user("performer")
+    rng = random.Random(20261126)
+    applied = 0
+    for _ in range(8):
+        applied += random_operations(db, rng, 250)
+        assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+    assert applied > 800  # most steps really changed something
+    statuses = {r["status"] for r in db.execute("SELECT DISTINCT status FROM orders")}
+    assert statuses == set(STATUSES)
+    assert db.execute("SELECT count(*) AS n FROM orders WHERE rating IS NOT NULL").fetchone()["n"] > 0
+
+
+def test_audit_reports_a_corrupted_counter_and_recalc_repairs_it(db, people, make_order):
+    make_order(people["customer"], performer=people["performer"], status="done", rating=8)
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+    db.execute("UPDATE performer_stats SET rating_sum = rating_sum + 3 WHERE performer_id = %s",
+               (people["performer"]["id"],))
+    db.execute("UPDATE categories SET open_orders = 40 WHERE slug = 'seo'")
+    drift = db.execute("SELECT * FROM audit_counters()").fetchall()
+    assert [(d["counter"], d["stored"], d["actual"]) for d in drift] == [
+        ("category.open_orders", 40, 0), ("performer.rating_sum", 11, 8)]
+    assert db.execute("SELECT recalc_counters() AS fixed").fetchone()["fixed"] == 2
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+    stats = db.execute("SELECT rating_avg FROM performer_stats WHERE performer_id = %s",
+                       (people["performer"]["id"],)).fetchone()
+    assert float(stats["rating_avg"]) == 8.0
+
+
+def run_in_parallel(db_url, jobs):
+    """Runs each job(connection) on its own connection, all released at the same moment."""
+    barrier = threading.Barrier(len(jobs))
+    results = [None] * len(jobs)
+    connections = [psycopg.connect(db_url, row_factory=dict_row) for _ in jobs]
+
+    def worker(i):
+        barrier.wait()
+        try:
+            results[i] = jobs[i](connections[i])
+            connections[i].commit()
+        except psycopg.Error as err:
+            connections[i].rollback()
+            results[i] = err
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for c in connections:
+        c.close()
+    return results
+
+
+def test_twenty_connections_taking_one_order_exactly_one_wins(db, db_url, make_user, make_order):
+    order = make_order(make_user("customer"))
+    performers = [make_user("performer") for _ in range(20)]
+
+    def take(performer):
+        return lambda connection: connection.execute(
+            Q["order_take"], {"order_id": order["id"], "performer_id": performer["id"]}).rowcount
+    results = run_in_parallel(db_url, [take(p) for p in performers])
+    assert sorted(results) == [0] * 19 + [1]
+    winner = performers[results.index(1)]
+    row = db.execute("SELECT status, performer_id FROM orders WHERE id = %s", (order["id"],)).fetchone()
+    assert row == {"status": "in_progress", "performer_id": winner["id"]}
+    assert db.execute("SELECT count(*) AS n FROM order_history WHERE order_id = %s AND action = 'take'",
+                      (order["id"],)).fetchone()["n"] == 1
+    busy = db.execute("SELECT sum(orders_in_progress) AS n FROM performer_stats").fetchone()["n"]
+    assert busy == 1
+
+
+def test_parallel_completions_and_ratings_of_one_performer_keep_counters_exact(db, db_url, make_user, make_order):
+    performer = make_user("performer")
+    customers = [make_user("customer") for _ in range(8)]
+    orders = [make_order(c, performer=performer, status="in_progress") for c in customers]
+    ratings = [3, 10, 7, 8, 1, 9, 6, 5]
+
+    def complete_and_rate(order, customer, rating):
+        def job(connection):
+            connection.execute(Q["order_complete"], {"order_id": order["id"], "performer_id": performer["id"]})
+            return connection.execute(Q["order_rate"], {"order_id": order["id"], "customer_id": customer["id"],
+                                                        "rating": rating, "review": ""}).rowcount
+        return job
+    results = run_in_parallel(db_url, [complete_and_rate(o, c, r) for o, c, r in zip(orders, customers, ratings)])
+    assert results == [1] * 8
+    stats = db.execute("SELECT * FROM performer_stats WHERE performer_id = %s", (performer["id"],)).fetchone()
+    assert (stats["orders_completed"], stats["orders_in_progress"], stats["rating_sum"], stats["rating_count"]) == (
+        8, 0, sum(ratings), 8)
+    assert str(stats["rating_avg"]) == "6.13"  # 49 / 8 = 6.125, rounded half away from zero
+
+
+def test_every_table_function_and_trigger_is_commented(db):
+    missing = db.execute("""
+        SELECT 'table ' || c.relname AS what FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') IS NULL
+        UNION ALL
+        SELECT 'function ' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'public' AND obj_description(p.oid, 'pg_proc') IS NULL
+        UNION ALL
+        SELECT 'trigger ' || t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'public' AND NOT t.tgisinternal AND obj_description(t.oid, 'pg_trigger') IS NULL
+    """).fetchall()
+    assert missing == []
