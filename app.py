@@ -193,6 +193,7 @@ def db_plugin(callback):
             return result
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
             finish_request(commit=False)
+            request.environ["birzha.db_down"] = True
             return error_page(503, _("The database is not available right now. Please try again in a minute."))
     return wrapper
 
@@ -483,10 +484,7 @@ def current_user():
         token = session_token()
         user = None
         if token and len(token) < 100:
-            try:
-                user = db_one("session_user", token_hash=token_hash(token))
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
-                user = None
+            user = db_one("session_user", token_hash=token_hash(token))
         environ["birzha.user"] = user
     return environ.get("birzha.user")
 
@@ -715,6 +713,7 @@ def error_page(status, message=None, **headers):
     for name, value in headers.items():
         response.set_header(name.replace("_", "-"), value)
     if request.path.startswith("/api/"):
+        finish_request(commit=False)
         response.content_type = "application/problem+json"
         return json.dumps({"type": "about:blank", "title": _(ERROR_TITLES.get(status, "Error")),
                            "status": status, "detail": message or ""})
