@@ -1,1 +1,268 @@
 """Accounts: sign-up, sign-in, profiles and the performer catalogue (SPEC §3, §5, §8)."""
+import math
+import re
+
+from bottle import request, response
+
+from app import (
+    SESSION_COOKIE, Form, app, check_password, csrf_protect, current_user, db_all, db_one, db_run,
+    end_session, error_response, hash_password, login_required, ngettext, not_found,
+    password_error, redirect, render, safe_next, start_session, token_hash, _,
+)
+
+ROLES = ("customer", "performer")
+PROFILE_FIELDS = ("name", "phone", "messenger", "experience_years", "experience_text", "bio")
+PHONE = re.compile(r"[0-9+()\- ]*")
+CATALOGUE_PAGE = 20
+REVIEWS_PAGE = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+def read_password(form, name, *, new=False):
+    """A password as typed: never stripped, never echoed back; a new one must suit bcrypt."""
+    password = form.raw(name)
+    if name in form.errors:
+        return ""
+    if not password:
+        form.errors[name] = _("This field is required.")
+    elif "\x00" in password:  # bcrypt would stop reading at the NUL byte
+        form.errors[name] = _("The text contains control characters.")
+    elif new and password_error(password):
+        form.errors[name] = password_error(password)
+    return password
+
+
+def client_address():
+    """The address the connection came from; X-Forwarded-For is anyone's to forge."""
+    return request.environ.get("REMOTE_ADDR") or "unknown"
+
+
+def throttle_message(wait_seconds):
+    """How many minutes to wait, in words."""
+    minutes = max(1, math.ceil(wait_seconds / 60))
+    return ngettext("Too many failed sign-in attempts. Try again in %(num)s minute.",
+                    "Too many failed sign-in attempts. Try again in %(num)s minutes.", minutes)
+
+
+def login_wait(email):
+    """Seconds this email and this address must wait before another sign-in attempt (0: none)."""
+    return db_one("login_throttle_wait", email=email, address=client_address())["wait_seconds"]
+
+
+def sign_in_as(user_id):
+    """Ends the visitor's previous session, if any, and opens a new one (a fresh token)."""
+    old_token = request.get_cookie(SESSION_COOKIE)
+    if old_token and len(old_token) < 100:
+        db_run("session_delete", token_hash=token_hash(old_token))
+    start_session(user_id)
+
+
+def render_login(status=200, values=None, errors=None, error=None):
+    """The login form, keeping a local `next` from the form or the query string."""
+    next_url = safe_next(request.forms.getunicode("next") or request.query.getunicode("next") or "", "")
+    return render("accounts_login.html", status=status, values=values or {}, errors=errors or {},
+                  error=error, next_url=next_url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sign-up, sign-in, sign-out
+
+@app.get("/signup")
+def signup_form():
+    if current_user():
+        redirect("/cabinet")
+    role = request.query.getunicode("role") or ""
+    return render("accounts_signup.html", values={"role": role if role in ROLES else ""}, errors={})
+
+
+@app.post("/signup")
+@csrf_protect
+def signup():
+    if current_user():
+        redirect("/cabinet")
+    form = Form()
+    role = form.choice("role", ROLES)
+    name = form.text("name", max_len=100)
+    email = form.email("email")
+    password = read_password(form, "password", new=True)
+    if form.ok:
+        user = db_one("user_create", role=role, email=email, name=name,
+                      password_hash=hash_password(password))
+        if user is None:
+            form.errors["email"] = _("An account with this email already exists. Log in instead.")
+    if not form.ok:
+        return render("accounts_signup.html", status=400, values=form.values, errors=form.errors)
+    sign_in_as(user["id"])
+    redirect("/cabinet", _("Welcome to Birzha, %(name)s! Your account is ready.", name=user["name"]))
+
+
+@app.get("/login")
+def login_form():
+    if current_user():
+        redirect(safe_next(request.query.getunicode("next") or "", "/cabinet"))
+    return render_login()
+
+
+@app.post("/login")
+@csrf_protect
+def login():
+    form = Form()
+    email = form.text("email", max_len=254).lower()
+    password = read_password(form, "password")
+    if not form.ok:
+        return render_login(400, form.values, form.errors)
+    wait = login_wait(email)
+    if wait > 0:
+        response.set_header("Retry-After", str(wait))
+        return render_login(429, form.values, error=throttle_message(wait))
+    user = db_one("user_by_email", email=email)
+    # An unknown email costs a bcrypt check too, so timing does not tell which emails exist.
+    if not check_password(password, user["password_hash"] if user else None):
+        db_run("login_attempt_record", email=email, address=client_address())
+        return render_login(400, form.values, error=_("Wrong email or password."))
+    if user["is_blocked"]:
+        blocked = _("This account is blocked. Contact Birzha support if you think this is a mistake.")
+        return render_login(403, form.values, error=blocked)
+    db_run("login_attempts_clear", email=email)
+    sign_in_as(user["id"])
+    target = safe_next(request.forms.getunicode("next") or "", "/cabinet")
+    redirect(target, _("Welcome back, %(name)s!", name=user["name"]))
+
+
+@app.post("/logout")
+@csrf_protect
+def logout():
+    end_session()
+    redirect("/", _("You have logged out."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Profile
+
+def render_profile(status=200, values=None, errors=None, chosen=None, password_errors=None):
+    """The profile page: the profile form (values/errors) and the password form."""
+    me = current_user()
+    profile = db_one("profile_read", user_id=me["id"])
+    if values is None:
+        values = {name: str(profile[name]) for name in PROFILE_FIELDS}
+    categories = db_all("profile_categories", user_id=me["id"]) if me["role"] == "performer" else []
+    if chosen is None:
+        chosen = {row["slug"] for row in categories if row["chosen"]}
+    return render("accounts_profile.html", status=status, profile=profile, values=values,
+                  errors=errors or {}, categories=categories, chosen=chosen,
+                  password_errors=password_errors or {})
+
+
+def read_categories(form, visible_slugs):
+    """The chosen category slugs; anything not offered is an error."""
+    chosen = form.source.getall("categories")
+    if any(slug not in visible_slugs for slug in chosen):
+        form.errors["categories"] = _("Choose one of the options.")
+    return sorted(set(chosen) & visible_slugs)
+
+
+@app.get("/profile")
+@login_required
+def profile():
+    return render_profile()
+
+
+@app.post("/profile")
+@csrf_protect
+@login_required
+def profile_save():
+    me = current_user()
+    form = Form()
+    name = form.text("name", max_len=100)
+    phone = form.text("phone", required=False, max_len=40)
+    if "phone" not in form.errors and not PHONE.fullmatch(phone):
+        form.errors["phone"] = _("A phone number has digits, spaces and + ( ) - only.")
+    messenger = form.text("messenger", required=False, max_len=100)
+    years = form.integer("experience_years", required=False, min_value=0, max_value=80)
+    experience_text = form.text("experience_text", required=False, max_len=2000, multiline=True)
+    bio = form.text("bio", required=False, max_len=2000, multiline=True)
+    slugs = []
+    if me["role"] == "performer":
+        slugs = read_categories(form, {row["slug"] for row in db_all("categories_list")})
+    if not form.ok:
+        return render_profile(400, form.values, form.errors, chosen=set(slugs))
+    db_one("profile_update", user_id=me["id"], name=name, phone=phone, messenger=messenger,
+           experience_years=years or 0, experience_text=experience_text, bio=bio)
+    # Both statements are conditioned on the user being a performer; for a customer they do nothing.
+    db_run("performer_categories_drop_unchosen", user_id=me["id"], slugs=slugs)
+    db_run("performer_categories_add_chosen", user_id=me["id"], slugs=slugs)
+    redirect("/profile", _("Your profile is saved."))
+
+
+@app.post("/profile/password")
+@csrf_protect
+@login_required
+def password_change():
+    me = current_user()
+    form = Form()
+    current = read_password(form, "current_password")
+    new = read_password(form, "new_password", new=True)
+    account = db_one("user_password_hash", user_id=me["id"])
+    # Guessing the current password counts against the same limits as guessing at the login form.
+    wait = login_wait(account["email"])
+    if wait > 0:
+        response.set_header("Retry-After", str(wait))
+        form.errors["current_password"] = throttle_message(wait)
+        return render_profile(429, password_errors=form.errors)
+    if "current_password" not in form.errors and not check_password(current, account["password_hash"]):
+        db_run("login_attempt_record", email=account["email"], address=client_address())
+        form.errors["current_password"] = _("The current password is wrong.")
+    if not form.ok:
+        return render_profile(400, password_errors=form.errors)
+    changed = db_one("user_password_change", user_id=me["id"], old_hash=account["password_hash"],
+                     new_hash=hash_password(new))
+    if changed is None:
+        raise error_response(409, _("The password was changed elsewhere at the same moment. Log in again."))
+    # The trigger has ended every session of this user; the person who changed it stays signed in.
+    start_session(me["id"])
+    redirect("/profile", _("Your password is changed. Every other session is logged out."))
+
+
+# ---------------------------------------------------------------------------------------------
+# The performer catalogue and public profiles
+
+def cursor_from_query():
+    """The keyset cursor `after` (an id) from the query string; a malformed one is a 400."""
+    form = Form(request.query)
+    after = form.integer("after", required=False, min_value=1, max_value=10**17)
+    if not form.ok:
+        raise error_response(400, _("This page link is broken. Start from the first page."))
+    return after
+
+
+@app.get("/performers")
+def performers():
+    after = cursor_from_query()
+    slug = (request.query.getunicode("category") or "").strip()
+    category = None
+    if slug:
+        category = db_one("category_visible_by_slug", slug=slug)
+        if category is None:
+            raise not_found(_("There is no such category."))
+    rows = db_all("performers_catalogue", after=after, limit=CATALOGUE_PAGE + 1,
+                  category_id=category["id"] if category else None)
+    base = "/performers?" + (f"category={category['slug']}&" if category else "")
+    next_url = base + f"after={rows[CATALOGUE_PAGE - 1]['id']}" if len(rows) > CATALOGUE_PAGE else None
+    return render("accounts_performers.html", performers=rows[:CATALOGUE_PAGE], category=category,
+                  categories=db_all("categories_list"), next_url=next_url,
+                  first_url=base.rstrip("?&") if after else None)
+
+
+@app.get("/performers/<performer_id:id>")
+def performer_page(performer_id):
+    performer = db_one("performer_public", performer_id=performer_id)
+    if performer is None:
+        raise not_found(_("There is no such performer."))
+    after = cursor_from_query()
+    reviews = db_all("performer_reviews", performer_id=performer_id, after=after, limit=REVIEWS_PAGE + 1)
+    base = f"/performers/{performer_id}"
+    next_url = f"{base}?after={reviews[REVIEWS_PAGE - 1]['id']}" if len(reviews) > REVIEWS_PAGE else None
+    return render("accounts_performer.html", performer=performer, reviews=reviews[:REVIEWS_PAGE],
+                  next_url=next_url, first_url=base if after else None)

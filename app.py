@@ -146,22 +146,22 @@ def conn():
     return current
 
 
-def db_one(name, **params):
+def db_one(name, /, **params):
     """Runs a named query and returns its first row as a dict, or None."""
     return conn().execute(Q[name], params).fetchone()
 
 
-def db_all(name, **params):
+def db_all(name, /, **params):
     """Runs a named query and returns all rows as dicts."""
     return conn().execute(Q[name], params).fetchall()
 
 
-def db_run(name, **params):
+def db_run(name, /, **params):
     """Runs a named query and returns the number of rows it touched."""
     return conn().execute(Q[name], params).rowcount
 
 
-def db_stream(name, **params):
+def db_stream(name, /, **params):
     """Yields the rows of a named query through a server-side cursor (big exports)."""
     with conn().cursor(name="stream") as cur:
         cur.itersize = 2000

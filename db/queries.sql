@@ -173,6 +173,179 @@ LIMIT %(limit)s
 -- =============================================================================================
 -- Accounts: sign-up, sign-in, throttling, profiles, the performer catalogue (issue 3)
 
+-- name: login_throttle_wait
+-- Seconds until this email and address may try to sign in again (0: go ahead). The limits are
+-- 5 failures per email and 20 per address within 15 minutes; the wait ends when the 5th (20th)
+-- newest failure leaves the window.
+SELECT ceil(greatest(
+           0,
+           (SELECT extract(epoch FROM a.at + INTERVAL '15 minutes' - now())
+            FROM login_attempts a
+            WHERE lower(a.email) = lower(%(email)s)
+              AND a.at > now() - INTERVAL '15 minutes'
+            ORDER BY a.at DESC
+            OFFSET 4
+            LIMIT 1),
+           (SELECT extract(epoch FROM a.at + INTERVAL '15 minutes' - now())
+            FROM login_attempts a
+            WHERE a.address = %(address)s
+              AND a.at > now() - INTERVAL '15 minutes'
+            ORDER BY a.at DESC
+            OFFSET 19
+            LIMIT 1)))::integer AS wait_seconds
+
+-- name: login_attempt_record
+-- A failed sign-in; the same statement drops this email's and address's attempts past the window.
+WITH expired AS (
+    DELETE FROM login_attempts
+    WHERE (lower(email) = lower(%(email)s) OR address = %(address)s)
+      AND at < now() - INTERVAL '15 minutes'
+)
+INSERT INTO login_attempts (email, address)
+VALUES (left(%(email)s, 254), left(%(address)s, 100))
+
+-- name: login_attempts_clear
+-- A successful sign-in forgets the email's failures.
+DELETE FROM login_attempts
+WHERE lower(email) = lower(%(email)s)
+
+-- name: profile_read
+SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio
+FROM users
+WHERE id = %(user_id)s
+
+-- name: profile_update
+UPDATE users
+SET name = %(name)s,
+    phone = %(phone)s,
+    messenger = %(messenger)s,
+    experience_years = %(experience_years)s,
+    experience_text = %(experience_text)s,
+    bio = %(bio)s
+WHERE id = %(user_id)s
+  AND NOT is_blocked
+RETURNING id
+
+-- name: profile_categories
+-- The visible categories, each marked when this user works in it.
+SELECT c.id, c.slug, c.name_ru, c.name_en,
+       EXISTS (SELECT 1
+               FROM performer_categories pc
+               WHERE pc.performer_id = %(user_id)s
+                 AND pc.category_id = c.id) AS chosen
+FROM categories c
+WHERE NOT c.is_hidden
+ORDER BY c.id
+
+-- name: performer_categories_drop_unchosen
+-- Of the visible categories, drops those not chosen (hidden ones are kept for when they return).
+DELETE FROM performer_categories pc
+USING users u, categories c
+WHERE pc.performer_id = %(user_id)s
+  AND u.id = pc.performer_id
+  AND u.role = 'performer'
+  AND c.id = pc.category_id
+  AND NOT c.is_hidden
+  AND c.slug <> ALL(%(slugs)s::text[])
+
+-- name: performer_categories_add_chosen
+INSERT INTO performer_categories (performer_id, category_id)
+SELECT u.id, c.id
+FROM users u
+JOIN categories c ON c.slug = ANY(%(slugs)s::text[])
+WHERE u.id = %(user_id)s
+  AND u.role = 'performer'
+  AND NOT c.is_hidden
+ON CONFLICT DO NOTHING
+
+-- name: user_password_hash
+SELECT email, password_hash
+FROM users
+WHERE id = %(user_id)s
+
+-- name: user_password_change
+-- Compare-and-set: only while the hash is the one the current password was checked against.
+-- The trigger users_end_sessions_on_password_change then ends every session of the user.
+UPDATE users
+SET password_hash = %(new_hash)s
+WHERE id = %(user_id)s
+  AND password_hash = %(old_hash)s
+  AND NOT is_blocked
+RETURNING id
+
+-- name: category_visible_by_slug
+SELECT id, slug, name_ru, name_en
+FROM categories
+WHERE slug = %(slug)s
+  AND NOT is_hidden
+
+-- name: performers_catalogue
+-- Performers not blocked, best average first (unrated last), then most completed, then id.
+-- Keyset pagination: %(after)s is the id of the last performer shown; the next page starts after
+-- that performer's place in the order.
+WITH cursor_row AS (
+    SELECT rating_avg, orders_completed, performer_id
+    FROM performer_stats
+    WHERE performer_id = %(after)s
+)
+SELECT u.id, u.name, s.rating_avg, s.rating_count, s.orders_completed,
+       (SELECT coalesce(json_agg(json_build_object('slug', c.slug, 'name_ru', c.name_ru,
+                                                   'name_en', c.name_en) ORDER BY c.id), '[]')
+        FROM performer_categories pc
+        JOIN categories c ON c.id = pc.category_id
+        WHERE pc.performer_id = u.id
+          AND NOT c.is_hidden) AS categories
+FROM users u
+JOIN performer_stats s ON s.performer_id = u.id
+LEFT JOIN cursor_row k ON true
+WHERE u.role = 'performer'
+  AND NOT u.is_blocked
+  AND (%(category_id)s::integer IS NULL
+       OR EXISTS (SELECT 1
+                  FROM performer_categories pc
+                  WHERE pc.performer_id = u.id
+                    AND pc.category_id = %(category_id)s))
+  AND (%(after)s::bigint IS NULL
+       OR s.rating_avg < k.rating_avg
+       OR (s.rating_avg IS NULL AND k.rating_avg IS NOT NULL)
+       OR (s.rating_avg IS NOT DISTINCT FROM k.rating_avg
+           AND (s.orders_completed < k.orders_completed
+                OR (s.orders_completed = k.orders_completed AND s.performer_id > k.performer_id))))
+ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+LIMIT %(limit)s
+
+-- name: performer_public
+-- A performer's public profile; blocked performers and customers have none.
+SELECT u.id, u.name, u.email, u.phone, u.messenger, u.bio, u.experience_years,
+       u.experience_text, u.created_at, s.rating_avg, s.rating_count, s.orders_completed,
+       (SELECT coalesce(json_agg(json_build_object('slug', c.slug, 'name_ru', c.name_ru,
+                                                   'name_en', c.name_en) ORDER BY c.id), '[]')
+        FROM performer_categories pc
+        JOIN categories c ON c.id = pc.category_id
+        WHERE pc.performer_id = u.id
+          AND NOT c.is_hidden) AS categories
+FROM users u
+JOIN performer_stats s ON s.performer_id = u.id
+WHERE u.id = %(performer_id)s
+  AND u.role = 'performer'
+  AND NOT u.is_blocked
+
+-- name: performer_reviews
+-- Ratings and reviews of a performer's orders, newest first, without those hidden by staff.
+-- Keyset pagination: %(after)s is the id of the last order shown.
+SELECT o.id, o.title, o.rating, o.review, o.rated_at
+FROM orders o
+WHERE o.performer_id = %(performer_id)s
+  AND o.rating IS NOT NULL
+  AND NOT o.review_hidden
+  AND (%(after)s::bigint IS NULL
+       OR (o.rated_at, o.id) < (SELECT k.rated_at, k.id
+                                FROM orders k
+                                WHERE k.id = %(after)s
+                                  AND k.performer_id = %(performer_id)s))
+ORDER BY o.rated_at DESC, o.id DESC
+LIMIT %(limit)s
+
 -- (end of the accounts section)
 
 -- =============================================================================================

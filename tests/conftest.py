@@ -99,7 +99,7 @@ class Client(webtest.TestApp):
         """The token the app expects from this client (HMAC of the session or anonymous cookie)."""
         session = self.cookies.get(birzha.SESSION_COOKIE)
         if session:
-            basis = session
+            basis = session.strip('"')  # webtest's set_cookie (sign_in) stores the value quoted
         else:
             if not self.cookies.get(birzha.ANON_COOKIE):
                 self.get("/login", status="*")

@@ -29,7 +29,8 @@ def template_msgids():
     for path in (ROOT / "views").glob("*.html"):
         for _lineno, func, message in birzha.templates.extract_translations(path.read_text(encoding="utf-8")):
             if func in ("_", "gettext"):
-                found.add(message)
+                # with keyword arguments the message comes as a tuple (text, None, ...)
+                found.add(message[0] if isinstance(message, tuple) else message)
             elif func == "ngettext":
                 found.add("|".join(message[:2]))
     return found

@@ -1,0 +1,296 @@
+"""The security baseline (SPEC §8): headers, CSRF, sessions, throttling, blocked accounts."""
+import re
+
+import pytest
+
+import app as birzha
+from conftest import PASSWORD, Client, text_of
+
+CSRF_MESSAGE = "The form has expired or did not come from this site."
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+WILDCARD = re.compile(r"<([^>]*)>")
+
+
+def session_cookie_header(resp):
+    headers = [value for name, value in resp.headerlist
+               if name.lower() == "set-cookie" and value.startswith(birzha.SESSION_COOKIE + "=")]
+    assert len(headers) == 1, resp.headerlist
+    return headers[0]
+
+
+def session_token(client):
+    return client.cookies[birzha.SESSION_COOKIE].strip('"')
+
+
+def session_hashes(db, user_id=None):
+    rows = db.execute("SELECT token_hash, user_id FROM sessions").fetchall()
+    return {bytes(row["token_hash"]) for row in rows if user_id in (None, row["user_id"])}
+
+
+def log_in(client, user, password=PASSWORD, **kwargs):
+    return client.post_form("/login", {"email": user["email"], "password": password}, **kwargs)
+
+
+def signed_in(client):
+    """True when the client's session still opens a page that needs one."""
+    return client.get("/profile", status="*").status_int == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the route table: every route, with real ids in its wildcards
+
+@pytest.fixture
+def world(db, make_user, make_order):
+    """Some of everything, so that a URL with an id points at a real object."""
+    customer = make_user("customer")
+    performer = make_user("performer", categories=["design"])
+    staff = make_user("customer", staff=True)
+    make_order(customer)
+    order = make_order(customer, performer=performer, status="in_progress")
+    make_order(customer, performer=performer, status="done", rating=8, review="Good")
+    category = db.execute("SELECT id FROM categories WHERE slug = 'design'").fetchone()
+    return {"customer": customer, "performer": performer, "staff": staff,
+            "ids": {"user": performer["id"], "performer": performer["id"], "order": order["id"],
+                    "category": category["id"]}}
+
+
+def fill_url(rule, ids):
+    """The rule with each wildcard replaced by the id of an object of the kind its name says, else 1
+    (or, for a `re:a|b` wildcard, its first word)."""
+    def value(match):
+        name, _, conf = match.group(1).partition(":")
+        choices = re.fullmatch(r"re:(\w[\w-]*)(\|[\w-]+)*", conf)
+        if choices:
+            return choices.group(1)
+        return str(next((ids[kind] for kind in ("user", "performer", "order", "category") if kind in name.lower()), 1))
+    return WILDCARD.sub(value, rule)
+
+
+def routes(methods):
+    return [(route.method, route.rule) for route in birzha.app.routes if route.method in methods]
+
+
+def snapshot(db):
+    """Everything a state-changing request could touch."""
+    def rows(sql):
+        return db.execute(sql).fetchall()
+    return {
+        "users": rows("SELECT * FROM users ORDER BY id"),
+        "orders": rows("SELECT * FROM orders ORDER BY id"),
+        "order_history": rows("SELECT * FROM order_history ORDER BY id"),
+        "categories": rows("SELECT * FROM categories ORDER BY id"),
+        "performer_categories": rows("SELECT * FROM performer_categories ORDER BY performer_id, category_id"),
+        "sessions": rows("SELECT token_hash, user_id, expires_at FROM sessions ORDER BY token_hash"),
+        "admin_log": rows("SELECT * FROM admin_log ORDER BY id"),
+        "login_attempts": rows("SELECT * FROM login_attempts ORDER BY id"),
+        "api_tokens": rows("SELECT * FROM api_tokens ORDER BY id"),
+    }
+
+
+def test_every_response_of_every_get_route_has_the_security_headers(client, make_client, sign_in, world):
+    staff = sign_in(make_client(), world["staff"])
+    urls = [fill_url(rule, world["ids"]) for _method, rule in routes(("GET",))]
+    assert "/performers/%d" % world["ids"]["performer"] in urls
+    urls += ["/no/such/page", "/performers/1x"]
+    for visitor in (client, staff):
+        for url in urls:
+            resp = visitor.get(url, status="*")
+            assert resp.status_int < 500, url
+            csp = resp.headers.get("Content-Security-Policy", "")
+            assert "default-src 'self'" in csp and "unsafe-inline" not in csp, url
+            assert resp.headers.get("X-Frame-Options") == "DENY", url
+            assert resp.headers.get("X-Content-Type-Options") == "nosniff", url
+            assert resp.headers.get("Referrer-Policy") == "same-origin", url
+    resp = client.post("/performers", status=405)  # an error outside any route has them too
+    assert resp.headers["X-Frame-Options"] == "DENY"
+
+
+def test_every_state_changing_route_refuses_a_missing_or_wrong_csrf_token(db, client, make_client, sign_in, world):
+    staff = sign_in(make_client(), world["staff"])
+    stranger = sign_in(make_client("198.51.100.9"), world["customer"])
+    # Fields that many forms take, so a route that forgot CSRF would really act.
+    fields = {"email": world["staff"]["email"], "password": PASSWORD, "role": "customer", "name": "Changed",
+              "title": "Changed title", "description": "Changed", "category": "design", "budget": "5",
+              "reason": "csrf test", "rating": "5", "review": "Changed", "current_password": PASSWORD,
+              "new_password": "a brand new password", "slug": "changed", "name_ru": "Изменено",
+              "name_en": "Changed", "categories": "seo", "phone": "123"}
+    walked = routes(STATE_CHANGING)
+    assert ("POST", "/logout") in walked and ("POST", "/profile/password") in walked
+    before = snapshot(db)
+    for visitor in (client, staff):
+        for method, rule in walked:
+            url = fill_url(rule, world["ids"])
+            for token in (None, "0" * 64, stranger.csrf()):
+                body = dict(fields) if token is None else dict(fields, csrf_token=token)
+                resp = getattr(visitor, method.lower())(url, body, status="*")
+                assert resp.status_int == 403, f"{method} {url} with token {token!r}: {resp.status}"
+                assert CSRF_MESSAGE in resp.text, f"{method} {url}: refused, but not for CSRF"
+    assert snapshot(db) == before
+    assert signed_in(staff)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+def test_session_cookie_is_httponly_and_lax_and_secure_when_configured(app, make_client, make_user):
+    user = make_user("customer")
+    cookie = session_cookie_header(log_in(make_client(), user)).lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie.replace("httponly", "")
+    saved = app.config["cookie_secure"]
+    app.config["cookie_secure"] = True
+    try:
+        browser = Client(app, extra_environ={"wsgi.url_scheme": "https", "HTTP_ACCEPT_LANGUAGE": "en",
+                                             "REMOTE_ADDR": "203.0.113.7"})
+        cookie = session_cookie_header(log_in(browser, user)).lower()
+    finally:
+        app.config["cookie_secure"] = saved
+    assert "httponly" in cookie and "samesite=lax" in cookie and "; secure" in cookie
+
+
+def test_login_gives_a_new_token_and_forgets_the_old_one(client, make_client, db, make_user):
+    user = make_user("performer")
+    assert log_in(client, user).status_int == 303
+    first = session_token(client)
+    assert session_hashes(db, user["id"]) == {birzha.token_hash(first)}
+
+    assert log_in(client, user).status_int == 303
+    second = session_token(client)
+    assert second != first
+    assert session_hashes(db, user["id"]) == {birzha.token_hash(second)}
+    old_cookie = make_client()
+    old_cookie.set_cookie(birzha.SESSION_COOKIE, first)
+    assert not signed_in(old_cookie)
+    assert signed_in(client)
+
+
+def test_a_planted_session_cookie_is_replaced_at_login(client, db, make_user):
+    """Session fixation: a token the visitor arrived with is never the one that gets signed in."""
+    user = make_user("customer")
+    client.set_cookie(birzha.SESSION_COOKIE, "planted-by-someone-else")
+    form = client.get("/login").forms[0]
+    form["email"], form["password"] = user["email"], PASSWORD
+    assert form.submit().status_int == 303
+    assert session_token(client) != "planted-by-someone-else"
+    assert session_hashes(db, user["id"]) == {birzha.token_hash(session_token(client))}
+
+
+def test_logout_ends_this_session_only(client, make_client, db, make_user):
+    user = make_user("customer")
+    other_device = make_client()
+    log_in(client, user)
+    log_in(other_device, user)
+    token = session_token(client)
+    resp = client.post_form("/logout")
+    assert resp.status_int == 303 and resp.headers["Location"].endswith("/")
+    assert birzha.token_hash(token) not in session_hashes(db)
+    assert not signed_in(client)
+    replay = make_client()
+    replay.set_cookie(birzha.SESSION_COOKIE, token)  # a copied cookie is dead too
+    assert not signed_in(replay)
+    assert signed_in(other_device) and len(session_hashes(db, user["id"])) == 1
+
+
+def test_password_change_ends_every_session_and_keeps_the_changer_signed_in(client, make_client, db, make_user):
+    user = make_user("performer")
+    other_device = make_client("198.51.100.20")
+    log_in(client, user)
+    log_in(other_device, user)
+    old_token = session_token(client)
+    resp = client.post_form("/profile/password", {"current_password": PASSWORD,
+                                                  "new_password": "a brand new password"})
+    assert resp.status_int == 303 and resp.headers["Location"].endswith("/profile")
+    assert not signed_in(other_device)
+    assert signed_in(client) and session_token(client) != old_token
+    assert session_hashes(db, user["id"]) == {birzha.token_hash(session_token(client))}
+    assert log_in(make_client(), user).status_int == 400  # the old password is gone
+    assert log_in(make_client(), user, "a brand new password").status_int == 303
+
+
+def test_a_blocked_user_cannot_log_in_and_their_open_session_stops_working(client, make_client, db, make_user):
+    user = make_user("performer")
+    log_in(client, user)
+    assert signed_in(client)
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (user["id"],))
+    assert not signed_in(client)
+    assert session_hashes(db, user["id"]) == set()
+
+    wrong = log_in(make_client(), user, "not the password")
+    assert wrong.status_int == 400 and "Wrong email or password." in text_of(wrong)
+    right = log_in(make_client(), user)
+    assert right.status_int == 403 and "This account is blocked." in text_of(right)
+    assert session_hashes(db, user["id"]) == set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Throttling
+
+def attempts_for(db, email):
+    return db.execute("SELECT count(*) AS n FROM login_attempts WHERE email = %s", (email,)).fetchone()["n"]
+
+
+def attempts_from(db, address):
+    return db.execute("SELECT count(*) AS n FROM login_attempts WHERE address = %s", (address,)).fetchone()["n"]
+
+
+def test_sixth_attempt_for_one_email_is_refused_with_the_time_to_wait(client, make_client, db, make_user):
+    user = make_user("customer")
+    for n in range(5):  # from different addresses: the email's limit is its own
+        assert log_in(make_client(f"198.51.100.{n + 1}"), user, "wrong password").status_int == 400
+    resp = log_in(client, user)  # even the right password waits
+    assert resp.status_int == 429
+    assert 840 < int(resp.headers["Retry-After"]) <= 900
+    assert "Try again in 15 minutes." in text_of(resp)
+    assert session_hashes(db) == set()
+    assert attempts_for(db, user["email"]) == 5  # a refused attempt is not counted again
+
+
+def test_twenty_first_attempt_from_one_address_is_refused(client, make_client, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address) "
+               "SELECT 'guess' || n || '@example.test', '203.0.113.7' FROM generate_series(1, 18) AS n")
+    for n in (19, 20):
+        assert log_in(client, {"email": f"guess{n}@example.test"}, "wrong password").status_int == 400
+    assert attempts_from(db, "203.0.113.7") == 20
+    resp = log_in(client, user)
+    assert resp.status_int == 429 and resp.headers["Retry-After"]
+    assert log_in(make_client("198.51.100.77"), user).status_int == 303  # another address is not held up
+
+
+def test_forwarded_for_does_not_escape_the_address_limit(client, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address) "
+               "SELECT 'guess' || n || '@example.test', '203.0.113.7' FROM generate_series(1, 20) AS n")
+    resp = log_in(client, user, headers={"X-Forwarded-For": "192.0.2.1"})
+    assert resp.status_int == 429
+
+
+def test_a_successful_login_clears_the_email_count(client, make_client, db, make_user):
+    user = make_user("performer")
+    for _ in range(4):
+        assert log_in(client, user, "wrong password").status_int == 400
+    assert log_in(client, user).status_int == 303
+    assert attempts_for(db, user["email"]) == 0
+    fresh = make_client("198.51.100.30")
+    for _ in range(5):
+        assert log_in(fresh, user, "wrong password").status_int == 400
+    assert log_in(fresh, user).status_int == 429
+
+
+def test_failures_older_than_fifteen_minutes_do_not_count(client, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address, at) "
+               "SELECT %s, '203.0.113.7', now() - interval '16 minutes' FROM generate_series(1, 30)",
+               (user["email"],))
+    assert log_in(client, user).status_int == 303
+
+
+def test_guessing_the_current_password_on_the_profile_is_throttled_too(client, db, make_user, sign_in):
+    user = make_user("customer")
+    sign_in(client, user)
+    for _ in range(5):
+        resp = client.post_form("/profile/password", {"current_password": "guess", "new_password": "whatever123"})
+        assert resp.status_int == 400
+    resp = client.post_form("/profile/password", {"current_password": PASSWORD, "new_password": "whatever123"})
+    assert resp.status_int == 429 and "Try again in 15 minutes." in text_of(resp)
+    assert db.execute("SELECT password_hash FROM users WHERE id = %s", (user["id"],)).fetchone()["password_hash"] \
+        == user["password_hash"]
