@@ -1,13 +1,436 @@
-"""Orders: the home page, the feed, order pages, transitions and the cabinets (SPEC §4–5)."""
-from app import app, db_all, render
+"""Orders: the home page, the feed, order pages, transitions and the cabinets (SPEC §4–5).
 
+Every transition is one conditional SQL statement (db/queries.sql) that checks role, ownership and
+state itself; only when it touches no row do we read the order once to answer 404, 403 or 409.
+"""
+import datetime
+import re
+from urllib.parse import urlencode
+
+from bottle import request
+
+from app import (Form, _, act_as, app, category_name, csrf_protect, current_user, db_all, db_one,
+                 error_response, login_required, not_found, redirect, render, role_required,
+                 safe_next)
+
+PAGE_SIZE = 20  # the feed queries say LIMIT 21: one more row tells whether a next page exists
+CABINET_PAGE_SIZE = 20
+BUDGET_MAX = 100_000_000
+STATUSES = ("open", "in_progress", "done", "cancelled")
+# The first page of a keyset list starts "after" a row beyond every real one.
+END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+LAST_ID = 2**63 - 1
+TOP_BUDGET = 2**31 - 1
+RATING_OPTIONS = [(str(n), str(n)) for n in range(10, 0, -1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyset cursors: "<sort key>_<id>" of the last row shown
+
+def cursor_after(row, key):
+    """The `after` parameter that continues a list after this row."""
+    value = row[key]
+    text = value.isoformat() if isinstance(value, datetime.datetime) else str(value)
+    return f"{text}_{row['id']}"
+
+
+def parse_time_cursor(text):
+    """(moment, id) from '2026-11-26T10:00:00.123456+00:00_123', or None when malformed."""
+    key, _sep, id_text = text.rpartition("_")
+    if not key.isascii() or not re.fullmatch(r"[1-9][0-9]{0,17}", id_text):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(key)
+    except ValueError:
+        return None
+    return (moment, int(id_text)) if moment.tzinfo is not None else None
+
+
+def parse_budget_cursor(text):
+    """(budget, id) from '5000_123', or None when malformed."""
+    key, _sep, id_text = text.rpartition("_")
+    if not re.fullmatch(r"[0-9]{1,10}", key) or not re.fullmatch(r"[1-9][0-9]{0,17}", id_text):
+        return None
+    return (int(key), int(id_text)) if int(key) <= TOP_BUDGET else None
+
+
+def link(base, params, **changes):
+    """A URL of `base` with the current query parameters, some changed (None drops one)."""
+    merged = {key: value for key, value in {**params, **changes}.items() if value}
+    return base + ("?" + urlencode(merged) if merged else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The home page and the feed
 
 @app.get("/")
 def home():
-    return render("home.html", latest=db_all("orders_latest_open", limit=10))
+    return render("home.html", latest=db_all("orders_latest_open", limit=10),
+                  top_performers=db_all("home_performers_top", limit=6))
 
 
 @app.get("/orders")
 def feed():
-    return render("orders_feed.html", orders=db_all("orders_latest_open", limit=20),
-                  categories=db_all("categories_list"))
+    """Open orders: full-text search, category, budget range, two sorts, keyset pages of 20."""
+    categories = db_all("categories_list")
+    by_slug = {category["slug"]: category for category in categories}
+    form = Form(request.query)
+    filters, sort, cursor = read_feed_filters(form, by_slug)
+    page = {"categories": categories, "values": form.values, "errors": form.errors,
+            "active": by_slug.get(form.values.get("category")), "sort": sort,
+            "link": lambda **changes: link("/orders", form.values, **changes)}
+    if not form.ok:
+        return render("orders_feed.html", status=400, orders=[], next_url=None, first_url="/orders", **page)
+    after_time, after_budget, after_id = END_OF_TIME, TOP_BUDGET, LAST_ID
+    if cursor and sort == "new":
+        after_time, after_id = cursor
+    elif cursor:
+        after_budget, after_id = cursor
+    rows = db_all("orders_feed", sort=sort, after_time=after_time, after_budget=after_budget,
+                  after_id=after_id, **filters)
+    orders = rows[:PAGE_SIZE]
+    next_url = None
+    if len(rows) > PAGE_SIZE:
+        key = "created_at" if sort == "new" else "budget"
+        next_url = link("/orders", form.values, after=cursor_after(orders[-1], key))
+    first_url = link("/orders", form.values, after=None) if cursor else None
+    return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url, **page)
+
+
+def read_feed_filters(form, by_slug):
+    """The feed's query parameters: (filters for the query, sort, cursor or None); errors in form."""
+    q = form.text("q", required=False, max_len=200)
+    slug = form.choice("category", by_slug, required=False)
+    min_budget = form.integer("min_budget", required=False, min_value=0, max_value=BUDGET_MAX)
+    max_budget = form.integer("max_budget", required=False, min_value=0, max_value=BUDGET_MAX)
+    sort = form.choice("sort", ("new", "budget"), required=False) or "new"
+    after = form.text("after", required=False, max_len=100)
+    if min_budget is not None and max_budget is not None and min_budget > max_budget:
+        form.errors["max_budget"] = _("The maximum cannot be smaller than the minimum.")
+    cursor = None
+    if after and "after" not in form.errors:
+        cursor = (parse_time_cursor if sort == "new" else parse_budget_cursor)(after)
+        if cursor is None:
+            form.errors["after"] = _("This page link is broken. Start again from the first page.")
+    filters = {"q": q or None, "category_id": by_slug[slug]["id"] if slug else None,
+               "min_budget": min_budget, "max_budget": max_budget}
+    return filters, sort, cursor
+
+
+# ---------------------------------------------------------------------------------------------
+# Who may do what: for the buttons shown, and to explain a refused write
+
+def is_hidden_from(order, user):
+    """Open orders of a blocked customer are gone for everyone but staff and that customer."""
+    return (order["status"] == "open" and order["customer_blocked"]
+            and not (user and (user["is_staff"] or user["id"] == order["customer_id"])))
+
+
+def is_allowed(order, user, action):
+    """Whether this person may do `action` to this order at all, whatever its state."""
+    me = user["id"]
+    if action == "take":
+        return user["role"] == "performer" and me != order["customer_id"]
+    if action == "complete":
+        return me == order["performer_id"]
+    if action == "cancel":
+        return me == order["customer_id"] or user["is_staff"]
+    return me == order["customer_id"]  # edit, rate
+
+
+def forbidden_message(action):
+    if action == "take":
+        return _("Only performers can take orders.")
+    if action == "complete":
+        return _("Only the performer who took this order can complete it.")
+    if action == "cancel":
+        return _("Only the order's customer or Birzha staff can cancel it.")
+    if action == "rate":
+        return _("Only the order's customer can rate it.")
+    return _("Only the order's customer can edit it.")
+
+
+def conflict_message(order, user, action):
+    """Why the order's state refuses `action` now."""
+    status = order["status"]
+    if action == "take":
+        if order["performer_id"] == user["id"]:
+            return _("You have already taken this order.")
+        if status == "cancelled":
+            return _("This order was cancelled and can no longer be taken.")
+        return _("This order was already taken by someone else.")
+    if action == "complete":
+        return _("This order is not in progress any more.")
+    if action == "cancel":
+        if status == "done":
+            return _("A done order cannot be cancelled.")
+        return _("This order is already cancelled.")
+    if action == "rate":
+        if order["is_rated"]:
+            return _("This order has already been rated.")
+        return _("Only a done order can be rated.")
+    return _("Only an open order can be edited.")
+
+
+def refuse(order_id, action):
+    """After a conditional write touched no row: read the order once and raise 404, 403 or 409."""
+    order = db_one("order_state_read", order_id=order_id)
+    user = current_user()
+    if order is None or is_hidden_from(order, user):
+        raise not_found(_("There is no such order."))
+    if not is_allowed(order, user, action):
+        raise error_response(403, forbidden_message(action))
+    if action == "take" and order["status"] == "open":  # still open: the taker was refused (blocked)
+        raise error_response(403, _("Your account cannot take orders right now."))
+    raise error_response(409, conflict_message(order, user, action))
+
+
+def permissions(order, user):
+    """The buttons this viewer sees on the order page (the SQL decides for real)."""
+    if user is None:
+        return {"take": False, "edit": False, "cancel": False, "complete": False, "rate": False,
+                "staff": False}
+    status = order["status"]
+    is_customer = user["id"] == order["customer_id"]
+    return {
+        "take": user["role"] == "performer" and status == "open" and not order["customer_blocked"],
+        "edit": is_customer and status == "open",
+        "cancel": (is_customer or user["is_staff"]) and status in ("open", "in_progress"),
+        "complete": user["id"] == order["performer_id"] and status == "in_progress",
+        "rate": is_customer and status == "done" and not order["is_rated"],
+        "staff": bool(user["is_staff"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The order page
+
+def load_order(order_id):
+    """The order as its page shows it to this viewer; 404 when unknown or hidden from them."""
+    user = current_user()
+    order = db_one("order_page_read", order_id=order_id, staff=bool(user and user["is_staff"]))
+    if order is None or is_hidden_from(order, user):
+        raise not_found(_("There is no such order."))
+    return order
+
+
+def render_order(order, status=200, values=None, errors=None):
+    return render("order.html", status=status, order=order, rating_options=RATING_OPTIONS,
+                  history=db_all("order_history_list", order_id=order["id"]),
+                  can=permissions(order, current_user()), values=values or {}, errors=errors or {})
+
+
+@app.get("/orders/<order_id:id>")
+def order_page(order_id):
+    return render_order(load_order(order_id))
+
+
+@app.get("/orders/<order_id:id>/<action:re:take|complete|cancel|rate>")
+def order_action_page(order_id, action):
+    """A GET of an action's URL (after signing in, say) shows the order and its buttons."""
+    redirect(f"/orders/{order_id}")
+
+
+def reshow_order_form(order_id, action, form):
+    """Bad input on an order-page form: 404 / 403 / 409 as the write would, else the page with 400."""
+    order = load_order(order_id)
+    user = current_user()
+    if not is_allowed(order, user, action):
+        raise error_response(403, forbidden_message(action))
+    if not permissions(order, user)[action]:  # the form is not on the page any more
+        raise error_response(409, conflict_message(order, user, action))
+    return render_order(order, status=400, values=form.values, errors=form.errors)
+
+
+def back_to(order_id):
+    """Where a transition returns: the local `next` of the form, else the order page."""
+    return safe_next(request.forms.getunicode("next") or "", f"/orders/{order_id}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Transitions (SPEC §4): one conditional statement each
+
+@app.post("/orders/<order_id:id>/take")
+@csrf_protect
+@role_required("performer")
+def order_take(order_id):
+    user = current_user()
+    act_as(user["id"])
+    if db_one("order_take", order_id=order_id, performer_id=user["id"]) is None:
+        refuse(order_id, "take")
+    redirect(back_to(order_id), _("The order is yours. Good luck with the work!"))
+
+
+@app.post("/orders/<order_id:id>/complete")
+@csrf_protect
+@role_required("performer")
+def order_complete(order_id):
+    user = current_user()
+    act_as(user["id"])
+    if db_one("order_complete", order_id=order_id, performer_id=user["id"]) is None:
+        refuse(order_id, "complete")
+    redirect(back_to(order_id), _("The order is done. The customer can now rate your work."))
+
+
+@app.post("/orders/<order_id:id>/cancel")
+@csrf_protect
+@login_required
+def order_cancel(order_id):
+    user = current_user()
+    form = Form()
+    reason = form.text("reason", required=False, max_len=1000, multiline=True).strip()
+    if not form.ok:
+        return reshow_order_form(order_id, "cancel", form)
+    act_as(user["id"], reason)
+    if db_one("order_cancel", order_id=order_id, actor_id=user["id"], reason=reason) is None:
+        refuse(order_id, "cancel")
+    redirect(back_to(order_id), _("The order is cancelled."))
+
+
+@app.post("/orders/<order_id:id>/rate")
+@csrf_protect
+@role_required("customer")
+def order_rate(order_id):
+    user = current_user()
+    form = Form()
+    rating = form.integer("rating", min_value=1, max_value=10)
+    review = form.text("review", required=False, max_len=5000, multiline=True).strip()
+    if not form.ok:
+        return reshow_order_form(order_id, "rate", form)
+    act_as(user["id"])
+    if db_one("order_rate", order_id=order_id, customer_id=user["id"], rating=rating, review=review) is None:
+        refuse(order_id, "rate")
+    redirect(back_to(order_id), _("Thank you! Your rating is saved."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Placing and editing an order
+
+def category_options():
+    """(slug, name) of the categories a new order may use: the visible ones."""
+    return [(row["slug"], category_name(row)) for row in db_all("categories_list")]
+
+
+def read_order_form(form, slugs, today, unchanged_deadline=None):
+    """The order fields from the form; errors go into form.errors."""
+    fields = {
+        "title": form.text("title", min_len=3, max_len=200),
+        "description": form.text("description", max_len=10000, multiline=True).strip(),
+        "category": form.choice("category", slugs),
+        "budget": form.integer("budget", min_value=1, max_value=BUDGET_MAX),
+        "deadline": form.date("deadline"),
+    }
+    deadline = fields["deadline"]
+    if deadline and deadline < today and deadline != unchanged_deadline:
+        form.errors["deadline"] = _("The date cannot be in the past.")
+    return fields
+
+
+def render_order_form(values, errors, status=200, order=None, options=None):
+    return render("order_form.html", status=status, values=values, errors=errors, order=order,
+                  category_options=options or category_options())
+
+
+@app.get("/orders/new")
+@role_required("customer")
+def order_new():
+    return render_order_form({}, {})
+
+
+@app.post("/orders")
+@csrf_protect
+@role_required("customer")
+def order_create():
+    user = current_user()
+    options = category_options()
+    form = Form()
+    fields = read_order_form(form, [slug for slug, _name in options], db_one("date_today")["today"])
+    if form.ok:
+        act_as(user["id"])
+        created = db_one("order_create", customer_id=user["id"], **fields)
+        if created is not None:
+            redirect(f"/orders/{created['id']}", _("Your order is published."))
+        form.errors["category"] = _("Choose one of the options.")  # hidden a moment ago
+    return render_order_form(form.values, form.errors, status=400, options=options)
+
+
+def order_to_edit(order_id):
+    """The order its customer is about to edit: 404 unknown, 403 not theirs, 409 no longer open."""
+    order = load_order(order_id)
+    if not is_allowed(order, current_user(), "edit"):
+        raise error_response(403, forbidden_message("edit"))
+    if order["status"] != "open":
+        raise error_response(409, _("Only an open order can be edited."))
+    return order
+
+
+def edit_options(order):
+    """The visible categories, and the order's own even if staff have hidden it since."""
+    options = category_options()
+    if order["category_slug"] not in [slug for slug, _name in options]:
+        options.append((order["category_slug"], category_name(order)))
+    return options
+
+
+@app.get("/orders/<order_id:id>/edit")
+@login_required
+def order_edit(order_id):
+    order = order_to_edit(order_id)
+    values = {"title": order["title"], "description": order["description"],
+              "category": order["category_slug"], "budget": str(order["budget"]),
+              "deadline": order["deadline"].isoformat() if order["deadline"] else ""}
+    return render_order_form(values, {}, order=order, options=edit_options(order))
+
+
+@app.post("/orders/<order_id:id>/edit")
+@csrf_protect
+@login_required
+def order_edit_save(order_id):
+    user = current_user()
+    order = order_to_edit(order_id)
+    options = edit_options(order)
+    form = Form()
+    fields = read_order_form(form, [slug for slug, _name in options], db_one("date_today")["today"],
+                             unchanged_deadline=order["deadline"])
+    if not form.ok:
+        return render_order_form(form.values, form.errors, status=400, order=order, options=options)
+    if db_one("order_update", order_id=order_id, customer_id=user["id"], **fields) is None:
+        refuse(order_id, "edit")
+    redirect(f"/orders/{order_id}", _("The order is saved."))
+
+
+# ---------------------------------------------------------------------------------------------
+# The cabinets
+
+@app.get("/cabinet")
+@login_required
+def cabinet():
+    """The customer's or the performer's own orders by status, with the counters of the database."""
+    user = current_user()
+    form = Form(request.query)
+    status = form.choice("status", STATUSES, required=False)
+    after = form.text("after", required=False, max_len=100)
+    cursor = parse_time_cursor(after) if after and form.ok else (END_OF_TIME, LAST_ID)
+    if not form.ok or cursor is None:
+        raise error_response(400, _("This page link is broken. Start again from the first page."))
+    after_time, after_id = cursor
+    if user["role"] == "customer":
+        rows = db_all("customer_orders_page", customer_id=user["id"], status=status,
+                      after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
+    else:
+        rows = db_all("performer_orders_page", performer_id=user["id"], status=status,
+                      after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
+    orders = rows[:CABINET_PAGE_SIZE]
+    params = {"status": status}
+    page = {
+        "orders": orders, "tab": status,
+        "next_url": link("/cabinet", params, after=cursor_after(orders[-1], "created_at"))
+                    if len(rows) > CABINET_PAGE_SIZE else None,
+        "first_url": link("/cabinet", params) if after else None,
+        "here": link("/cabinet", {**params, "after": after}),
+    }
+    if user["role"] == "customer":
+        return render("cabinet_customer.html", stats=db_one("customer_stats_read", customer_id=user["id"]),
+                      values={}, errors={}, category_options=category_options(), **page)
+    return render("cabinet_performer.html", stats=db_one("performer_stats_read", performer_id=user["id"]),
+                  reviews=db_all("performer_reviews_latest", performer_id=user["id"], limit=20), **page)

@@ -351,6 +351,151 @@ LIMIT %(limit)s
 -- =============================================================================================
 -- Orders: the feed, order pages, forms, the cabinets, the home page (issue 4)
 
+-- name: orders_feed
+-- The feed: open orders of customers who are not blocked, newest first (sort 'new') or highest
+-- budget first (sort 'budget'), ties broken by id; one page after the cursor; every filter optional.
+-- PostgreSQL plans it with the values bound (a custom plan; tests/test_feed.py checks it stays so),
+-- which folds the CASEs to the chosen sort: the cursor becomes a row comparison that is an index
+-- condition on orders_feed_new_idx or orders_feed_budget_idx, the ORDER BY their order, and a deep
+-- page costs what the first one does. The cursor is always given (the first page starts after the
+-- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
+SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users u ON u.id = o.customer_id
+WHERE o.status = 'open'
+  AND NOT u.is_blocked
+  AND CASE WHEN %(sort)s::text = 'budget'
+           THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+           ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
+      END
+  AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
+  AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+  AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+  AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
+         CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         o.id DESC
+LIMIT 21
+
+-- name: home_performers_top
+-- The best performers for the home page: average rating, then completed orders.
+SELECT u.id, u.name, s.rating_avg, s.rating_count, s.orders_completed
+FROM performer_stats s
+JOIN users u ON u.id = s.performer_id
+WHERE NOT u.is_blocked
+  AND s.orders_completed > 0
+ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+LIMIT %(limit)s
+
+-- name: date_today
+-- The database's date: the one the deadline rule in orders_guard_transition() compares with.
+SELECT current_date AS today
+
+-- name: order_page_read
+-- An order with everything its page shows; the rating and review of a hidden review only for staff.
+SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_id, o.performer_id,
+       o.review_hidden, o.cancel_reason, o.created_at, o.taken_at, o.completed_at,
+       o.cancelled_at, o.rated_at, o.category_id,
+       o.rating IS NOT NULL AS is_rated,
+       CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.rating END AS rating,
+       CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.review END AS review,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en,
+       cu.name AS customer_name, cu.is_blocked AS customer_blocked,
+       cs.orders_placed AS customer_orders_placed,
+       pu.name AS performer_name, ps.rating_avg AS performer_rating_avg,
+       ps.rating_count AS performer_rating_count, ps.orders_completed AS performer_orders_completed
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+LEFT JOIN customer_stats cs ON cs.customer_id = o.customer_id
+LEFT JOIN users pu ON pu.id = o.performer_id
+LEFT JOIN performer_stats ps ON ps.performer_id = o.performer_id
+WHERE o.id = %(order_id)s
+
+-- name: order_state_read
+-- After a refused transition: what the order looks like now, to answer 404, 403 or 409.
+SELECT o.id, o.status, o.customer_id, o.performer_id, o.rating IS NOT NULL AS is_rated,
+       cu.is_blocked AS customer_blocked
+FROM orders o
+JOIN users cu ON cu.id = o.customer_id
+WHERE o.id = %(order_id)s
+
+-- name: order_history_list
+SELECT h.id, h.at, h.action, h.from_status, h.to_status, h.note, h.actor_id,
+       a.name AS actor_name, h.performer_id, p.name AS performer_name
+FROM order_history h
+LEFT JOIN users a ON a.id = h.actor_id
+LEFT JOIN users p ON p.id = h.performer_id
+WHERE h.order_id = %(order_id)s
+ORDER BY h.id
+
+-- name: order_update
+-- The customer edits an open order; a hidden category is refused unless the order is already in it.
+UPDATE orders o
+SET title = %(title)s,
+    description = %(description)s,
+    category_id = c.id,
+    budget = %(budget)s,
+    deadline = %(deadline)s
+FROM categories c
+WHERE o.id = %(order_id)s
+  AND o.customer_id = %(customer_id)s
+  AND o.status = 'open'
+  AND c.slug = %(category)s
+  AND (NOT c.is_hidden OR c.id = o.category_id)
+RETURNING o.id
+
+-- name: customer_stats_read
+SELECT orders_placed, orders_open, orders_in_progress, orders_done, orders_cancelled
+FROM customer_stats
+WHERE customer_id = %(customer_id)s
+
+-- name: performer_stats_read
+SELECT orders_completed, orders_in_progress, rating_avg, rating_count
+FROM performer_stats
+WHERE performer_id = %(performer_id)s
+
+-- name: customer_orders_page
+-- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
+SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at, o.performer_id,
+       o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+LEFT JOIN users p ON p.id = o.performer_id
+WHERE o.customer_id = %(customer_id)s
+  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
+  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
+ORDER BY o.created_at DESC, o.id DESC
+LIMIT %(limit)s
+
+-- name: performer_orders_page
+-- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
+SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at,
+       CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+WHERE o.performer_id = %(performer_id)s
+  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
+  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
+ORDER BY o.created_at DESC, o.id DESC
+LIMIT %(limit)s
+
+-- name: performer_reviews_latest
+-- The ratings and reviews a performer received, newest first; hidden ones are left out.
+SELECT o.id, o.title, o.rating, o.review, o.rated_at, cu.name AS customer_name
+FROM orders o
+JOIN users cu ON cu.id = o.customer_id
+WHERE o.performer_id = %(performer_id)s
+  AND o.rating IS NOT NULL
+  AND NOT o.review_hidden
+ORDER BY o.rated_at DESC, o.id DESC
+LIMIT %(limit)s
+
 -- (end of the orders section)
 
 -- =============================================================================================

@@ -1,0 +1,245 @@
+"""The feed of open orders: search, filters, both sorts, keyset pages, blocked customers, indexes."""
+import html
+import re
+from urllib.parse import urlencode
+
+import pytest
+
+import app as birzha
+from conftest import text_of
+from orders import END_OF_TIME, LAST_ID, TOP_BUDGET
+
+CATEGORIES = ["design", "development", "texts"]
+BUDGETS = [1000, 2500, 5000, 5000, 7000, 2500, 9000]  # few values, so the budget sort has many ties
+
+
+def feed_ids(resp):
+    return [int(n) for n in re.findall(r'class="card-title" href="/orders/(\d+)"', resp.text)]
+
+
+def walk(client, url):
+    """Every order id of every page, following the "Next page" links; pages of 20 at most."""
+    ids, pages = [], 0
+    while url:
+        resp = client.get(url)
+        page = feed_ids(resp)
+        assert 0 < len(page) <= 20 or (pages == 0 and not page)
+        ids += page
+        pages += 1
+        found = re.search(r'href="([^"]+)">Next page', resp.text)
+        url = html.unescape(found.group(1)) if found else None
+        assert url is None or len(page) == 20
+    return ids, pages
+
+
+@pytest.fixture
+def catalogue(db, make_user, make_order):
+    """45 open orders with known categories and budgets, some created in one transaction (equal
+    times), plus orders the feed must leave out: not open, or of a blocked customer."""
+    anna, boris, spammer = make_user("customer"), make_user("customer"), make_user("customer")
+    vera = make_user("performer")
+    orders = []
+    for n in range(45):
+        fields = {"customer": anna if n % 2 else boris, "category": CATEGORIES[n % 3],
+                  "budget": BUDGETS[n % len(BUDGETS)], "title": f"Feed order {n:02}"}
+        if 20 <= n < 30:
+            continue  # created below, all in one transaction
+        orders.append(dict(fields, id=make_order(fields.pop("customer"), **fields)["id"]))
+    with db.transaction():
+        for n in range(20, 30):
+            fields = {"customer": anna, "category": CATEGORIES[n % 3], "budget": BUDGETS[n % len(BUDGETS)],
+                      "title": f"Feed order {n:02}"}
+            orders.append(dict(fields, id=make_order(fields.pop("customer"), **fields)["id"]))
+    hidden = [make_order(spammer, title="Spam order", budget=99000, category="design")["id"],
+              make_order(anna, title="Taken order", performer=vera, status="in_progress")["id"],
+              make_order(boris, title="Cancelled order", status="cancelled")["id"]]
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (spammer["id"],))
+    times = {row["id"]: row["created_at"] for row in db.execute("SELECT id, created_at FROM orders")}
+    for order in orders:
+        order["created_at"] = times[order["id"]]
+    assert len({times[o["id"]] for o in orders if 20 <= int(o["title"][-2:]) < 30}) == 1
+    return {"orders": orders, "hidden": hidden}
+
+
+def newest_first(orders):
+    return [o["id"] for o in sorted(orders, key=lambda o: (o["created_at"], o["id"]), reverse=True)]
+
+
+def highest_budget_first(orders):
+    return [o["id"] for o in sorted(orders, key=lambda o: (o["budget"], o["id"]), reverse=True)]
+
+
+def test_walking_all_pages_newest_first_gives_every_open_order_once_in_order(client, catalogue):
+    ids, pages = walk(client, "/orders")
+    assert ids == newest_first(catalogue["orders"])
+    assert pages == 3
+    assert not set(ids) & set(catalogue["hidden"])
+
+
+def test_walking_all_pages_by_budget_breaks_ties_by_id(client, catalogue):
+    ids, pages = walk(client, "/orders?sort=budget")
+    assert ids == highest_budget_first(catalogue["orders"])
+    assert pages == 3
+    # The page boundaries fall inside runs of equal budgets, so ties are really crossed.
+    budgets = {o["id"]: o["budget"] for o in catalogue["orders"]}
+    assert budgets[ids[19]] == budgets[ids[20]] or budgets[ids[39]] == budgets[ids[40]]
+
+
+@pytest.mark.parametrize("sort, expected", [("new", newest_first), ("budget", highest_budget_first)])
+def test_filters_combine_with_both_sorts_and_the_cursor(client, catalogue, sort, expected):
+    orders = catalogue["orders"]
+    ids, _pages = walk(client, f"/orders?sort={sort}&min_budget=2500")
+    assert ids == expected([o for o in orders if o["budget"] >= 2500])
+    ids, _pages = walk(client, f"/orders?sort={sort}&category=design&min_budget=2500&max_budget=5000")
+    assert ids == expected([o for o in orders if o["category"] == "design" and 2500 <= o["budget"] <= 5000])
+    ids, _pages = walk(client, f"/orders?sort={sort}&q=feed&category=development")
+    assert ids == expected([o for o in orders if o["category"] == "development"])
+
+
+def test_search_stems_russian_and_english_words(client, make_user, make_order):
+    anna = make_user("customer")
+    coffee = make_order(anna, title="Логотип для кофейни", description="Тёплые цвета")["id"]
+    landing = make_order(anna, title="Landing pages", description="Two pages for a bakery")["id"]
+    other = make_order(anna, title="Перевод инструкции", description="Шесть страниц")["id"]
+
+    def search(q):
+        return feed_ids(client.get("/orders?" + urlencode({"q": q})))
+
+    assert search("логотипы") == [coffee]
+    assert search("Кофейня") == [coffee]
+    assert search("landing") == [landing]
+    assert search("bakeries") == [landing]
+    assert search("инструкцию") == [other]
+    assert search("логотип -кофейни") == []
+    assert search('"landing pages"') == [landing]
+    assert search("dinosaurs") == []
+    assert sorted(search("")) == sorted([coffee, landing, other])
+
+
+def test_blocked_customers_orders_leave_the_feed_and_the_category_counts(client, db, make_user, make_order):
+    anna, spammer = make_user("customer"), make_user("customer")
+    kept = make_order(anna, title="Honest order", category="seo")["id"]
+    spam = make_order(spammer, title="Buy followers", category="seo")["id"]
+    assert sorted(feed_ids(client.get("/orders?category=seo"))) == sorted([kept, spam])
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (spammer["id"],))
+    assert feed_ids(client.get("/orders?category=seo")) == [kept]
+    assert feed_ids(client.get("/orders?q=followers")) == []
+    assert db.execute("SELECT open_orders FROM categories WHERE slug = 'seo'").fetchone()["open_orders"] == 1
+    sidebar = re.search(r'category=seo">[^<]*</a>\s*<span[^>]*>(\d+)</span>', client.get("/orders").text)
+    assert sidebar.group(1) == "1"
+    assert "Buy followers" not in client.get("/").text
+
+
+@pytest.mark.parametrize("query", [
+    "min_budget=abc", "min_budget=-1", "max_budget=1e5", f"max_budget={10**30}", "min_budget=5000&max_budget=10",
+    "min_budget=100000001", "sort=cheapest", "category=no-such", "category=secret",
+    "after=garbage", "after=123", "after=_1", "after=2026-13-45T00:00:00%2B00:00_1",
+    "after=2026-11-26T10:00:00_5", "after=2026-11-26T10:00:00%2B00:00_abc", "after=2026-11-26T10:00:00%2B00:00_0",
+    "sort=budget&after=2026-11-26T10:00:00%2B00:00_5", "sort=budget&after=5000_", "sort=budget&after=-1_5",
+    f"sort=budget&after={10**12}_5", "sort=new&after=5000_123", "q=%00", "after=%FF_1", "q=" + "x" * 201,
+])
+def test_bad_feed_parameters_are_400_with_a_message(client, db, query):
+    db.execute("INSERT INTO categories (slug, name_ru, name_en, is_hidden) VALUES ('secret', 'Тайна', 'Secret', true)")
+    resp = client.get("/orders?" + query, status=400)
+    assert 'class="field-error"' in resp.text
+
+
+def test_good_cursors_are_accepted_even_when_nothing_follows(client, catalogue):
+    assert feed_ids(client.get("/orders?after=2000-01-01T00:00:00%2B00:00_1")) == []
+    assert feed_ids(client.get("/orders?sort=budget&after=1_1")) == []
+    newest = newest_first(catalogue["orders"])
+    assert feed_ids(client.get("/orders?after=9999-01-01T00:00:00Z_1"))[:20] == newest[:20]
+
+
+def test_only_signed_in_performers_see_take_buttons(client, make_client, make_user, make_order, sign_in):
+    order_id = make_order(make_user("customer"))["id"]
+    take = f'action="/orders/{order_id}/take"'
+    assert take not in client.get("/orders").text
+    assert take not in sign_in(make_client(), make_user("customer")).get("/orders").text
+    assert take in sign_in(make_client(), make_user("performer")).get("/orders").text
+
+
+def test_feed_sidebar_lists_visible_categories_with_open_counts(client, db, make_user, make_order):
+    anna = make_user("customer")
+    for _n in range(3):
+        make_order(anna, category="texts")
+    db.execute("INSERT INTO categories (slug, name_ru, name_en, is_hidden) VALUES ('secret', 'Тайна', 'Secret', true)")
+    page = client.get("/orders")
+    counts = dict(re.findall(r'category=([a-z-]+)">[^<]*</a>\s*<span[^>]*>(\d+)</span>', page.text))
+    assert counts["texts"] == "3" and counts["design"] == "0" and "secret" not in counts
+    assert "Writing &amp; translation" in page.text
+    assert text_of(client.get("/orders?category=texts")).count("A test order") == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The feed queries walk the partial indexes, and a deep page costs what the first one does
+
+def plan_nodes(plan):
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def explain(db, name, params):
+    row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + birzha.Q[name], params).fetchone()
+    return list(plan_nodes(row["QUERY PLAN"][0]["Plan"]))
+
+
+@pytest.fixture
+def big_feed(db, make_user):
+    """3000 open orders (in 30 transactions, so 30 distinct creation times) and 1000 cancelled ones."""
+    customers = [make_user("customer")["id"] for _n in range(5)]
+    for batch in range(40):
+        db.execute(
+            "INSERT INTO orders (customer_id, category_id, title, description, budget) "
+            "SELECT %(customers)s[1 + n %% 5], 1 + n %% 7, 'Order ' || n, 'Text ' || n, 100 * (1 + n %% 97) "
+            "FROM generate_series(%(start)s, %(start)s + 99) AS n",
+            {"customers": customers, "start": batch * 100})
+    db.execute("UPDATE orders SET status = 'cancelled' WHERE id % 4 = 0")
+    db.execute("ANALYZE")
+    return db
+
+
+FEED_FILTERS = {"q": None, "category_id": None, "min_budget": None, "max_budget": None}
+FIRST_PAGE = {"after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_id": LAST_ID}
+
+
+def test_the_feed_query_uses_the_partial_indexes_at_any_depth(big_feed):
+    db = big_feed
+    deep = db.execute("SELECT created_at, id, budget FROM orders WHERE status = 'open' "
+                      "ORDER BY created_at DESC, id DESC OFFSET 2500 LIMIT 1").fetchone()
+    deep_by_budget = db.execute("SELECT budget, id FROM orders WHERE status = 'open' "
+                                "ORDER BY budget DESC, id DESC OFFSET 2500 LIMIT 1").fetchone()
+    deep_new = dict(FIRST_PAGE, after_time=deep["created_at"], after_id=deep["id"])
+    deep_budget = dict(FIRST_PAGE, after_budget=deep_by_budget["budget"], after_id=deep_by_budget["id"])
+    cases = [
+        (dict(FEED_FILTERS, sort="new", **FIRST_PAGE), "orders_feed_new_idx"),
+        (dict(FEED_FILTERS, sort="new", **deep_new), "orders_feed_new_idx"),
+        (dict(FEED_FILTERS, sort="new", **dict(deep_new), category_id=3), "orders_feed_category_new_idx"),
+        (dict(FEED_FILTERS, sort="budget", **FIRST_PAGE), "orders_feed_budget_idx"),
+        (dict(FEED_FILTERS, sort="budget", **deep_budget), "orders_feed_budget_idx"),
+        (dict(FEED_FILTERS, sort="budget", **deep_budget, max_budget=5000), "orders_feed_budget_idx"),
+    ]
+    for params, index in cases:
+        nodes = explain(db, "orders_feed", params)
+        scans = [node for node in nodes if node.get("Index Name") == index]
+        assert scans, (params, index, [n["Node Type"] for n in nodes])
+        assert not [node for node in nodes if node["Node Type"] == "Sort"]
+        # Rows read from the index: one page and one more, however deep the page is.
+        assert scans[0]["Actual Rows"] <= 21, (params, scans[0]["Actual Rows"])
+        assert "ROW(" in scans[0]["Index Cond"]
+
+
+def test_repeated_feed_queries_keep_custom_plans(big_feed):
+    """psycopg prepares a statement after 5 runs; PostgreSQL must not settle on a generic plan."""
+    db = big_feed
+    for n in range(12):
+        db.execute(birzha.Q["orders_feed"], dict(FEED_FILTERS, sort="new", min_budget=n * 100, **FIRST_PAGE),
+                   prepare=True).fetchall()
+        db.execute(birzha.Q["orders_feed"], dict(FEED_FILTERS, sort="budget", q="order", **FIRST_PAGE),
+                   prepare=True).fetchall()
+    plans = db.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                       "WHERE statement LIKE '%%LIMIT 21'").fetchall()
+    # psycopg keeps one prepared statement per set of parameter types: here two.
+    assert plans and all(plan["generic_plans"] == 0 for plan in plans), plans
+    assert sum(plan["custom_plans"] for plan in plans) == 24

@@ -1,0 +1,546 @@
+"""Orders through HTTP: the whole flow for both roles, every refusal, bad input, the cabinets."""
+import datetime
+import html
+import re
+
+import pytest
+
+import app as birzha
+from conftest import text_of
+
+VALID_ORDER = {"title": "Logo for a coffee shop", "description": "Warm colours, a simple sign.",
+               "category": "design", "budget": "5000", "deadline": ""}
+
+
+def location(resp):
+    """The path of a redirect, without the host webtest may add."""
+    return re.sub(r"^https?://[^/]+", "", resp.headers["Location"])
+
+
+def order_row(db, order_id):
+    return db.execute("SELECT * FROM orders WHERE id = %s", (order_id,)).fetchone()
+
+
+def history(db, order_id):
+    return db.execute("SELECT action, actor_id, from_status, to_status, note FROM order_history "
+                      "WHERE order_id = %s ORDER BY id", (order_id,)).fetchall()
+
+
+def customer_stats(db, user):
+    return db.execute("SELECT orders_placed, orders_open, orders_in_progress, orders_done, orders_cancelled "
+                      "FROM customer_stats WHERE customer_id = %s", (user["id"],)).fetchone()
+
+
+def performer_stats(db, user):
+    return db.execute("SELECT orders_completed, orders_in_progress, rating_sum, rating_count, rating_avg "
+                      "FROM performer_stats WHERE performer_id = %s", (user["id"],)).fetchone()
+
+
+def open_in_category(db, slug):
+    return db.execute("SELECT open_orders FROM categories WHERE slug = %s", (slug,)).fetchone()["open_orders"]
+
+
+def everything(db):
+    """Every row a refused request might have touched, to prove it changed nothing."""
+    return {
+        "orders": db.execute("SELECT * FROM orders ORDER BY id").fetchall(),
+        "history": db.execute("SELECT * FROM order_history ORDER BY id").fetchall(),
+        "customers": db.execute("SELECT * FROM customer_stats ORDER BY customer_id").fetchall(),
+        "performers": db.execute("SELECT * FROM performer_stats ORDER BY performer_id").fetchall(),
+        "categories": db.execute("SELECT id, open_orders FROM categories ORDER BY id").fetchall(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow
+
+def test_post_take_complete_rate_updates_status_history_counters_and_both_cabinets(
+        client, make_client, make_user, sign_in, db):
+    anna = make_user("customer", name="Anna")
+    vera = make_user("performer", name="Vera")
+    sign_in(client, anna)
+    performer = sign_in(make_client(), vera)
+
+    posted = client.post_form("/orders", VALID_ORDER)
+    assert posted.status_int == 303
+    order_id = int(location(posted).rsplit("/", 1)[1])
+    order = order_row(db, order_id)
+    assert (order["status"], order["customer_id"], order["title"], order["budget"]) == (
+        "open", anna["id"], "Logo for a coffee shop", 5000)
+    assert history(db, order_id) == [
+        {"action": "create", "actor_id": anna["id"], "from_status": None, "to_status": "open", "note": None}]
+    assert customer_stats(db, anna) == {"orders_placed": 1, "orders_open": 1, "orders_in_progress": 0,
+                                        "orders_done": 0, "orders_cancelled": 0}
+    assert open_in_category(db, "design") == 1
+    assert "Your order is published." in text_of(client.get(location(posted)))
+    cabinet = text_of(client.get("/cabinet?status=open"))
+    assert "Logo for a coffee shop" in cabinet and "1 placed 1 open 0 in progress" in cabinet
+
+    feed = performer.get("/orders")
+    assert f'action="/orders/{order_id}/take"' in feed.text
+    taken = performer.post_form(f"/orders/{order_id}/take")
+    assert taken.status_int == 303 and location(taken) == f"/orders/{order_id}"
+    order = order_row(db, order_id)
+    assert (order["status"], order["performer_id"]) == ("in_progress", vera["id"])
+    assert history(db, order_id)[-1] == {"action": "take", "actor_id": vera["id"], "from_status": "open",
+                                         "to_status": "in_progress", "note": None}
+    assert performer_stats(db, vera)["orders_in_progress"] == 1
+    assert customer_stats(db, anna)["orders_open"] == 0 and customer_stats(db, anna)["orders_in_progress"] == 1
+    assert open_in_category(db, "design") == 0
+    work = performer.get("/cabinet")
+    assert "Logo for a coffee shop" in work.text and f'action="/orders/{order_id}/complete"' in work.text
+
+    completed = performer.post_form(f"/orders/{order_id}/complete", {"next": "/cabinet"})
+    assert completed.status_int == 303 and location(completed) == "/cabinet"
+    assert order_row(db, order_id)["status"] == "done"
+    assert history(db, order_id)[-1]["action"] == "complete"
+    assert history(db, order_id)[-1]["actor_id"] == vera["id"]
+    assert performer_stats(db, vera)["orders_completed"] == 1
+    assert performer_stats(db, vera)["orders_in_progress"] == 0
+    assert customer_stats(db, anna)["orders_done"] == 1
+    assert f'action="/orders/{order_id}/rate"' in client.get(f"/orders/{order_id}").text
+
+    rated = client.post_form(f"/orders/{order_id}/rate", {"rating": "9", "review": "Fast and careful."})
+    assert rated.status_int == 303
+    order = order_row(db, order_id)
+    assert (order["rating"], order["review"]) == (9, "Fast and careful.")
+    assert history(db, order_id)[-1]["action"] == "rate"
+    assert history(db, order_id)[-1]["actor_id"] == anna["id"]
+    stats = performer_stats(db, vera)
+    assert (stats["rating_sum"], stats["rating_count"], float(stats["rating_avg"])) == (9, 1, 9.0)
+    work = text_of(performer.get("/cabinet"))
+    assert "9.0 average of 1 rating" in work and "Fast and careful." in work
+    page = text_of(client.get(f"/orders/{order_id}"))
+    for line in ("Anna placed the order", "Vera took the order", "Vera completed the order",
+                 "Anna rated the work", "Rating: 9 / 10", "Fast and careful."):
+        assert line in page
+    assert "Send the rating" not in page
+
+    again = client.post_form(f"/orders/{order_id}/rate", {"rating": "1", "review": "Changed my mind"})
+    assert again.status_int == 409 and "already been rated" in again.text
+    assert order_row(db, order_id)["rating"] == 9
+
+
+def test_customer_posts_and_cancels_with_a_reason(client, make_user, sign_in, db):
+    anna = make_user("customer")
+    sign_in(client, anna)
+    order_id = int(location(client.post_form("/orders", dict(VALID_ORDER, category="texts"))).rsplit("/", 1)[1])
+    assert open_in_category(db, "texts") == 1
+
+    cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": "Found someone offline"})
+    assert cancelled.status_int == 303 and location(cancelled) == f"/orders/{order_id}"
+    order = order_row(db, order_id)
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "Found someone offline")
+    assert history(db, order_id)[-1] == {"action": "cancel", "actor_id": anna["id"], "from_status": "open",
+                                         "to_status": "cancelled", "note": "Found someone offline"}
+    assert customer_stats(db, anna) == {"orders_placed": 1, "orders_open": 0, "orders_in_progress": 0,
+                                        "orders_done": 0, "orders_cancelled": 1}
+    assert open_in_category(db, "texts") == 0
+    assert "1 placed 0 open 0 in progress 0 done 1 cancelled" in text_of(client.get("/cabinet"))
+    assert "Found someone offline" in text_of(client.get(f"/orders/{order_id}"))
+
+
+def test_customer_cancels_an_order_a_performer_has_taken(client, make_client, make_user, sign_in, db):
+    anna, gleb = make_user("customer"), make_user("performer", name="Gleb")
+    sign_in(client, anna)
+    performer = sign_in(make_client(), gleb)
+    order_id = int(location(client.post_form("/orders", VALID_ORDER)).rsplit("/", 1)[1])
+    assert performer.post_form(f"/orders/{order_id}/take").status_int == 303
+    assert performer_stats(db, gleb)["orders_in_progress"] == 1
+
+    cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": ""})
+    assert cancelled.status_int == 303
+    order = order_row(db, order_id)
+    assert (order["status"], order["performer_id"], order["cancel_reason"]) == ("cancelled", gleb["id"], None)
+    assert [h["action"] for h in history(db, order_id)] == ["create", "take", "cancel"]
+    assert history(db, order_id)[-1]["actor_id"] == anna["id"]
+    assert performer_stats(db, gleb)["orders_in_progress"] == 0
+    assert customer_stats(db, anna)["orders_cancelled"] == 1
+    assert "cancelled" in text_of(performer.get("/cabinet?status=cancelled"))
+    assert f'action="/orders/{order_id}/complete"' not in performer.get("/cabinet").text
+
+
+def test_staff_cancel_is_recorded_with_the_staff_member_as_actor(client, make_user, make_order, sign_in, db):
+    anna, boss = make_user("customer"), make_user("customer", staff=True, name="Boss")
+    order = make_order(anna)
+    sign_in(client, boss)
+    page = client.get(f"/orders/{order['id']}").text
+    assert f'href="/admin/orders/{order["id"]}"' in page and f'action="/orders/{order["id"]}/cancel"' in page
+    assert client.post_form(f"/orders/{order['id']}/cancel", {"reason": "Spam"}).status_int == 303
+    assert history(db, order["id"])[-1] == {"action": "cancel", "actor_id": boss["id"], "from_status": "open",
+                                            "to_status": "cancelled", "note": "Spam"}
+
+
+def test_customer_edits_an_open_order_and_the_category_counts_follow(
+        client, make_client, make_user, make_order, sign_in, db):
+    anna, vera = make_user("customer"), make_user("performer")
+    order = make_order(anna, title="Old title", category="design", budget=1000)
+    sign_in(client, anna)
+    form = client.get(f"/orders/{order['id']}/edit")
+    assert 'value="Old title"' in form.text and 'value="1000"' in form.text
+
+    deadline = (datetime.date.today() + datetime.timedelta(days=10)).isoformat()
+    saved = client.post_form(f"/orders/{order['id']}/edit", dict(
+        VALID_ORDER, title="New title", category="seo", budget="7000", deadline=deadline))
+    assert saved.status_int == 303 and location(saved) == f"/orders/{order['id']}"
+    row = order_row(db, order["id"])
+    assert (row["title"], row["budget"], row["deadline"].isoformat()) == ("New title", 7000, deadline)
+    assert (open_in_category(db, "design"), open_in_category(db, "seo")) == (0, 1)
+
+    sign_in(make_client(), vera).post_form(f"/orders/{order['id']}/take")
+    before = everything(db)
+    assert client.get(f"/orders/{order['id']}/edit", status=409)
+    late = client.post_form(f"/orders/{order['id']}/edit", dict(VALID_ORDER, title="Too late"))
+    assert late.status_int == 409 and "Only an open order can be edited." in late.text
+    assert everything(db) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Who may not do what
+
+@pytest.fixture
+def marketplace(make_user, make_order, make_client, sign_in):
+    """A customer with an open, an in-progress and a done order, and every other kind of visitor."""
+    people = {
+        "owner": make_user("customer"),
+        "other_customer": make_user("customer"),
+        "assigned_performer": make_user("performer"),
+        "other_performer": make_user("performer"),
+    }
+    owner, assigned = people["owner"], people["assigned_performer"]
+    orders = {
+        "open": make_order(owner),
+        "in_progress": make_order(owner, performer=assigned, status="in_progress"),
+        "done": make_order(owner, performer=assigned, status="done"),
+        "rated": make_order(owner, performer=assigned, status="done", rating=7, review="ok"),
+        "cancelled": make_order(owner, status="cancelled"),
+    }
+    clients = {"guest": make_client()}
+    for key, person in people.items():
+        clients[key] = sign_in(make_client(), person)
+    return {"people": people, "orders": orders, "clients": clients}
+
+
+REFUSALS = [
+    # (who, action, which order, expected status, words of the message)
+    ("owner", "take", "open", 403, "not available for your account"),
+    ("other_customer", "take", "open", 403, "not available for your account"),
+    ("other_performer", "take", "in_progress", 409, "already taken by someone else"),
+    ("assigned_performer", "take", "in_progress", 409, "already taken this order"),
+    ("other_performer", "take", "cancelled", 409, "cancelled"),
+    ("other_performer", "complete", "in_progress", 403, "Only the performer who took"),
+    ("other_performer", "complete", "open", 403, "Only the performer who took"),
+    ("owner", "complete", "in_progress", 403, "not available for your account"),
+    ("assigned_performer", "complete", "done", 409, "not in progress"),
+    ("other_customer", "cancel", "open", 403, "Only the order's customer or Birzha staff"),
+    ("other_customer", "cancel", "in_progress", 403, "Only the order's customer or Birzha staff"),
+    ("assigned_performer", "cancel", "in_progress", 403, "Only the order's customer or Birzha staff"),
+    ("other_performer", "cancel", "open", 403, "Only the order's customer or Birzha staff"),
+    ("owner", "cancel", "done", 409, "A done order cannot be cancelled"),
+    ("owner", "cancel", "cancelled", 409, "already cancelled"),
+    ("other_customer", "rate", "done", 403, "Only the order's customer can rate"),
+    ("assigned_performer", "rate", "done", 403, "not available for your account"),
+    ("owner", "rate", "open", 409, "Only a done order can be rated"),
+    ("owner", "rate", "in_progress", 409, "Only a done order can be rated"),
+    ("owner", "rate", "rated", 409, "already been rated"),
+    ("other_customer", "edit", "open", 403, "Only the order's customer can edit"),
+    ("other_performer", "edit", "open", 403, "Only the order's customer can edit"),
+    ("owner", "edit", "in_progress", 409, "Only an open order can be edited"),
+]
+
+
+@pytest.mark.parametrize("who, action, which, status, words", REFUSALS)
+def test_refused_actions_answer_the_right_status_and_change_nothing(marketplace, db, who, action, which,
+                                                                   status, words):
+    client = marketplace["clients"][who]
+    order_id = marketplace["orders"][which]["id"]
+    fields = {"rating": "8", "review": "x", "reason": "x", **VALID_ORDER}
+    before = everything(db)
+    resp = client.post_form(f"/orders/{order_id}/{action}", fields)
+    assert resp.status_int == status
+    assert words in html.unescape(text_of(resp))
+    assert everything(db) == before
+
+
+@pytest.mark.parametrize("action", ["take", "complete", "cancel", "rate", "edit"])
+def test_guests_are_sent_to_log_in_and_change_nothing(marketplace, db, action):
+    order_id = marketplace["orders"]["open"]["id"]
+    before = everything(db)
+    resp = marketplace["clients"]["guest"].post_form(f"/orders/{order_id}/{action}", {"rating": "5"})
+    assert resp.status_int == 303
+    assert location(resp) == f"/login?next=/orders/{order_id}/{action}"
+    assert everything(db) == before
+
+
+def test_guests_and_performers_cannot_post_orders(marketplace, db):
+    before = everything(db)
+    guest = marketplace["clients"]["guest"].post_form("/orders", VALID_ORDER)
+    assert guest.status_int == 303 and location(guest) == "/login?next=/orders"
+    assert marketplace["clients"]["other_performer"].post_form("/orders", VALID_ORDER).status_int == 403
+    assert marketplace["clients"]["guest"].get("/cabinet").status_int == 303
+    assert everything(db) == before
+
+
+def test_unknown_orders_are_404_and_a_post_without_csrf_is_403(marketplace, db):
+    performer = marketplace["clients"]["other_performer"]
+    owner = marketplace["clients"]["owner"]
+    before = everything(db)
+    assert performer.post_form("/orders/999999/take").status_int == 404
+    assert owner.post_form("/orders/999999/cancel").status_int == 404
+    assert owner.post_form("/orders/999999/rate", {"rating": "5"}).status_int == 404
+    assert owner.post_form("/orders/999999/rate", {"rating": "abc"}).status_int == 404
+    assert owner.get("/orders/999999/edit", status=404)
+    assert performer.get("/orders/999999", status=404)
+    assert performer.get("/orders/" + "9" * 30, status=404)
+    assert performer.get("/orders/abc", status=404)
+    order_id = marketplace["orders"]["open"]["id"]
+    assert performer.post_form(f"/orders/{order_id}/take", csrf=False).status_int == 403
+    assert performer.post_form(f"/orders/{order_id}/take", {"csrf_token": "forged"}).status_int == 403
+    assert everything(db) == before
+
+
+def test_a_blocked_performer_loses_the_session_and_the_database_refuses_the_take(
+        marketplace, make_user, sign_in, make_client, db):
+    order_id = marketplace["orders"]["open"]["id"]
+    blocked = make_user("performer")
+    client = sign_in(make_client(), blocked)
+    token = client.csrf()  # computed while the session is alive, as an open browser tab would hold it
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (blocked["id"],))
+    before = everything(db)
+
+    resp = client.post_form(f"/orders/{order_id}/take", {"csrf_token": token})
+    assert resp.status_int == 403  # the session is gone: a guest whose token does not match
+    assert location(client.get("/cabinet", status=303)) == "/login?next=/cabinet"
+    assert everything(db) == before
+
+    db.execute(birzha.Q["actor_set"], {"actor_id": str(blocked["id"]), "note": ""})
+    taken = db.execute(birzha.Q["order_take"], {"order_id": order_id, "performer_id": blocked["id"]})
+    assert taken.rowcount == 0
+    assert everything(db) == before
+
+
+def test_open_orders_of_a_blocked_customer_are_404_except_for_staff(marketplace, make_user, sign_in,
+                                                                    make_client, db):
+    owner = marketplace["people"]["owner"]
+    order_id = marketplace["orders"]["open"]["id"]
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (owner["id"],))
+    assert marketplace["clients"]["guest"].get(f"/orders/{order_id}", status=404)
+    performer = marketplace["clients"]["other_performer"]
+    assert performer.get(f"/orders/{order_id}", status=404)
+    before = everything(db)
+    assert performer.post_form(f"/orders/{order_id}/take").status_int == 404
+    assert everything(db) == before
+    staff = sign_in(make_client(), make_user("customer", staff=True))
+    assert staff.get(f"/orders/{order_id}").status_int == 200
+    # Orders of theirs that are no longer open stay visible: they are part of others' history.
+    assert performer.get(f"/orders/{marketplace['orders']['done']['id']}").status_int == 200
+
+
+def test_the_order_page_shows_each_viewer_only_their_buttons(marketplace, make_user, sign_in, make_client):
+    clients, orders = marketplace["clients"], marketplace["orders"]
+    open_id, busy_id, done_id = orders["open"]["id"], orders["in_progress"]["id"], orders["done"]["id"]
+
+    def forms(who, order_id):
+        return set(re.findall(rf'action="/orders/{order_id}/(\w+)"', clients[who].get(f"/orders/{order_id}").text))
+
+    assert forms("guest", open_id) == set()
+    assert f"/login?next=/orders/{open_id}" in clients["guest"].get(f"/orders/{open_id}").text
+    assert forms("other_performer", open_id) == {"take"}
+    assert forms("other_customer", open_id) == set()
+    assert forms("owner", open_id) == {"cancel"}
+    assert f'href="/orders/{open_id}/edit"' in clients["owner"].get(f"/orders/{open_id}").text
+    assert f'href="/orders/{busy_id}/edit"' not in clients["owner"].get(f"/orders/{busy_id}").text
+    assert forms("owner", busy_id) == {"cancel"}
+    assert forms("assigned_performer", busy_id) == {"complete"}
+    assert forms("other_performer", busy_id) == set()
+    assert forms("owner", done_id) == {"rate"}
+    assert forms("owner", orders["rated"]["id"]) == set()
+    assert forms("assigned_performer", done_id) == set()
+    staff = sign_in(make_client(), make_user("performer", staff=True))
+    page = staff.get(f"/orders/{busy_id}").text
+    assert f'action="/orders/{busy_id}/cancel"' in page and f'href="/admin/orders/{busy_id}"' in page
+
+
+def test_hidden_reviews_are_shown_to_staff_only(marketplace, make_user, sign_in, make_client, db):
+    order_id = marketplace["orders"]["rated"]["id"]
+    db.execute("UPDATE orders SET review_hidden = true WHERE id = %s", (order_id,))
+    for who in ("guest", "owner", "assigned_performer", "other_customer"):
+        page = text_of(marketplace["clients"][who].get(f"/orders/{order_id}"))
+        assert "hidden by moderators" in page
+        assert "7 / 10" not in page
+    assert "7 / 10" not in text_of(marketplace["clients"]["assigned_performer"].get("/cabinet"))
+    staff = sign_in(make_client(), make_user("customer", staff=True))
+    page = text_of(staff.get(f"/orders/{order_id}"))
+    assert "Rating: 7 / 10" in page and "only staff see this rating" in page
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: 400 with the form again, never 500, nothing written
+
+def raw_post(client, url, body):
+    """POST an urlencoded body as bytes (for bytes that are not UTF-8), with the CSRF token."""
+    body = body + b"&csrf_token=" + client.csrf().encode()
+    return client.post(url, body, content_type="application/x-www-form-urlencoded", status="*")
+
+
+BAD_ORDER_FIELDS = [
+    ("title", ""), ("title", "ab"), ("title", "x" * 201), ("title", "Bad\x00title"),
+    ("description", ""), ("description", "   "), ("description", "y" * 10001), ("description", "a\x00b"),
+    ("budget", ""), ("budget", "0"), ("budget", "-5"), ("budget", str(10**30)), ("budget", "1e5"),
+    ("budget", "abc"), ("budget", "100000001"), ("budget", "12.5"),
+    ("deadline", "2020-01-01"), ("deadline", "2026-13-45"), ("deadline", "tomorrow"),
+    ("category", ""), ("category", "no-such-category"), ("category", "secret"),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_ORDER_FIELDS)
+def test_bad_new_order_input_is_400_with_the_form_and_writes_nothing(client, make_user, sign_in, db,
+                                                                     field, value):
+    db.execute("INSERT INTO categories (slug, name_ru, name_en, is_hidden) VALUES ('secret', 'Тайна', 'Secret', true)")
+    sign_in(client, make_user("customer"))
+    before = everything(db)
+    resp = client.post_form("/orders", dict(VALID_ORDER, **{field: value}))
+    assert resp.status_int == 400
+    assert f'id="{field}-error"' in resp.text
+    kept = [name for name in ("title", "budget") if name != field]
+    for name in kept:
+        assert f'value="{VALID_ORDER[name]}"' in resp.text
+    assert everything(db) == before
+
+
+def test_a_hidden_category_is_not_offered(client, make_user, sign_in, db):
+    db.execute("INSERT INTO categories (slug, name_ru, name_en, is_hidden) VALUES ('secret', 'Тайна', 'Secret', true)")
+    sign_in(client, make_user("customer"))
+    for url in ("/orders/new", "/cabinet"):
+        page = client.get(url).text
+        assert 'value="design"' in page and 'value="secret"' not in page
+
+
+@pytest.mark.parametrize("body", [b"title=%FF%FEabc", b"description=%C3%28", b"budget=%FF1"])
+def test_new_order_fields_that_are_not_utf8_are_400(client, make_user, sign_in, db, body):
+    sign_in(client, make_user("customer"))
+    fields = b"title=Fine+title&description=Fine&category=design&budget=100"
+    name = body.split(b"=")[0]
+    fields = b"&".join(part for part in fields.split(b"&") if not part.startswith(name + b"=")) + b"&" + body
+    before = everything(db)
+    resp = raw_post(client, "/orders", fields)
+    assert resp.status_int == 400 and "not valid UTF-8" in resp.text
+    assert everything(db) == before
+
+
+@pytest.mark.parametrize("field, value", [("title", "ab"), ("budget", "0"), ("deadline", "2000-01-01"),
+                                          ("category", "nope"), ("description", "")])
+def test_bad_edit_input_is_400_and_leaves_the_order_as_it_was(client, make_user, make_order, sign_in, db,
+                                                              field, value):
+    anna = make_user("customer")
+    order = make_order(anna, title="Keep me")
+    sign_in(client, anna)
+    before = everything(db)
+    resp = client.post_form(f"/orders/{order['id']}/edit", dict(VALID_ORDER, **{field: value}))
+    assert resp.status_int == 400 and f'id="{field}-error"' in resp.text
+    assert everything(db) == before
+
+
+@pytest.mark.parametrize("rating", ["0", "11", "abc", "", "5\x00", "-1", "1e1", "7.5", str(10**30)])
+def test_bad_ratings_are_400_and_no_rating_is_stored(client, make_user, make_order, sign_in, db, rating):
+    anna, vera = make_user("customer"), make_user("performer")
+    order = make_order(anna, performer=vera, status="done")
+    sign_in(client, anna)
+    before = everything(db)
+    resp = client.post_form(f"/orders/{order['id']}/rate", {"rating": rating, "review": "Great"})
+    assert resp.status_int == 400 and 'id="rating-error"' in resp.text
+    assert 'Great</textarea>' in resp.text  # the review typed so far is kept
+    assert everything(db) == before
+
+
+@pytest.mark.parametrize("body", [b"rating=%FF", b"rating=8&review=%FF%FE"])
+def test_rating_fields_that_are_not_utf8_are_400(client, make_user, make_order, sign_in, db, body):
+    anna, vera = make_user("customer"), make_user("performer")
+    order = make_order(anna, performer=vera, status="done")
+    sign_in(client, anna)
+    before = everything(db)
+    resp = raw_post(client, f"/orders/{order['id']}/rate", body)
+    assert resp.status_int == 400 and "not valid UTF-8" in resp.text
+    assert everything(db) == before
+
+
+@pytest.mark.parametrize("fields", [{"rating": "8", "review": "r" * 5001}, {"rating": "8", "review": "a\x00b"}])
+def test_bad_reviews_are_400(client, make_user, make_order, sign_in, db, fields):
+    anna, vera = make_user("customer"), make_user("performer")
+    order = make_order(anna, performer=vera, status="done")
+    sign_in(client, anna)
+    before = everything(db)
+    resp = client.post_form(f"/orders/{order['id']}/rate", fields)
+    assert resp.status_int == 400 and 'id="review-error"' in resp.text
+    assert everything(db) == before
+
+
+@pytest.mark.parametrize("reason", ["r" * 1001, "no\x00pe"])
+def test_bad_cancel_reasons_are_400_and_the_order_stays_open(client, make_user, make_order, sign_in, db, reason):
+    anna = make_user("customer")
+    order = make_order(anna)
+    sign_in(client, anna)
+    before = everything(db)
+    resp = client.post_form(f"/orders/{order['id']}/cancel", {"reason": reason})
+    assert resp.status_int == 400 and 'id="reason-error"' in resp.text
+    assert everything(db) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The cabinets and the home page
+
+def test_customer_cabinet_tabs_and_keyset_pages(client, make_user, make_order, sign_in, db):
+    anna, vera = make_user("customer"), make_user("performer")
+    titles = [f"Order number {n:02}" for n in range(25)]
+    for title in titles:
+        make_order(anna, title=title)
+    make_order(anna, title="Busy one", performer=vera, status="in_progress")
+    make_order(make_user("customer"), title="Not hers")
+    sign_in(client, anna)
+
+    first = client.get("/cabinet?status=open")
+    shown = re.findall(r">(Order number \d\d)<", first.text)
+    assert shown == titles[::-1][:20]
+    next_url = re.search(r'href="([^"]+)">Next page', first.text).group(1).replace("&amp;", "&")
+    second = client.get(next_url)
+    assert re.findall(r">(Order number \d\d)<", second.text) == titles[::-1][20:]
+    assert "Next page" not in second.text
+    assert "Busy one" not in first.text + second.text and "Not hers" not in first.text + second.text
+    assert "Busy one" in client.get("/cabinet?status=in_progress").text
+    assert "26 placed 25 open 1 in progress" in text_of(first)
+    assert client.get("/cabinet?after=garbage", status=400)
+    assert client.get("/cabinet?status=lost", status=400)
+
+
+def test_home_shows_latest_open_orders_top_performers_and_sign_up_calls(client, make_user, make_order, sign_in):
+    anna = make_user("customer")
+    best, good = make_user("performer", name="Best Performer"), make_user("performer", name="Good Performer")
+    make_order(anna, performer=good, status="done", rating=7)
+    make_order(anna, performer=good, status="done", rating=7)
+    make_order(anna, performer=best, status="done", rating=10)
+    make_order(anna, title="Fresh open order")
+    page = client.get("/")
+    text = text_of(page)
+    assert "Fresh open order" in text
+    assert text.index("Best Performer") < text.index("Good Performer")
+    assert f'href="/performers/{best["id"]}"' in page.text
+    assert 'href="/signup?role=customer"' in page.text and 'href="/signup?role=performer"' in page.text
+    sign_in(client, anna)
+    assert 'href="/signup?role=customer"' not in client.get("/").text
+
+
+def test_a_get_of_an_action_url_goes_to_the_order_page(client, make_user, make_order):
+    order = make_order(make_user("customer"))
+    resp = client.get(f"/orders/{order['id']}/take", status=303)
+    assert location(resp) == f"/orders/{order['id']}"
+
+
+def test_bad_input_on_a_form_that_no_longer_applies_is_409(client, make_user, make_order, sign_in, db):
+    anna, vera = make_user("customer"), make_user("performer")
+    rated = make_order(anna, performer=vera, status="done", rating=6)
+    done = make_order(anna, performer=vera, status="done")
+    sign_in(client, anna)
+    before = everything(db)
+    assert client.post_form(f"/orders/{rated['id']}/rate", {"rating": "abc"}).status_int == 409
+    assert client.post_form(f"/orders/{done['id']}/cancel", {"reason": "x" * 2000}).status_int == 409
+    assert everything(db) == before
