@@ -14,6 +14,7 @@ from app import (Form, _, act_as, app, category_name, csrf_protect, current_user
                  safe_next)
 
 PAGE_SIZE = 20  # the feed queries say LIMIT 21: one more row tells whether a next page exists
+SEARCH_WINDOW = 2000  # open orders a search scans in feed order before it asks the GIN index
 CABINET_PAGE_SIZE = 20
 BUDGET_MAX = 100_000_000
 STATUSES = ("open", "in_progress", "done", "cancelled")
@@ -86,8 +87,7 @@ def feed():
         after_time, after_id = cursor
     elif cursor:
         after_budget, after_id = cursor
-    rows = db_all("orders_feed", sort=sort, after_time=after_time, after_budget=after_budget,
-                  after_id=after_id, **filters)
+    rows = feed_rows(sort, after_time, after_budget, after_id, filters)
     orders = rows[:PAGE_SIZE]
     next_url = None
     if len(rows) > PAGE_SIZE:
@@ -95,6 +95,23 @@ def feed():
         next_url = link("/orders", form.values, after=cursor_after(orders[-1], key))
     first_url = link("/orders", form.values, after=None) if cursor else None
     return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url, **page)
+
+
+def feed_rows(sort, after_time, after_budget, after_id, filters):
+    """Up to PAGE_SIZE + 1 feed rows after the cursor; a search costs little whatever the term."""
+    cursor = {"sort": sort, "after_time": after_time, "after_budget": after_budget, "after_id": after_id}
+    edge = {"edge_id": None, "edge_time": None, "edge_budget": None}
+    if filters["q"]:
+        # Look for matches among the next SEARCH_WINDOW open orders first, by the feed index.
+        row = db_one("orders_feed_window_edge", window=SEARCH_WINDOW, **cursor)
+        if row:
+            edge = {"edge_id": row["id"], "edge_time": row["created_at"], "edge_budget": row["budget"]}
+    rows = db_all("orders_feed", **cursor, **edge, **filters)
+    if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:
+        # A rare term: the rest through the full-text index, beyond the window.
+        rows += db_all("orders_feed_search_older", limit=PAGE_SIZE + 1 - len(rows),
+                       **cursor, **edge, **filters)
+    return rows
 
 
 def read_feed_filters(form, by_slug):

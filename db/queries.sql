@@ -359,6 +359,7 @@ LIMIT %(limit)s
 -- condition on orders_feed_new_idx or orders_feed_budget_idx, the ORDER BY their order, and a deep
 -- page costs what the first one does. The cursor is always given (the first page starts after the
 -- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
+-- The edge (optional) stops the walk at a window edge: searches use it, see orders_feed_search_older.
 SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
@@ -370,6 +371,11 @@ WHERE o.status = 'open'
            THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
            ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
       END
+  AND (%(edge_id)s::bigint IS NULL
+       OR CASE WHEN %(sort)s::text = 'budget'
+               THEN (o.budget, o.id) >= (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               ELSE (o.created_at, o.id) >= (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
+          END)
   AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
   AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
   AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
@@ -494,6 +500,61 @@ WHERE o.performer_id = %(performer_id)s
   AND o.rating IS NOT NULL
   AND NOT o.review_hidden
 ORDER BY o.rated_at DESC, o.id DESC
+LIMIT %(limit)s
+
+-- name: orders_feed_window_edge
+-- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search
+-- first looks only between the cursor and this edge (see orders_feed_search_older for why).
+WITH window_rows AS MATERIALIZED (
+    SELECT o.id, o.created_at, o.budget
+    FROM orders o
+    WHERE o.status = 'open'
+      AND CASE WHEN %(sort)s::text = 'budget'
+               THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+               ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
+          END
+    ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
+             CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+             o.id DESC
+    LIMIT %(window)s
+)
+SELECT w.id, w.created_at, w.budget
+FROM window_rows w
+WHERE (SELECT count(*) FROM window_rows) = %(window)s
+ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN w.budget END,
+         CASE WHEN %(sort)s::text = 'new' THEN w.created_at END,
+         w.id
+LIMIT 1
+
+-- name: orders_feed_search_older
+-- Search matches beyond the window edge. The planner cannot know how rare a term is among open
+-- orders; walking the feed index in order for a rare or absent term read every open order (half
+-- a second at 1M). So a search reads the window through orders_feed (bounded by the edge), and
+-- only when that leaves the page short come here: the matches are found through the GIN index
+-- (MATERIALIZED: a bitmap scan whose cost follows the number of matches), then sorted.
+WITH matches AS MATERIALIZED (
+    SELECT o.id
+    FROM orders o
+    WHERE o.status = 'open'
+      AND o.search @@ websearch_to_tsquery('russian', %(q)s::text)
+      AND CASE WHEN %(sort)s::text = 'budget'
+               THEN (o.budget, o.id) < (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               ELSE (o.created_at, o.id) < (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
+          END
+)
+SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+FROM matches m
+JOIN orders o ON o.id = m.id
+JOIN categories c ON c.id = o.category_id
+JOIN users u ON u.id = o.customer_id
+WHERE NOT u.is_blocked
+  AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+  AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+  AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
+         CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         o.id DESC
 LIMIT %(limit)s
 
 -- (end of the orders section)

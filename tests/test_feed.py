@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 import pytest
 
 import app as birzha
+import orders as orders_module
 from conftest import text_of
 from orders import END_OF_TIME, LAST_ID, TOP_BUDGET
 
@@ -94,6 +95,34 @@ def test_filters_combine_with_both_sorts_and_the_cursor(client, catalogue, sort,
     assert ids == expected([o for o in orders if o["category"] == "design" and 2500 <= o["budget"] <= 5000])
     ids, _pages = walk(client, f"/orders?sort={sort}&q=feed&category=development")
     assert ids == expected([o for o in orders if o["category"] == "development"])
+
+
+@pytest.mark.parametrize("sort, expected", [("new", newest_first), ("budget", highest_budget_first)])
+def test_search_past_the_window_finds_every_match_in_feed_order(client, catalogue, monkeypatch, sort, expected):
+    """A search reads a window of the feed first, then the GIN index beyond it: same result."""
+    monkeypatch.setattr(orders_module, "SEARCH_WINDOW", 7)
+    orders = catalogue["orders"]
+    ids, pages = walk(client, f"/orders?sort={sort}&q=feed")
+    assert ids == expected(orders) and pages == 3
+    rare = [o for o in orders if o["title"][-2:] in ("03", "24", "41")]
+    assert walk(client, f"/orders?sort={sort}&q=03 or 24 or 41")[0] == expected(rare)
+    ids, _pages = walk(client, f"/orders?sort={sort}&q=feed&category=texts&min_budget=2500")
+    assert ids == expected([o for o in orders if o["category"] == "texts" and o["budget"] >= 2500])
+
+
+def test_a_search_for_an_absent_word_reads_the_window_and_the_gin_index_only(big_feed):
+    db = big_feed
+    params = dict(FEED_FILTERS, sort="new", q="nosuchword", window=500, **FIRST_PAGE)
+    edge = db.execute(birzha.Q["orders_feed_window_edge"], params).fetchone()
+    params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"])
+    # The window: an index range between the cursor and the edge: 500 open orders, plus the
+    # cancelled ones and the rest of a batch of equal times around them (4,000 rows in all).
+    scans = [n for n in explain(db, "orders_feed", params) if n.get("Index Name", "").startswith("orders_")]
+    assert scans and all(n["Actual Rows"] <= 1000 for n in scans), scans
+    older = explain(db, "orders_feed_search_older", dict(params, limit=21))
+    assert [n for n in older if n.get("Index Name") == "orders_search_idx"]
+    assert not [n for n in older if n["Node Type"] in ("Seq Scan", "Index Scan") and n.get("Relation Name") == "orders"
+                and n.get("Actual Rows", 0) > 100]
 
 
 def test_search_stems_russian_and_english_words(client, make_user, make_order):
@@ -200,7 +229,8 @@ def big_feed(db, make_user):
     return db
 
 
-FEED_FILTERS = {"q": None, "category_id": None, "min_budget": None, "max_budget": None}
+FEED_FILTERS = {"q": None, "category_id": None, "min_budget": None, "max_budget": None,
+                "edge_id": None, "edge_time": None, "edge_budget": None}
 FIRST_PAGE = {"after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_id": LAST_ID}
 
 

@@ -1,0 +1,78 @@
+"""Shared pieces of the benches: the bench database and a gunicorn on 127.0.0.1."""
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+
+
+def bench_database(orders=1_000_000):
+    """A local PostgreSQL in bench/out/pgdata with the schema and `orders` orders (built once)."""
+    import app
+    import seed
+    from devserver import LocalPostgres, ensure_database
+    OUT.mkdir(exist_ok=True)
+    server = LocalPostgres(OUT / "pgdata")
+    ensure_database(server.uri(), "bench")
+    url = server.uri("bench")
+    app.apply_schema(url)
+    seed.seed(url, orders)
+    return server, url
+
+
+class Gunicorn:
+    """The app under gunicorn on 127.0.0.1:port, stopped on exit."""
+
+    def __init__(self, url, port=8181, workers=2):
+        env = dict(os.environ, DATABASE_URL=url, SECRET_KEY="bench-secret")
+        self.base = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+             "--log-level", "warning", "app:app"], cwd=ROOT, env=env)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.base + "/healthz", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("gunicorn did not start")
+                time.sleep(0.2)
+
+    def worker_pids(self):
+        import psutil
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def machine():
+    """One line about this machine for the README table."""
+    import platform
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()}"
