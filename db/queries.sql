@@ -562,4 +562,513 @@ LIMIT %(limit)s
 -- =============================================================================================
 -- Admin area (issue 5)
 
+-- Every staff action below is one statement: the change, guarded by its state, by "not on
+-- yourself" and by the actor still being active staff, plus its admin_log row; when nothing
+-- changed it logs nothing and returns no row (the route then reads to pick 404/403/409).
+
+-- name: admin_users_by_role
+SELECT role,
+       count(*) AS total,
+       count(*) FILTER (WHERE is_staff) AS staff,
+       count(*) FILTER (WHERE is_blocked) AS blocked
+FROM users
+GROUP BY role
+ORDER BY role
+
+-- name: admin_orders_by_status
+-- From the customers' counters (kept exact by triggers): no count over a million orders.
+SELECT s.status,
+       s.total
+FROM (SELECT coalesce(sum(orders_open), 0) AS open,
+             coalesce(sum(orders_in_progress), 0) AS in_progress,
+             coalesce(sum(orders_done), 0) AS done,
+             coalesce(sum(orders_cancelled), 0) AS cancelled
+      FROM customer_stats) AS t
+CROSS JOIN LATERAL (VALUES ('open'::order_status, t.open),
+                           ('in_progress'::order_status, t.in_progress),
+                           ('done'::order_status, t.done),
+                           ('cancelled'::order_status, t.cancelled)) AS s (status, total)
+ORDER BY s.status
+
+-- name: admin_new_per_day
+-- New accounts and orders per day for the last %(days)s days, today included, empty days as 0.
+WITH days AS (
+    SELECT d::date AS day
+    FROM generate_series(current_date - (%(days)s::integer - 1), current_date, interval '1 day') AS d
+), new_users AS (
+    SELECT created_at::date AS day,
+           count(*) AS n
+    FROM users
+    WHERE created_at >= current_date - (%(days)s::integer - 1)
+    GROUP BY 1
+), new_orders AS (
+    SELECT created_at::date AS day,
+           count(*) AS n
+    FROM orders
+    WHERE created_at >= current_date - (%(days)s::integer - 1)
+    GROUP BY 1
+)
+SELECT d.day,
+       coalesce(u.n, 0) AS users,
+       coalesce(o.n, 0) AS orders
+FROM days d
+LEFT JOIN new_users u USING (day)
+LEFT JOIN new_orders o USING (day)
+ORDER BY d.day
+
+-- name: admin_top_performers
+SELECT u.id,
+       u.name,
+       u.is_blocked,
+       s.orders_completed,
+       s.orders_in_progress,
+       s.rating_count,
+       s.rating_avg
+FROM performer_stats s
+JOIN users u ON u.id = s.performer_id
+ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+LIMIT %(limit)s
+
+-- name: admin_counters_recalc
+-- Repairs every drifted counter and logs what drifted (the first 100) and how many were fixed.
+-- audit_counters() here reads the statement's snapshot, so it sees the drift before the repair.
+WITH staff AS (
+    SELECT id
+    FROM users
+    WHERE id = %(staff_id)s
+      AND is_staff
+      AND NOT is_blocked
+), drift AS (
+    SELECT coalesce(jsonb_agg(to_jsonb(a)), '[]'::jsonb) AS rows
+    FROM (SELECT * FROM audit_counters() LIMIT 100) AS a
+), repaired AS (
+    SELECT recalc_counters() AS fixed
+    FROM staff
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s, 'recalc_counters', 'counters', NULL, %(reason)s,
+       jsonb_build_object('drift', d.rows),
+       jsonb_build_object('fixed', r.fixed)
+FROM repaired r
+CROSS JOIN drift d
+RETURNING id, after
+
+-- name: admin_users_search
+-- q matches a part of the name or email (strpos: no LIKE wildcards to escape); keyset by id.
+SELECT id,
+       role,
+       name,
+       email,
+       is_staff,
+       is_blocked,
+       created_at
+FROM users
+WHERE (%(q)s::text = ''
+       OR strpos(lower(name), lower(%(q)s::text)) > 0
+       OR strpos(lower(email), lower(%(q)s::text)) > 0)
+  AND (%(role)s::user_role IS NULL OR role = %(role)s::user_role)
+  AND (%(staff)s::boolean IS NULL OR is_staff = %(staff)s::boolean)
+  AND (%(blocked)s::boolean IS NULL OR is_blocked = %(blocked)s::boolean)
+  AND (%(after_id)s::bigint IS NULL OR id < %(after_id)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: admin_user_get
+SELECT u.id,
+       u.role,
+       u.email,
+       u.name,
+       u.phone,
+       u.messenger,
+       u.experience_years,
+       u.experience_text,
+       u.bio,
+       u.is_staff,
+       u.is_blocked,
+       u.created_at,
+       u.updated_at,
+       (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.expires_at > now()) AS sessions,
+       cs.orders_placed,
+       cs.orders_open,
+       cs.orders_in_progress AS customer_in_progress,
+       cs.orders_done,
+       cs.orders_cancelled,
+       ps.orders_completed,
+       ps.orders_in_progress AS performer_in_progress,
+       ps.rating_sum,
+       ps.rating_count,
+       ps.rating_avg
+FROM users u
+LEFT JOIN customer_stats cs ON cs.customer_id = u.id
+LEFT JOIN performer_stats ps ON ps.performer_id = u.id
+WHERE u.id = %(user_id)s
+
+-- name: admin_user_orders
+SELECT o.id,
+       o.title,
+       o.status,
+       o.budget,
+       o.created_at,
+       o.customer_id,
+       o.performer_id,
+       c.slug AS category_slug,
+       c.name_ru AS category_name_ru,
+       c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+WHERE o.customer_id = %(user_id)s
+   OR o.performer_id = %(user_id)s
+ORDER BY o.id DESC
+LIMIT %(limit)s
+
+-- name: admin_user_set_blocked
+-- Block or unblock another user. The users_block_listing trigger ends their sessions and
+-- takes their open orders out of the category counts.
+WITH before AS (
+    SELECT id, is_blocked
+    FROM users
+    WHERE id = %(user_id)s
+), changed AS (
+    UPDATE users
+    SET is_blocked = %(blocked)s::boolean
+    WHERE id = %(user_id)s
+      AND id <> %(staff_id)s
+      AND is_blocked <> %(blocked)s::boolean
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, is_blocked
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s,
+       CASE WHEN c.is_blocked THEN 'block' ELSE 'unblock' END,
+       'user', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_user_set_staff
+-- Grant or revoke staff rights of another user (never one's own).
+WITH before AS (
+    SELECT id, is_staff
+    FROM users
+    WHERE id = %(user_id)s
+), changed AS (
+    UPDATE users
+    SET is_staff = %(staff)s::boolean
+    WHERE id = %(user_id)s
+      AND id <> %(staff_id)s
+      AND is_staff <> %(staff)s::boolean
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, is_staff
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s,
+       CASE WHEN c.is_staff THEN 'grant_staff' ELSE 'revoke_staff' END,
+       'user', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_orders_search
+-- q: words of the title (the title is weight A of the indexed search vector).
+SELECT o.id,
+       o.title,
+       o.status,
+       o.budget,
+       o.created_at,
+       o.customer_id,
+       cu.name AS customer_name,
+       o.performer_id,
+       pe.name AS performer_name,
+       c.slug AS category_slug,
+       c.name_ru AS category_name_ru,
+       c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+LEFT JOIN users pe ON pe.id = o.performer_id
+WHERE (%(q)s::text = ''
+       OR (o.search @@ websearch_to_tsquery('russian', %(q)s::text)
+           AND ts_filter(o.search, '{a}') @@ websearch_to_tsquery('russian', %(q)s::text)))
+  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
+  AND (%(category)s::text IS NULL OR c.slug = %(category)s::text)
+  AND (%(customer_id)s::bigint IS NULL OR o.customer_id = %(customer_id)s::bigint)
+  AND (%(performer_id)s::bigint IS NULL OR o.performer_id = %(performer_id)s::bigint)
+  AND (%(created_from)s::date IS NULL OR o.created_at >= %(created_from)s::date)
+  AND (%(created_to)s::date IS NULL OR o.created_at < %(created_to)s::date + 1)
+  AND (%(after_id)s::bigint IS NULL OR o.id < %(after_id)s::bigint)
+ORDER BY o.id DESC
+LIMIT %(limit)s
+
+-- name: admin_order_get
+SELECT o.id,
+       o.title,
+       o.description,
+       o.status,
+       o.budget,
+       o.deadline,
+       o.rating,
+       o.review,
+       o.review_hidden,
+       o.cancel_reason,
+       o.created_at,
+       o.taken_at,
+       o.completed_at,
+       o.cancelled_at,
+       o.rated_at,
+       o.customer_id,
+       cu.name AS customer_name,
+       cu.email AS customer_email,
+       cu.is_blocked AS customer_blocked,
+       o.performer_id,
+       pe.name AS performer_name,
+       pe.email AS performer_email,
+       c.slug AS category_slug,
+       c.name_ru AS category_name_ru,
+       c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+LEFT JOIN users pe ON pe.id = o.performer_id
+WHERE o.id = %(order_id)s
+
+-- name: admin_order_history
+SELECT h.id,
+       h.at,
+       h.action,
+       h.from_status,
+       h.to_status,
+       h.note,
+       h.actor_id,
+       a.name AS actor_name,
+       a.is_staff AS actor_is_staff,
+       h.performer_id,
+       p.name AS performer_name
+FROM order_history h
+LEFT JOIN users a ON a.id = h.actor_id
+LEFT JOIN users p ON p.id = h.performer_id
+WHERE h.order_id = %(order_id)s
+ORDER BY h.id
+
+-- name: admin_order_cancel
+-- Staff cancel an open or in-progress order (SPEC §4); call act_as() first for order_history.
+WITH before AS (
+    SELECT id, status, performer_id, cancel_reason
+    FROM orders
+    WHERE id = %(order_id)s
+), changed AS (
+    UPDATE orders
+    SET status = 'cancelled',
+        cancel_reason = %(reason)s
+    WHERE id = %(order_id)s
+      AND status IN ('open', 'in_progress')
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, status, performer_id, cancel_reason
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s, 'cancel_order', 'order', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_order_reopen
+-- Staff put an in-progress order back in the feed and unassign its performer (SPEC §4).
+WITH before AS (
+    SELECT id, status, performer_id
+    FROM orders
+    WHERE id = %(order_id)s
+), changed AS (
+    UPDATE orders
+    SET status = 'open',
+        performer_id = NULL
+    WHERE id = %(order_id)s
+      AND status = 'in_progress'
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, status, performer_id
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s, 'reopen_order', 'order', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_categories_all
+-- Hidden ones included (categories_list shows only the visible ones).
+SELECT id,
+       slug,
+       name_ru,
+       name_en,
+       is_hidden,
+       open_orders
+FROM categories
+ORDER BY id
+
+-- name: admin_category_get
+SELECT id,
+       slug,
+       name_ru,
+       name_en,
+       is_hidden
+FROM categories
+WHERE id = %(category_id)s
+
+-- name: admin_category_slug_taken
+SELECT EXISTS (SELECT 1 FROM categories WHERE slug = %(slug)s) AS taken
+
+-- name: admin_category_add
+WITH added AS (
+    INSERT INTO categories (slug, name_ru, name_en)
+    SELECT %(slug)s, %(name_ru)s, %(name_en)s
+    WHERE EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    ON CONFLICT (slug) DO NOTHING
+    RETURNING id, slug, name_ru, name_en, is_hidden
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s, 'add_category', 'category', a.id, %(reason)s, NULL, to_jsonb(a)
+FROM added a
+RETURNING id, target_id
+
+-- name: admin_category_rename
+WITH before AS (
+    SELECT id, name_ru, name_en
+    FROM categories
+    WHERE id = %(category_id)s
+), changed AS (
+    UPDATE categories
+    SET name_ru = %(name_ru)s,
+        name_en = %(name_en)s
+    WHERE id = %(category_id)s
+      AND (name_ru, name_en) IS DISTINCT FROM (%(name_ru)s::text, %(name_en)s::text)
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, name_ru, name_en
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s, 'rename_category', 'category', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_category_set_hidden
+-- A hidden category takes no new orders (orders_guard_transition) and leaves categories_list.
+WITH before AS (
+    SELECT id, is_hidden
+    FROM categories
+    WHERE id = %(category_id)s
+), changed AS (
+    UPDATE categories
+    SET is_hidden = %(hidden)s::boolean
+    WHERE id = %(category_id)s
+      AND is_hidden <> %(hidden)s::boolean
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, is_hidden
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s,
+       CASE WHEN c.is_hidden THEN 'hide_category' ELSE 'unhide_category' END,
+       'category', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_reviews_list
+SELECT o.id,
+       o.title,
+       o.rating,
+       o.review,
+       o.review_hidden,
+       o.rated_at,
+       o.performer_id,
+       pe.name AS performer_name,
+       o.customer_id,
+       cu.name AS customer_name
+FROM orders o
+JOIN users pe ON pe.id = o.performer_id
+JOIN users cu ON cu.id = o.customer_id
+WHERE o.rating IS NOT NULL
+  AND (%(hidden)s::boolean IS NULL OR o.review_hidden = %(hidden)s::boolean)
+  AND (%(performer_id)s::bigint IS NULL OR o.performer_id = %(performer_id)s::bigint)
+  AND (%(order_id)s::bigint IS NULL OR o.id = %(order_id)s::bigint)
+  AND (%(after_id)s::bigint IS NULL OR o.id < %(after_id)s::bigint)
+ORDER BY o.id DESC
+LIMIT %(limit)s
+
+-- name: admin_review_set_hidden
+-- Hide or restore a rating and its review; performer_stats follow via orders_count_contribution.
+-- Call act_as() first: order_history records hide_rating / restore_rating with the staff actor.
+WITH before AS (
+    SELECT id, rating, review_hidden
+    FROM orders
+    WHERE id = %(order_id)s
+), changed AS (
+    UPDATE orders
+    SET review_hidden = %(hidden)s::boolean
+    WHERE id = %(order_id)s
+      AND rating IS NOT NULL
+      AND review_hidden <> %(hidden)s::boolean
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, rating, review_hidden
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s,
+       CASE WHEN c.review_hidden THEN 'hide_review' ELSE 'restore_review' END,
+       'review', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_log_list
+SELECT l.id,
+       l.at,
+       l.staff_id,
+       s.name AS staff_name,
+       l.action,
+       l.target_type,
+       l.target_id,
+       l.reason,
+       l.before,
+       l.after
+FROM admin_log l
+LEFT JOIN users s ON s.id = l.staff_id
+WHERE (%(action)s::text IS NULL OR l.action = %(action)s::text)
+  AND (%(target_types)s::text[] IS NULL OR l.target_type = ANY(%(target_types)s::text[]))
+  AND (%(target_id)s::bigint IS NULL OR l.target_id = %(target_id)s::bigint)
+  AND (%(by_staff_id)s::bigint IS NULL OR l.staff_id = %(by_staff_id)s::bigint)
+  AND (%(after_id)s::bigint IS NULL OR l.id < %(after_id)s::bigint)
+ORDER BY l.id DESC
+LIMIT %(limit)s
+
+-- name: admin_export_users
+SELECT id,
+       role,
+       email,
+       name,
+       phone,
+       messenger,
+       experience_years,
+       is_staff,
+       is_blocked,
+       created_at
+FROM users
+ORDER BY id
+
+-- name: admin_export_orders
+SELECT o.id,
+       o.created_at,
+       o.status,
+       c.slug AS category,
+       o.title,
+       o.budget,
+       o.deadline,
+       o.customer_id,
+       cu.name AS customer_name,
+       o.performer_id,
+       pe.name AS performer_name,
+       o.rating,
+       o.review_hidden,
+       o.cancel_reason
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+LEFT JOIN users pe ON pe.id = o.performer_id
+ORDER BY o.id
+
 -- (end of the admin section)
