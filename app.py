@@ -267,19 +267,24 @@ def apply_schema(url):
 # Language: English msgids, translations in locale/<lang>/*.po
 
 def load_po(path):
-    """Reads msgid/msgstr pairs from a .po file (no plurals needed here)."""
-    catalog, msgid, msgstr, target = {}, None, None, None
+    """Reads msgid/msgstr pairs (and msgctxt, keyed "context\x04msgid" as gettext does)."""
+    catalog, context, msgid, msgstr, target = {}, None, None, None, None
 
     def unquote(text):
         return bytes(text[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
 
     def flush():
         if msgid and msgstr:
-            catalog[msgid] = msgstr
+            catalog[(context + "\x04" if context else "") + msgid] = msgstr
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.strip()
-        if line.startswith("msgid "):
+        if line.startswith("msgctxt "):
             flush()
+            context, msgid, msgstr, target = unquote(line[8:]), None, None, "ctxt"
+        elif line.startswith("msgid "):
+            if target != "ctxt":
+                flush()
+                context = None
             msgid, msgstr, target = unquote(line[6:]), None, "id"
         elif line.startswith("msgstr "):
             msgstr, target = unquote(line[7:]), "str"
@@ -339,6 +344,12 @@ def _(message, **values):
     return text % values if values else text
 
 
+def pgettext(context, message, **values):
+    """gettext with a context, for one English word that Russian says differently in two places."""
+    text = TRANSLATIONS.get(current_lang(), {}).get(context + "\x04" + message, message)
+    return text % values if values else text
+
+
 def ngettext(singular, plural, n, **values):
     values.setdefault("num", n)
     key = singular if n == 1 else plural
@@ -366,7 +377,8 @@ templates = jinja2.Environment(
 templates.install_gettext_callables(
     lambda message, **kw: _(message, **kw),
     lambda s, p, n, **kw: ngettext(s, p, n, **kw),
-    newstyle=True)
+    newstyle=True,
+    pgettext=lambda c, m, **kw: pgettext(c, m, **kw))
 
 
 def format_money(value):

@@ -33,6 +33,8 @@ def template_msgids():
                 found.add(message[0] if isinstance(message, tuple) else message)
             elif func == "ngettext":
                 found.add("|".join(message[:2]))
+            elif func == "pgettext":
+                found.add(message[0] + "\x04" + message[1])
     return found
 
 
