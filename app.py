@@ -649,7 +649,8 @@ class Form:
             self.errors[name] = _("At most %(n)s characters, please.", n=max_len)
         return value
 
-    def integer(self, name, *, required=True, min_value=None, max_value=None):
+    def _given(self, name, required):
+        """The stripped text of a field, or None when it is empty (an error if required) or bad."""
         text = self.raw(name).strip()
         self.values[name] = text
         if name in self.errors:
@@ -657,6 +658,12 @@ class Form:
         if not text:
             if required:
                 self.errors[name] = _("This field is required.")
+            return None
+        return text
+
+    def integer(self, name, *, required=True, min_value=None, max_value=None):
+        text = self._given(name, required)
+        if text is None:
             return None
         if not re.fullmatch(r"[+-]?\d{1,12}", text):
             self.errors[name] = _("Enter a whole number.")
@@ -669,13 +676,8 @@ class Form:
         return number
 
     def date(self, name, *, required=False, not_before=None):
-        text = self.raw(name).strip()
-        self.values[name] = text
-        if name in self.errors:
-            return None
-        if not text:
-            if required:
-                self.errors[name] = _("This field is required.")
+        text = self._given(name, required)
+        if text is None:
             return None
         try:
             value = datetime.date.fromisoformat(text)

@@ -530,72 +530,75 @@ COMMENT ON TRIGGER admin_log_append_only ON admin_log IS 'The audit log is never
 -- ---------------------------------------------------------------------------------------------
 -- Counter audit and repair
 
+-- One definition of the truth: what every counter would be if recounted now. Both the audit and
+-- the repair read these views, so they can never disagree about what "correct" means.
+CREATE VIEW customer_counts_recount AS
+SELECT u.id AS customer_id,
+       count(o.id) AS orders_placed,
+       count(o.id) FILTER (WHERE o.status = 'open') AS orders_open,
+       count(o.id) FILTER (WHERE o.status = 'in_progress') AS orders_in_progress,
+       count(o.id) FILTER (WHERE o.status = 'done') AS orders_done,
+       count(o.id) FILTER (WHERE o.status = 'cancelled') AS orders_cancelled
+FROM users u
+LEFT JOIN orders o ON o.customer_id = u.id
+WHERE u.role = 'customer'
+GROUP BY u.id;
+COMMENT ON VIEW customer_counts_recount IS 'customer_stats recounted from orders (for audit_counters and recalc_counters).';
+
+CREATE VIEW performer_counts_recount AS
+SELECT u.id AS performer_id,
+       count(o.id) FILTER (WHERE o.status = 'done') AS orders_completed,
+       count(o.id) FILTER (WHERE o.status = 'in_progress') AS orders_in_progress,
+       coalesce(sum(o.rating) FILTER (WHERE NOT o.review_hidden), 0) AS rating_sum,
+       count(o.rating) FILTER (WHERE NOT o.review_hidden) AS rating_count
+FROM users u
+LEFT JOIN orders o ON o.performer_id = u.id
+WHERE u.role = 'performer'
+GROUP BY u.id;
+COMMENT ON VIEW performer_counts_recount IS 'performer_stats recounted from orders; hidden ratings do not count.';
+
+CREATE VIEW category_counts_recount AS
+SELECT c.id AS category_id,
+       count(o.id) AS open_orders
+FROM categories c
+LEFT JOIN orders o ON o.category_id = c.id
+                  AND o.status = 'open'
+                  AND NOT EXISTS (SELECT 1 FROM users b WHERE b.id = o.customer_id AND b.is_blocked)
+GROUP BY c.id;
+COMMENT ON VIEW category_counts_recount IS 'categories.open_orders recounted: open orders of customers who are not blocked.';
+
 CREATE FUNCTION audit_counters()
 RETURNS TABLE (counter text, subject_id bigint, stored bigint, actual bigint)
 LANGUAGE sql STABLE AS $$
-    WITH customer_actual AS (
-        SELECT u.id,
-               count(o.id) AS placed,
-               count(o.id) FILTER (WHERE o.status = 'open') AS open,
-               count(o.id) FILTER (WHERE o.status = 'in_progress') AS in_progress,
-               count(o.id) FILTER (WHERE o.status = 'done') AS done,
-               count(o.id) FILTER (WHERE o.status = 'cancelled') AS cancelled
-        FROM users u
-        LEFT JOIN orders o ON o.customer_id = u.id
-        WHERE u.role = 'customer'
-        GROUP BY u.id
-    ), performer_actual AS (
-        SELECT u.id,
-               count(o.id) FILTER (WHERE o.status = 'done') AS completed,
-               count(o.id) FILTER (WHERE o.status = 'in_progress') AS in_progress,
-               coalesce(sum(o.rating) FILTER (WHERE NOT o.review_hidden), 0) AS rating_sum,
-               count(o.rating) FILTER (WHERE NOT o.review_hidden) AS rating_count
-        FROM users u
-        LEFT JOIN orders o ON o.performer_id = u.id
-        WHERE u.role = 'performer'
-        GROUP BY u.id
-    ), category_actual AS (
-        SELECT c.id, count(o.id) AS open_orders
-        FROM categories c
-        LEFT JOIN orders o ON o.category_id = c.id
-                          AND o.status = 'open'
-                          AND NOT EXISTS (SELECT 1 FROM users b WHERE b.id = o.customer_id AND b.is_blocked)
-        GROUP BY c.id
-    ), comparison (counter, subject_id, stored, actual) AS (
-        SELECT 'customer.orders_placed', a.id, s.orders_placed::bigint, a.placed
-        FROM customer_actual a LEFT JOIN customer_stats s ON s.customer_id = a.id
+    SELECT d.counter, d.subject_id, d.stored, d.actual
+    FROM (
+        SELECT a.customer_id AS subject_id, x.*
+        FROM customer_counts_recount a
+        LEFT JOIN customer_stats s USING (customer_id)
+        CROSS JOIN LATERAL (VALUES
+            ('customer.orders_placed', s.orders_placed::bigint, a.orders_placed),
+            ('customer.orders_open', s.orders_open, a.orders_open),
+            ('customer.orders_in_progress', s.orders_in_progress, a.orders_in_progress),
+            ('customer.orders_done', s.orders_done, a.orders_done),
+            ('customer.orders_cancelled', s.orders_cancelled, a.orders_cancelled)
+        ) AS x (counter, stored, actual)
         UNION ALL
-        SELECT 'customer.orders_open', a.id, s.orders_open, a.open
-        FROM customer_actual a LEFT JOIN customer_stats s ON s.customer_id = a.id
+        SELECT a.performer_id, x.*
+        FROM performer_counts_recount a
+        LEFT JOIN performer_stats s USING (performer_id)
+        CROSS JOIN LATERAL (VALUES
+            ('performer.orders_completed', s.orders_completed::bigint, a.orders_completed),
+            ('performer.orders_in_progress', s.orders_in_progress, a.orders_in_progress),
+            ('performer.rating_sum', s.rating_sum, a.rating_sum),
+            ('performer.rating_count', s.rating_count, a.rating_count)
+        ) AS x (counter, stored, actual)
         UNION ALL
-        SELECT 'customer.orders_in_progress', a.id, s.orders_in_progress, a.in_progress
-        FROM customer_actual a LEFT JOIN customer_stats s ON s.customer_id = a.id
-        UNION ALL
-        SELECT 'customer.orders_done', a.id, s.orders_done, a.done
-        FROM customer_actual a LEFT JOIN customer_stats s ON s.customer_id = a.id
-        UNION ALL
-        SELECT 'customer.orders_cancelled', a.id, s.orders_cancelled, a.cancelled
-        FROM customer_actual a LEFT JOIN customer_stats s ON s.customer_id = a.id
-        UNION ALL
-        SELECT 'performer.orders_completed', a.id, s.orders_completed, a.completed
-        FROM performer_actual a LEFT JOIN performer_stats s ON s.performer_id = a.id
-        UNION ALL
-        SELECT 'performer.orders_in_progress', a.id, s.orders_in_progress, a.in_progress
-        FROM performer_actual a LEFT JOIN performer_stats s ON s.performer_id = a.id
-        UNION ALL
-        SELECT 'performer.rating_sum', a.id, s.rating_sum, a.rating_sum
-        FROM performer_actual a LEFT JOIN performer_stats s ON s.performer_id = a.id
-        UNION ALL
-        SELECT 'performer.rating_count', a.id, s.rating_count, a.rating_count
-        FROM performer_actual a LEFT JOIN performer_stats s ON s.performer_id = a.id
-        UNION ALL
-        SELECT 'category.open_orders', a.id, c.open_orders, a.open_orders
-        FROM category_actual a JOIN categories c ON c.id = a.id
-    )
-    SELECT counter, subject_id, stored, actual
-    FROM comparison
-    WHERE stored IS DISTINCT FROM actual
-    ORDER BY counter, subject_id
+        SELECT a.category_id, 'category.open_orders', c.open_orders::bigint, a.open_orders
+        FROM category_counts_recount a
+        JOIN categories c ON c.id = a.category_id
+    ) AS d
+    WHERE d.stored IS DISTINCT FROM d.actual
+    ORDER BY d.counter, d.subject_id
 $$;
 COMMENT ON FUNCTION audit_counters() IS 'One row per stored counter that differs from a recount (a missing stats row shows as stored NULL); zero rows means every counter is exact.';
 
@@ -612,54 +615,32 @@ BEGIN
     SELECT id FROM users WHERE role = 'performer'
     ON CONFLICT DO NOTHING;
     UPDATE customer_stats s
-    SET orders_placed = a.placed,
-        orders_open = a.open,
-        orders_in_progress = a.in_progress,
-        orders_done = a.done,
-        orders_cancelled = a.cancelled
-    FROM (SELECT u.id,
-                 count(o.id) AS placed,
-                 count(o.id) FILTER (WHERE o.status = 'open') AS open,
-                 count(o.id) FILTER (WHERE o.status = 'in_progress') AS in_progress,
-                 count(o.id) FILTER (WHERE o.status = 'done') AS done,
-                 count(o.id) FILTER (WHERE o.status = 'cancelled') AS cancelled
-          FROM users u
-          LEFT JOIN orders o ON o.customer_id = u.id
-          WHERE u.role = 'customer'
-          GROUP BY u.id) AS a
-    WHERE s.customer_id = a.id
+    SET orders_placed = a.orders_placed,
+        orders_open = a.orders_open,
+        orders_in_progress = a.orders_in_progress,
+        orders_done = a.orders_done,
+        orders_cancelled = a.orders_cancelled
+    FROM customer_counts_recount a
+    WHERE s.customer_id = a.customer_id
       AND (s.orders_placed, s.orders_open, s.orders_in_progress, s.orders_done, s.orders_cancelled)
-          IS DISTINCT FROM (a.placed, a.open, a.in_progress, a.done, a.cancelled);
+          IS DISTINCT FROM (a.orders_placed, a.orders_open, a.orders_in_progress, a.orders_done, a.orders_cancelled);
     UPDATE performer_stats s
-    SET orders_completed = a.completed,
-        orders_in_progress = a.in_progress,
+    SET orders_completed = a.orders_completed,
+        orders_in_progress = a.orders_in_progress,
         rating_sum = a.rating_sum,
         rating_count = a.rating_count
-    FROM (SELECT u.id,
-                 count(o.id) FILTER (WHERE o.status = 'done') AS completed,
-                 count(o.id) FILTER (WHERE o.status = 'in_progress') AS in_progress,
-                 coalesce(sum(o.rating) FILTER (WHERE NOT o.review_hidden), 0) AS rating_sum,
-                 count(o.rating) FILTER (WHERE NOT o.review_hidden) AS rating_count
-          FROM users u
-          LEFT JOIN orders o ON o.performer_id = u.id
-          WHERE u.role = 'performer'
-          GROUP BY u.id) AS a
-    WHERE s.performer_id = a.id
+    FROM performer_counts_recount a
+    WHERE s.performer_id = a.performer_id
       AND (s.orders_completed, s.orders_in_progress, s.rating_sum, s.rating_count)
-          IS DISTINCT FROM (a.completed, a.in_progress, a.rating_sum, a.rating_count);
+          IS DISTINCT FROM (a.orders_completed, a.orders_in_progress, a.rating_sum, a.rating_count);
     UPDATE categories c
     SET open_orders = a.open_orders
-    FROM (SELECT c2.id, count(o.id) AS open_orders
-          FROM categories c2
-          LEFT JOIN orders o ON o.category_id = c2.id
-                            AND o.status = 'open'
-                            AND NOT EXISTS (SELECT 1 FROM users b WHERE b.id = o.customer_id AND b.is_blocked)
-          GROUP BY c2.id) AS a
-    WHERE c.id = a.id
+    FROM category_counts_recount a
+    WHERE c.id = a.category_id
       AND c.open_orders <> a.open_orders;
     RETURN drift;
 END $$;
-COMMENT ON FUNCTION recalc_counters() IS 'Rewrites every drifted counter from a recount; returns how many counters were wrong.';
+COMMENT ON FUNCTION recalc_counters() IS 'Rewrites every drifted counter from the *_counts_recount views; returns how many counters were wrong.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Reference data
