@@ -462,6 +462,7 @@ def set_cookie(name, value, max_age):
 def start_session(user_id):
     """Opens a new session (a fresh token at every sign-in) and sets its cookie."""
     token = secrets.token_urlsafe(32)
+    db_run("sessions_delete_expired")  # housekeeping on the way in: sign-ins are rare enough
     db_run("session_create", token_hash=token_hash(token), user_id=user_id, days=SESSION_DAYS,
            user_agent=request.headers.get("User-Agent", "")[:300])
     set_cookie(SESSION_COOKIE, token, SESSION_DAYS * 86400)

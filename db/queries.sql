@@ -25,9 +25,6 @@ SELECT set_config('birzha.actor_id', %(actor_id)s, true),
 SELECT counter, subject_id, stored, actual
 FROM audit_counters()
 
--- name: counters_recalc
-SELECT recalc_counters() AS fixed
-
 -- name: categories_list
 SELECT id, slug, name_ru, name_en, is_hidden, open_orders
 FROM categories
@@ -134,19 +131,6 @@ WHERE o.id = %(order_id)s
   AND actor.id = %(actor_id)s
   AND NOT actor.is_blocked
   AND (o.customer_id = actor.id OR actor.is_staff)
-RETURNING o.id
-
--- name: order_reopen
--- Staff only: unassign the performer and put the order back in the feed.
-UPDATE orders o
-SET status = 'open',
-    performer_id = NULL
-FROM users actor
-WHERE o.id = %(order_id)s
-  AND o.status = 'in_progress'
-  AND actor.id = %(actor_id)s
-  AND actor.is_staff
-  AND NOT actor.is_blocked
 RETURNING o.id
 
 -- name: order_rate

@@ -85,3 +85,25 @@ def test_every_named_query_is_upper_case_sql_and_parses(db):
         prepared = re.sub(r"%\((\w+)\)s", "NULL", sql)
         db.execute("PREPARE check_query AS " + prepared)
         db.execute("DEALLOCATE check_query")
+
+
+def test_every_named_query_is_used_by_the_application():
+    """A query nobody runs is dead weight that still looks like a rule."""
+    import pathlib
+    source = "".join(path.read_text(encoding="utf-8") for path in pathlib.Path(birzha.ROOT).glob("*.py"))
+    unused = [name for name in birzha.Q if f'"{name}"' not in source]
+    assert unused == []
+
+
+def test_expired_sessions_are_cleared_at_the_next_sign_in(client, db, make_user, sign_in):
+    user = make_user("customer")
+    sign_in(client, user)
+    db.execute("UPDATE sessions SET expires_at = now() - interval '1 day'")
+    assert client.get("/cabinet", status=303).headers["Location"].startswith("/login")
+    from conftest import PASSWORD
+    from test_accounts import form_for
+    login = form_for(client.get("/login"), "/login")  # the browser's way: the token of the page it got
+    login["email"], login["password"] = user["email"], PASSWORD
+    assert login.submit(status=303).headers["Location"].endswith("/cabinet")
+    assert db.execute("SELECT count(*) AS n FROM sessions WHERE expires_at < now()").fetchone()["n"] == 0
+    assert client.get("/cabinet").status_int == 200
