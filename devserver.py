@@ -79,8 +79,9 @@ def run():
         subprocess.run([python, "app.py", "seed-demo", "--if-empty"], cwd=ROOT, env=env, check=True)
         port = env.get("PORT", "8080")
         print(f"Birzha: http://127.0.0.1:{port}/  (Ctrl-C stops the app and PostgreSQL)", flush=True)
+        # No control socket: it lives at one path per user, shared by every gunicorn (tests, benches).
         server = subprocess.Popen(
-            [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+            [python, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}", "--workers", "2",
              "--access-logfile", "-", "app:app"], cwd=ROOT, env=env)
 
         def forward(signum, _frame):

@@ -578,7 +578,7 @@ def test_csv_export_under_gunicorn_streams_and_frees_its_connection(db_url, db, 
                                             "days": 1, "user_agent": "test"})
     port = free_port()
     env = dict(os.environ, DATABASE_URL=db_url, SECRET_KEY="gunicorn-test", POOL_SIZE="1", POOL_TIMEOUT="2")
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}", "--workers", "1",
                                "app:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cookie = {"Cookie": f"{birzha.SESSION_COOKIE}={token}"}
     try:

@@ -44,7 +44,7 @@ def gunicorn(db_url):
     env = dict(os.environ, DATABASE_URL=db_url, SECRET_KEY=conftest.SECRET.decode())
     log = tempfile.TemporaryFile()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "app:app", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gunicorn", "--no-control-socket", "app:app", "--bind", f"127.0.0.1:{port}",
          "--workers", "4", "--threads", "1", "--timeout", "30"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
