@@ -81,7 +81,8 @@ def run():
         print(f"Birzha: http://127.0.0.1:{port}/  (Ctrl-C stops the app and PostgreSQL)", flush=True)
         # No control socket: it lives at one path per user, shared by every gunicorn (tests, benches).
         server = subprocess.Popen(
-            [python, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+            [python, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}",
+             "--workers", "2", "--timeout", "120",  # a CSV export of 1M orders streams for ~20 s
              "--access-logfile", "-", "app:app"], cwd=ROOT, env=env)
 
         def forward(signum, _frame):

@@ -32,8 +32,9 @@ class Gunicorn:
         env = dict(os.environ, DATABASE_URL=url, SECRET_KEY="bench-secret")
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-             "--log-level", "warning", "app:app"], cwd=ROOT, env=env)
+            [sys.executable, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}",
+             "--workers", str(workers), "--timeout", "120", "--log-level", "warning", "app:app"],
+            cwd=ROOT, env=env)
         deadline = time.monotonic() + 30
         while True:
             try:

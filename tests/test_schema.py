@@ -207,10 +207,11 @@ def test_audit_reports_a_corrupted_counter_and_recalc_repairs_it(db, people, mak
     db.execute("UPDATE performer_stats SET rating_sum = rating_sum + 3 WHERE performer_id = %s",
                (people["performer"]["id"],))
     db.execute("UPDATE categories SET open_orders = 40 WHERE slug = 'seo'")
+    db.execute("UPDATE customer_stats SET orders_done = 0 WHERE customer_id = %s", (people["customer"]["id"],))
     drift = db.execute("SELECT * FROM audit_counters()").fetchall()
     assert [(d["counter"], d["stored"], d["actual"]) for d in drift] == [
-        ("category.open_orders", 40, 0), ("performer.rating_sum", 11, 8)]
-    assert db.execute("SELECT recalc_counters() AS fixed").fetchone()["fixed"] == 2
+        ("category.open_orders", 40, 0), ("customer.orders_done", 0, 1), ("performer.rating_sum", 11, 8)]
+    assert db.execute("SELECT recalc_counters() AS fixed").fetchone()["fixed"] == 3
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
     stats = db.execute("SELECT rating_avg FROM performer_stats WHERE performer_id = %s",
                        (people["performer"]["id"],)).fetchone()
