@@ -293,3 +293,41 @@ def test_every_table_function_and_trigger_is_commented(db):
         WHERE n.nspname = 'public' AND NOT t.tgisinternal AND obj_description(t.oid, 'pg_trigger') IS NULL
     """).fetchall()
     assert missing == []
+
+
+def wait_until_blocked(db, pid, timeout=10):
+    """Waits until backend `pid` waits for a lock (so the interleaving under test really happens)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row and row["wait_event_type"] == "Lock":
+            return
+        time.sleep(0.02)
+    raise AssertionError("the second transaction never waited for the first")
+
+
+@pytest.mark.parametrize("first", ["block", "create"])
+def test_a_block_racing_a_new_order_keeps_the_category_count_exact(db, db_url, make_user, first):
+    """Whichever commits first, the order of a blocked customer is not counted in its category."""
+    customer = make_user("customer")
+    block_sql = "UPDATE users SET is_blocked = true WHERE id = %(customer_id)s"
+    params = {"customer_id": customer["id"], "category": "design", "title": "Racing order",
+              "description": "Text", "budget": 100, "deadline": None}
+    # order_create refuses a blocked customer outright; a DBA's INSERT is the write that races.
+    create_sql = ("INSERT INTO orders (customer_id, category_id, title, description, budget) "
+                  "SELECT %(customer_id)s, id, %(title)s, %(description)s, %(budget)s "
+                  "FROM categories WHERE slug = %(category)s")
+    statements = {"block": block_sql, "create": create_sql}
+    second = "create" if first == "block" else "block"
+    with psycopg.connect(db_url) as one, psycopg.connect(db_url) as two:
+        one.execute(statements[first], params)           # holds its row locks, uncommitted
+        pid = two.info.backend_pid
+        worker = threading.Thread(target=lambda: (two.execute(statements[second], params), two.commit()))
+        worker.start()
+        wait_until_blocked(db, pid)
+        one.commit()
+        worker.join(timeout=10)
+    count = db.execute("SELECT open_orders FROM categories WHERE slug = 'design'").fetchone()["open_orders"]
+    assert count == 0
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
