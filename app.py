@@ -607,6 +607,15 @@ def role_required(*roles, staff=False):
     return decorate
 
 
+MAX_BODY_BYTES = 1024 * 1024  # every form here is small: a bigger body is a mistake or an attack
+
+
+@app.hook("before_request")
+def refuse_huge_bodies():
+    if request.content_length > MAX_BODY_BYTES:
+        raise HTTPError(413, _("The request is too large."))
+
+
 def csrf_protect(view):
     """Every state-changing route is wrapped in this."""
     @wraps(view)
@@ -717,7 +726,7 @@ class Form:
 
 ERROR_TITLES = {
     400: "Bad request", 403: "Access denied", 404: "Page not found", 405: "Method not allowed",
-    409: "Conflict", 429: "Too many attempts", 500: "Something went wrong",
+    409: "Conflict", 413: "Request too large", 429: "Too many attempts", 500: "Something went wrong",
     503: "Service unavailable",
 }
 
@@ -764,6 +773,7 @@ def not_found(message=None):
 @app.error(404)
 @app.error(405)
 @app.error(409)
+@app.error(413)
 @app.error(500)
 def handle_error(err):
     status = err.status_code

@@ -107,3 +107,10 @@ def test_expired_sessions_are_cleared_at_the_next_sign_in(client, db, make_user,
     assert login.submit(status=303).headers["Location"].endswith("/cabinet")
     assert db.execute("SELECT count(*) AS n FROM sessions WHERE expires_at < now()").fetchone()["n"] == 0
     assert client.get("/cabinet").status_int == 200
+
+
+def test_a_body_over_a_megabyte_is_refused_with_413_before_anything_reads_it(client, db):
+    page = client.post("/signup", params=b"name=" + b"x" * (2 * 1024 * 1024),
+                       content_type="application/x-www-form-urlencoded", status=413)
+    assert "too large" in page.text and "Traceback" not in page.text
+    assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 0
