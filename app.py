@@ -13,6 +13,7 @@ import re
 import secrets
 import sys
 import threading
+import types
 from functools import wraps
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -187,7 +188,7 @@ def db_plugin(callback):
             except Exception:
                 finish_request(commit=False)
                 raise
-            if isinstance(result, GeneratorType):
+            if isinstance(result, types.GeneratorType):
                 return stream_then_finish(result)
             finish_request(commit=True)
             return result
@@ -195,10 +196,14 @@ def db_plugin(callback):
             finish_request(commit=False)
             request.environ["birzha.db_down"] = True
             return error_page(503, _("The database is not available right now. Please try again in a minute."))
+        # Safety nets: the routes check first, but the database has the last word.
+        except psycopg.errors.IntegrityError:  # a constraint or trigger refused: the state moved on
+            finish_request(commit=False)
+            return error_page(409, _("This change conflicts with the current state. Reload the page and try again."))
+        except psycopg.errors.DataError:  # a value PostgreSQL cannot take
+            finish_request(commit=False)
+            return error_page(400, _("Some of the data sent is not valid."))
     return wrapper
-
-
-GeneratorType = type(x for x in ())
 
 
 def stream_then_finish(generator):

@@ -114,3 +114,20 @@ def test_a_body_over_a_megabyte_is_refused_with_413_before_anything_reads_it(cli
                        content_type="application/x-www-form-urlencoded", status=413)
     assert "too large" in page.text and "Traceback" not in page.text
     assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 0
+
+
+@pytest.mark.parametrize("errcode, status", [("check_violation", 409), ("numeric_value_out_of_range", 400)])
+def test_a_refusal_by_the_database_itself_is_a_clean_4xx_and_nothing_is_kept(
+        client, db, make_user, make_order, sign_in, errcode, status):
+    """The routes validate first, but if PostgreSQL still refuses a write, the answer is a 4xx page."""
+    customer, performer = make_user("customer"), make_user("performer")
+    order = make_order(customer)
+    db.execute(f"""CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN RAISE EXCEPTION 'refused by a test rule' USING ERRCODE = '{errcode}'; END $$""")
+    db.execute("CREATE TRIGGER test_refuse BEFORE INSERT ON order_history FOR EACH ROW EXECUTE FUNCTION test_refuse()")
+    sign_in(client, performer)
+    page = client.post_form(f"/orders/{order['id']}/take", status=status)
+    assert "Traceback" not in page.text and "refused by a test rule" not in page.text
+    assert db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()["status"] == "open"
+    db.execute("DROP TRIGGER test_refuse ON order_history")
+    db.execute("DROP FUNCTION test_refuse()")
