@@ -1,6 +1,7 @@
 """Accounts: sign-up, sign-in, profiles and the performer catalogue (SPEC §3, §5, §8)."""
 import math
 import re
+import secrets
 
 from bottle import request, response
 
@@ -141,8 +142,9 @@ def logout():
 # ---------------------------------------------------------------------------------------------
 # Profile
 
-def render_profile(status=200, values=None, errors=None, chosen=None, password_errors=None):
-    """The profile page: the profile form (values/errors) and the password form."""
+def render_profile(status=200, values=None, errors=None, chosen=None, password_errors=None,
+                   new_token=None, token_values=None, token_errors=None):
+    """The profile page: the profile form (values/errors), the password form and the API tokens."""
     me = current_user()
     profile = db_one("profile_read", user_id=me["id"])
     if values is None:
@@ -152,7 +154,9 @@ def render_profile(status=200, values=None, errors=None, chosen=None, password_e
         chosen = {row["slug"] for row in categories if row["chosen"]}
     return render("accounts_profile.html", status=status, profile=profile, values=values,
                   errors=errors or {}, categories=categories, chosen=chosen,
-                  password_errors=password_errors or {})
+                  password_errors=password_errors or {},
+                  tokens=db_all("api_tokens_of_user", user_id=me["id"]), new_token=new_token,
+                  token_values=token_values or {}, token_errors=token_errors or {})
 
 
 def read_categories(form, visible_slugs):
@@ -223,6 +227,42 @@ def password_change():
     # The trigger has ended every session of this user; the person who changed it stays signed in.
     start_session(me["id"])
     redirect("/profile", _("Your password is changed. Every other session is logged out."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Personal API tokens (SPEC §6): shown once, stored as a SHA-256, revoked one by one.
+# A password change leaves them alive: each is a separate credential that its owner revokes here.
+
+API_TOKEN_PREFIX = "bz_"
+MAX_API_TOKENS = 10
+
+
+@app.post("/profile/tokens")
+@csrf_protect
+@login_required
+def api_token_create():
+    me = current_user()
+    form = Form()
+    label = form.text("label", max_len=60)
+    if not form.ok:
+        return render_profile(400, token_values=form.values, token_errors=form.errors)
+    token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if db_one("api_token_create", user_id=me["id"], token_hash=token_hash(token), label=label,
+              max_tokens=MAX_API_TOKENS) is None:
+        form.errors["label"] = _("You already have the most tokens allowed (%(n)s). Revoke one first.",
+                                       n=MAX_API_TOKENS)
+        return render_profile(409, token_values=form.values, token_errors=form.errors)
+    response.set_header("Cache-Control", "no-store")  # the page shows the token this once
+    return render_profile(201, new_token=token)
+
+
+@app.post("/profile/tokens/<token_id:id>/revoke")
+@csrf_protect
+@login_required
+def api_token_revoke(token_id):
+    if db_one("api_token_revoke", token_id=token_id, user_id=current_user()["id"]) is None:
+        raise not_found(_("There is no such token."))
+    redirect("/profile", _("The token is revoked. It no longer works."))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -730,22 +730,24 @@ class Form:
 # Errors: a page (or JSON problem) in the visitor's language, never a traceback
 
 ERROR_TITLES = {
-    400: "Bad request", 403: "Access denied", 404: "Page not found", 405: "Method not allowed",
-    409: "Conflict", 413: "Request too large", 429: "Too many attempts", 500: "Something went wrong",
+    400: "Bad request", 401: "Authentication required", 403: "Access denied", 404: "Page not found",
+    405: "Method not allowed", 409: "Conflict", 413: "Request too large",
+    415: "Unsupported media type", 429: "Too many attempts", 500: "Something went wrong",
     503: "Service unavailable",
 }
 
 
-def error_page(status, message=None, **headers):
-    """Renders the error page; safe even when the database is down."""
+def error_page(status, message=None, *, problem=None, **headers):
+    """Renders the error page (under /api/: problem+json, with the `problem` extension members)."""
     response.status = status
     for name, value in headers.items():
         response.set_header(name.replace("_", "-"), value)
     if request.path.startswith("/api/"):
         finish_request(commit=False)
         response.content_type = "application/problem+json"
-        return json.dumps({"type": "about:blank", "title": _(ERROR_TITLES.get(status, "Error")),
-                           "status": status, "detail": message or ""})
+        title = _(ERROR_TITLES.get(status, "Error"))
+        return json.dumps({"type": "about:blank", "title": title, "status": status,
+                           "detail": message or title, **(problem or {})})
     user = None
     if not request.environ.get("birzha.db_down"):
         try:
@@ -760,9 +762,9 @@ def error_page(status, message=None, **headers):
     return page
 
 
-def error_response(status, message=None, **headers):
+def error_response(status, message=None, *, problem=None, **headers):
     """An HTTPResponse to raise: the rendered error page with its status."""
-    body = error_page(status, message, **headers)
+    body = error_page(status, message, problem=problem, **headers)
     resp = response.copy(cls=HTTPResponse)
     resp.status = status
     resp.body = body
@@ -831,6 +833,7 @@ def switch_language(code):
 import accounts  # noqa: E402,F401
 import orders  # noqa: E402,F401
 import admin  # noqa: E402,F401
+import api  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------

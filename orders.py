@@ -82,6 +82,14 @@ def feed():
             "link": lambda **changes: link("/orders", form.values, **changes)}
     if not form.ok:
         return render("orders_feed.html", status=400, orders=[], next_url=None, first_url="/orders", **page)
+    orders, next_after = feed_page(filters, sort, cursor)
+    next_url = link("/orders", form.values, after=next_after) if next_after else None
+    first_url = link("/orders", form.values, after=None) if cursor else None
+    return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url, **page)
+
+
+def feed_page(filters, sort, cursor):
+    """One page of the feed after the cursor: (orders, the `after` of the next page or None)."""
     after_time, after_budget, after_id = END_OF_TIME, TOP_BUDGET, LAST_ID
     if cursor and sort == "new":
         after_time, after_id = cursor
@@ -89,12 +97,9 @@ def feed():
         after_budget, after_id = cursor
     rows = feed_rows(sort, after_time, after_budget, after_id, filters)
     orders = rows[:PAGE_SIZE]
-    next_url = None
-    if len(rows) > PAGE_SIZE:
-        key = "created_at" if sort == "new" else "budget"
-        next_url = link("/orders", form.values, after=cursor_after(orders[-1], key))
-    first_url = link("/orders", form.values, after=None) if cursor else None
-    return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url, **page)
+    if len(rows) <= PAGE_SIZE:
+        return orders, None
+    return orders, cursor_after(orders[-1], "created_at" if sort == "new" else "budget")
 
 
 def feed_rows(sort, after_time, after_budget, after_id, filters):
@@ -265,16 +270,49 @@ def back_to(order_id):
 
 
 # ---------------------------------------------------------------------------------------------
-# Transitions (SPEC §4): one conditional statement each
+# Transitions (SPEC §4): one conditional statement each. The functions below are shared by the
+# HTML routes and the JSON API (api.py): each makes its write and raises 404/403/409 if refused.
+
+def take_order(order_id, user):
+    act_as(user["id"])
+    if db_one("order_take", order_id=order_id, performer_id=user["id"]) is None:
+        refuse(order_id, "take")
+
+
+def complete_order(order_id, user):
+    act_as(user["id"])
+    if db_one("order_complete", order_id=order_id, performer_id=user["id"]) is None:
+        refuse(order_id, "complete")
+
+
+def read_cancel_fields(form):
+    """The cancel form's fields: {"reason": ...}; errors go into form.errors."""
+    return {"reason": form.text("reason", required=False, max_len=1000, multiline=True).strip()}
+
+
+def cancel_order(order_id, user, reason):
+    act_as(user["id"], reason)
+    if db_one("order_cancel", order_id=order_id, actor_id=user["id"], reason=reason) is None:
+        refuse(order_id, "cancel")
+
+
+def read_rate_fields(form):
+    """The rating form's fields: {"rating": ..., "review": ...}; errors go into form.errors."""
+    return {"rating": form.integer("rating", min_value=1, max_value=10),
+            "review": form.text("review", required=False, max_len=5000, multiline=True).strip()}
+
+
+def rate_order(order_id, user, rating, review):
+    act_as(user["id"])
+    if db_one("order_rate", order_id=order_id, customer_id=user["id"], rating=rating, review=review) is None:
+        refuse(order_id, "rate")
+
 
 @app.post("/orders/<order_id:id>/take")
 @csrf_protect
 @role_required("performer")
 def order_take(order_id):
-    user = current_user()
-    act_as(user["id"])
-    if db_one("order_take", order_id=order_id, performer_id=user["id"]) is None:
-        refuse(order_id, "take")
+    take_order(order_id, current_user())
     redirect(back_to(order_id), _("The order is yours. Good luck with the work!"))
 
 
@@ -282,10 +320,7 @@ def order_take(order_id):
 @csrf_protect
 @role_required("performer")
 def order_complete(order_id):
-    user = current_user()
-    act_as(user["id"])
-    if db_one("order_complete", order_id=order_id, performer_id=user["id"]) is None:
-        refuse(order_id, "complete")
+    complete_order(order_id, current_user())
     redirect(back_to(order_id), _("The order is done. The customer can now rate your work."))
 
 
@@ -293,14 +328,11 @@ def order_complete(order_id):
 @csrf_protect
 @login_required
 def order_cancel(order_id):
-    user = current_user()
     form = Form()
-    reason = form.text("reason", required=False, max_len=1000, multiline=True).strip()
+    fields = read_cancel_fields(form)
     if not form.ok:
         return reshow_order_form(order_id, "cancel", form)
-    act_as(user["id"], reason)
-    if db_one("order_cancel", order_id=order_id, actor_id=user["id"], reason=reason) is None:
-        refuse(order_id, "cancel")
+    cancel_order(order_id, current_user(), **fields)
     redirect(back_to(order_id), _("The order is cancelled."))
 
 
@@ -308,15 +340,11 @@ def order_cancel(order_id):
 @csrf_protect
 @role_required("customer")
 def order_rate(order_id):
-    user = current_user()
     form = Form()
-    rating = form.integer("rating", min_value=1, max_value=10)
-    review = form.text("review", required=False, max_len=5000, multiline=True).strip()
+    fields = read_rate_fields(form)
     if not form.ok:
         return reshow_order_form(order_id, "rate", form)
-    act_as(user["id"])
-    if db_one("order_rate", order_id=order_id, customer_id=user["id"], rating=rating, review=review) is None:
-        refuse(order_id, "rate")
+    rate_order(order_id, current_user(), **fields)
     redirect(back_to(order_id), _("Thank you! Your rating is saved."))
 
 
@@ -343,6 +371,21 @@ def read_order_form(form, slugs, today, unchanged_deadline=None):
     return fields
 
 
+def read_new_order(form, options):
+    """The fields of a new order in one of the visible categories `options`; errors in form.errors."""
+    return read_order_form(form, [slug for slug, _name in options], db_one("date_today")["today"])
+
+
+def create_order(user, fields, form):
+    """Publishes the order and returns its id; None (an error in form) if its category was just hidden."""
+    act_as(user["id"])
+    created = db_one("order_create", customer_id=user["id"], **fields)
+    if created is None:
+        form.errors["category"] = _("Choose one of the options.")  # hidden a moment ago
+        return None
+    return created["id"]
+
+
 def render_order_form(values, errors, status=200, order=None, options=None):
     return render("order_form.html", status=status, values=values, errors=errors, order=order,
                   category_options=options or category_options())
@@ -361,13 +404,10 @@ def order_create():
     user = current_user()
     options = category_options()
     form = Form()
-    fields = read_order_form(form, [slug for slug, _name in options], db_one("date_today")["today"])
-    if form.ok:
-        act_as(user["id"])
-        created = db_one("order_create", customer_id=user["id"], **fields)
-        if created is not None:
-            redirect(f"/orders/{created['id']}", _("Your order is published."))
-        form.errors["category"] = _("Choose one of the options.")  # hidden a moment ago
+    fields = read_new_order(form, options)
+    order_id = create_order(user, fields, form) if form.ok else None
+    if order_id is not None:
+        redirect(f"/orders/{order_id}", _("Your order is published."))
     return render_order_form(form.values, form.errors, status=400, options=options)
 
 

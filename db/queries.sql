@@ -544,6 +544,60 @@ LIMIT %(limit)s
 -- (end of the orders section)
 
 -- =============================================================================================
+-- API: tokens and JSON endpoints (issue 6)
+
+-- name: api_token_user
+-- The user behind a Bearer token, never a blocked one; marks the token as used in the same statement.
+UPDATE api_tokens t
+SET last_used_at = now()
+FROM users u
+WHERE t.token_hash = %(token_hash)s
+  AND u.id = t.user_id
+  AND NOT u.is_blocked
+RETURNING u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
+
+-- name: api_token_create
+-- At most %(max_tokens)s tokens per user (a soft limit: two creates at the same instant may pass it).
+INSERT INTO api_tokens (user_id, token_hash, label)
+SELECT u.id, %(token_hash)s, %(label)s
+FROM users u
+WHERE u.id = %(user_id)s
+  AND NOT u.is_blocked
+  AND (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id) < %(max_tokens)s
+RETURNING id
+
+-- name: api_tokens_of_user
+SELECT id, label, created_at, last_used_at
+FROM api_tokens
+WHERE user_id = %(user_id)s
+ORDER BY id
+
+-- name: api_token_revoke
+-- Only one's own token: someone else's is as unknown as a token that never existed.
+DELETE FROM api_tokens
+WHERE id = %(token_id)s
+  AND user_id = %(user_id)s
+RETURNING id
+
+-- name: api_orders_by_ids
+-- Orders as the API shows them, in the order of %(ids)s; the rating and review of a hidden review
+-- only for staff.
+SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_id, o.performer_id,
+       o.cancel_reason, o.created_at, o.taken_at, o.completed_at, o.cancelled_at, o.rated_at,
+       CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.rating END AS rating,
+       CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.review END AS review,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en,
+       cu.name AS customer_name, pu.name AS performer_name
+FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS wanted (id, position)
+JOIN orders o ON o.id = wanted.id
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+LEFT JOIN users pu ON pu.id = o.performer_id
+ORDER BY wanted.position
+
+-- (end of the API section)
+
+-- =============================================================================================
 -- Admin area (issue 5)
 
 -- Every staff action below is one statement: the change, guarded by its state, by "not on

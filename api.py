@@ -1,0 +1,468 @@
+"""The JSON API under /api/v1/ (SPEC §6): the same rules as the HTML routes, answered in JSON.
+
+Credentials: a personal token (`Authorization: Bearer bz_…`, made on the profile page) or the
+browser session, which must also send the form's CSRF token in `X-CSRF-Token` on every POST.
+Errors are application/problem+json (error_page in app.py). The transitions and their
+404/403/409 decisions are the ones of orders.py; this module only reads JSON and writes JSON.
+"""
+import decimal
+import json
+from functools import wraps
+
+from bottle import request, response
+
+import accounts
+import orders
+from app import (Form, _, app, check_csrf, current_user, db_all, db_one, error_response,
+                 not_found, token_hash)
+
+CATALOGUE_PAGE = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials
+
+def bearer_user(token):
+    """The user of a personal token (marked as used), or a 401 when it is unknown or blocked."""
+    user = None
+    if token.startswith(accounts.API_TOKEN_PREFIX) and len(token) < 100:
+        user = db_one("api_token_user", token_hash=token_hash(token))
+    if user is None:
+        raise unauthorized(_("This API token is not valid. Create a new one on your profile page."),
+                           'Bearer error="invalid_token"')
+    return user
+
+
+def unauthorized(message, challenge="Bearer"):
+    return error_response(401, message, WWW_Authenticate=challenge)
+
+
+def authenticate(required):
+    """Signs the request in by Bearer token or session (CSRF header on POST); 401 when required."""
+    def decorate(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            scheme, _sep, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer":
+                # From here on current_user() is the token's user, for orders.py's checks too.
+                request.environ["birzha.user"] = bearer_user(token.strip())
+                request.environ["birzha.user_loaded"] = True
+            elif current_user() is not None and request.method == "POST":
+                check_csrf()  # a session cookie rides along on any cross-site request
+            if required and current_user() is None:
+                raise unauthorized(_("Sign in or send an API token: Authorization: Bearer <token>."))
+            return view(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON in
+
+class JsonFields(dict):
+    """The text of a JSON object's fields, read by Form as it reads request.forms."""
+
+    def getunicode(self, name):
+        return self.get(name)
+
+
+def json_form(types):
+    """The JSON body as a Form; `types` maps each field to str or int (null means absent)."""
+    if request.content_type.split(";")[0].strip().lower() != "application/json":
+        raise error_response(415, _("Send the request body as JSON (Content-Type: application/json)."))
+    raw = request.body.read()
+    try:
+        data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+    except (ValueError, RecursionError):
+        raise error_response(400, _("The request body is not valid JSON."))
+    if not isinstance(data, dict):
+        raise error_response(400, _("The request body must be a JSON object."))
+    form = Form(JsonFields())
+    for name, kind in types.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            form.errors[name] = _("Enter a whole number.")
+        elif kind is str and not isinstance(value, str):
+            form.errors[name] = _("Enter the value as a JSON string.")
+        elif kind is str and not is_utf8(value):  # a lone surrogate escape such as "\\ud800"
+            form.errors[name] = _("This text is not valid UTF-8.")
+        else:
+            form.source[name] = str(value)
+    return form
+
+
+def is_utf8(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def invalid(form):
+    """400 with each field's message in the `errors` member."""
+    return error_response(400, _("Some fields are not valid."), problem={"errors": form.errors})
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON out
+
+def iso(value):
+    return value.isoformat() if value is not None else None
+
+
+def number(value):
+    return float(value) if isinstance(value, decimal.Decimal) else value
+
+
+def reply(data, status=200):
+    response.status = status
+    response.content_type = "application/json"
+    return json.dumps(data, ensure_ascii=False)
+
+
+def order_json(row):
+    """An order row (order_page_read or api_orders_by_ids) as the API shows it."""
+    return {
+        "id": row["id"], "title": row["title"], "description": row["description"],
+        "category": {"slug": row["category_slug"], "name_ru": row["category_name_ru"],
+                     "name_en": row["category_name_en"]},
+        "budget": row["budget"], "deadline": iso(row["deadline"]), "status": row["status"],
+        "customer": {"id": row["customer_id"], "name": row["customer_name"]},
+        "performer": {"id": row["performer_id"], "name": row["performer_name"]} if row["performer_id"] else None,
+        "rating": row["rating"], "review": row["review"], "cancel_reason": row["cancel_reason"],
+        **{key: iso(row[key]) for key in ("created_at", "taken_at", "completed_at", "cancelled_at", "rated_at")},
+    }
+
+
+def category_json(row):
+    return {"slug": row["slug"], "name_ru": row["name_ru"], "name_en": row["name_en"]}
+
+
+def performer_json(row):
+    return {"id": row["id"], "name": row["name"], "rating_avg": number(row["rating_avg"]),
+            "rating_count": row["rating_count"], "orders_completed": row["orders_completed"],
+            "categories": [category_json(category) for category in row["categories"]]}
+
+
+def order_reply(order_id, status=200):
+    """The order as this viewer may see it now (after a transition: its new state)."""
+    return reply(order_json(orders.load_order(order_id)), status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Orders
+
+@app.get("/api/v1/orders")
+@authenticate(required=False)
+def api_orders():
+    """The feed of open orders with the filters and cursors of /orders."""
+    by_slug = {category["slug"]: category for category in db_all("categories_list")}
+    form = Form(request.query)
+    filters, sort, cursor = orders.read_feed_filters(form, by_slug)
+    if not form.ok:
+        raise invalid(form)
+    rows, next_after = orders.feed_page(filters, sort, cursor)
+    user = current_user()
+    full = db_all("api_orders_by_ids", ids=[row["id"] for row in rows], staff=bool(user and user["is_staff"]))
+    return reply({"items": [order_json(row) for row in full], "next": next_after})
+
+
+@app.get("/api/v1/orders/<order_id:id>")
+@authenticate(required=False)
+def api_order(order_id):
+    return order_reply(order_id)
+
+
+@app.post("/api/v1/orders")
+@authenticate(required=True)
+def api_order_create():
+    user = current_user()
+    if user["role"] != "customer":
+        raise error_response(403, _("This action is not available for your account."))
+    form = json_form({"title": str, "description": str, "category": str, "budget": int, "deadline": str})
+    options = orders.category_options()
+    fields = orders.read_new_order(form, options)
+    order_id = orders.create_order(user, fields, form) if form.ok else None
+    if order_id is None:
+        raise invalid(form)
+    response.set_header("Location", f"/api/v1/orders/{order_id}")
+    return order_reply(order_id, 201)
+
+
+@app.post("/api/v1/orders/<order_id:id>/take")
+@authenticate(required=True)
+def api_order_take(order_id):
+    json_form({})
+    orders.take_order(order_id, current_user())
+    return order_reply(order_id)
+
+
+@app.post("/api/v1/orders/<order_id:id>/complete")
+@authenticate(required=True)
+def api_order_complete(order_id):
+    json_form({})
+    orders.complete_order(order_id, current_user())
+    return order_reply(order_id)
+
+
+@app.post("/api/v1/orders/<order_id:id>/cancel")
+@authenticate(required=True)
+def api_order_cancel(order_id):
+    form = json_form({"reason": str})
+    fields = orders.read_cancel_fields(form)
+    if not form.ok:
+        raise invalid(form)
+    orders.cancel_order(order_id, current_user(), **fields)
+    return order_reply(order_id)
+
+
+@app.post("/api/v1/orders/<order_id:id>/rate")
+@authenticate(required=True)
+def api_order_rate(order_id):
+    form = json_form({"rating": int, "review": str})
+    fields = orders.read_rate_fields(form)
+    if not form.ok:
+        raise invalid(form)
+    orders.rate_order(order_id, current_user(), **fields)
+    return order_reply(order_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# People and categories
+
+@app.get("/api/v1/me")
+@authenticate(required=True)
+def api_me():
+    user = current_user()
+    profile = db_one("profile_read", user_id=user["id"])
+    if user["role"] == "customer":
+        counters = db_one("customer_stats_read", customer_id=user["id"])
+    else:
+        counters = db_one("performer_stats_read", performer_id=user["id"])
+    return reply({**profile, "is_staff": user["is_staff"], "is_blocked": user["is_blocked"],
+                  "counters": {key: number(value) for key, value in counters.items()}})
+
+
+@app.get("/api/v1/performers")
+@authenticate(required=False)
+def api_performers():
+    """The catalogue of /performers: best rated first; `category` (slug) and `after` (an id)."""
+    form = Form(request.query)
+    after = form.integer("after", required=False, min_value=1, max_value=10**17)
+    slug = form.text("category", required=False, max_len=100)
+    if not form.ok:
+        raise invalid(form)
+    category = db_one("category_visible_by_slug", slug=slug) if slug else None
+    if slug and category is None:
+        raise not_found(_("There is no such category."))
+    rows = db_all("performers_catalogue", after=after, limit=CATALOGUE_PAGE + 1,
+                  category_id=category["id"] if category else None)
+    page = rows[:CATALOGUE_PAGE]
+    return reply({"items": [performer_json(row) for row in page],
+                  "next": str(page[-1]["id"]) if len(rows) > CATALOGUE_PAGE else None})
+
+
+@app.get("/api/v1/performers/<performer_id:id>")
+@authenticate(required=False)
+def api_performer(performer_id):
+    """A public profile with the latest reviews; contacts only for signed-in users, as on the page."""
+    row = db_one("performer_public", performer_id=performer_id)
+    if row is None:
+        raise not_found(_("There is no such performer."))
+    reviews = db_all("performer_reviews", performer_id=performer_id, after=None, limit=CATALOGUE_PAGE)
+    contacts = None
+    if current_user():
+        contacts = {"email": row["email"], "phone": row["phone"], "messenger": row["messenger"]}
+    return reply({**performer_json(row), "bio": row["bio"], "experience_years": row["experience_years"],
+                  "experience_text": row["experience_text"], "created_at": iso(row["created_at"]),
+                  "contacts": contacts,
+                  "reviews": [{"order_id": review["id"], "title": review["title"], "rating": review["rating"],
+                               "review": review["review"], "rated_at": iso(review["rated_at"])}
+                              for review in reviews]})
+
+
+@app.get("/api/v1/categories")
+def api_categories():
+    return reply({"items": [{**category_json(row), "open_orders": row["open_orders"]}
+                            for row in db_all("categories_list")]})
+
+
+@app.get("/api/v1/openapi.json")
+def api_openapi():
+    return reply(OPENAPI)
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenAPI 3.1 document; tests/test_api.py checks every response against it
+
+def ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def closed(properties, optional=()):
+    """An object schema with exactly these properties, all required but the optional ones."""
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": [name for name in properties if name not in optional]}
+
+
+def nullable(schema):
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+TEXT, INTEGER, MOMENT = {"type": "string"}, {"type": "integer"}, {"type": "string", "format": "date-time"}
+DATE = {"type": "string", "format": "date"}
+PROBLEM = {"$ref": "#/components/responses/Problem"}
+UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
+
+
+def json_content(schema):
+    return {"application/json": {"schema": schema}}
+
+
+def operation(summary, status, schema, *, problems=(), secured=False, body=None, parameters=(), headers=None):
+    """One path/method: its success response, the problems it may answer, its credentials."""
+    success = {"description": summary, "content": json_content(schema), **({"headers": headers} if headers else {})}
+    op = {"summary": summary, "parameters": list(parameters),
+          "responses": {str(status): success,
+                        **{str(code): UNAUTHORIZED if code == 401 else PROBLEM for code in problems},
+                        "default": PROBLEM},
+          "security": [{"bearer": []}, {"cookie": []}] + ([] if secured else [{}])}
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": json_content(body)}
+    return op
+
+
+def parameter(name, where, schema, description=""):
+    return {"name": name, "in": where, "required": where == "path", "schema": schema,
+            "description": description}
+
+
+ORDER_ID = parameter("order_id", "path", {"type": "integer", "minimum": 1})
+TRANSITION_PROBLEMS = (400, 401, 403, 404, 409, 415)
+FEED_PARAMETERS = [
+    parameter("q", "query", TEXT, "full-text search"),
+    parameter("category", "query", TEXT, "category slug"),
+    parameter("min_budget", "query", INTEGER), parameter("max_budget", "query", INTEGER),
+    parameter("sort", "query", {"type": "string", "enum": ["new", "budget"]}),
+    parameter("after", "query", TEXT, "the `next` of the previous page"),
+]
+CATEGORY = closed({"slug": TEXT, "name_ru": TEXT, "name_en": TEXT, "open_orders": INTEGER},
+                  optional=("open_orders",))
+PERSON = closed({"id": INTEGER, "name": TEXT})
+PERFORMER = {"id": INTEGER, "name": TEXT, "rating_avg": nullable({"type": "number"}),
+             "rating_count": INTEGER, "orders_completed": INTEGER,
+             "categories": {"type": "array", "items": ref("Category")}}
+REVIEW = closed({"order_id": INTEGER, "title": TEXT, "rating": {"type": "integer", "minimum": 1, "maximum": 10},
+                 "review": nullable(TEXT), "rated_at": MOMENT})
+
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {"title": "Birzha API", "version": "1",
+             "description": "Orders, performers and categories of Birzha. Errors are RFC 9457 problems."},
+    "paths": {
+        "/api/v1/orders": {
+            "get": operation("Open orders, filtered like /orders", 200, ref("OrderList"),
+                             problems=(400, 401), parameters=FEED_PARAMETERS),
+            "post": operation("Publish an order (customers)", 201, ref("Order"),
+                              problems=(400, 401, 403, 415), secured=True, body=ref("NewOrder"),
+                              headers={"Location": {"description": "The new order's URL",
+                                                    "schema": TEXT}}),
+        },
+        "/api/v1/orders/{order_id}": {
+            "get": operation("An order", 200, ref("Order"), problems=(401, 404), parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/take": {
+            "post": operation("Take an open order (performers)", 200, ref("Order"),
+                              problems=TRANSITION_PROBLEMS, secured=True, body=closed({}),
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/complete": {
+            "post": operation("Complete the order you took", 200, ref("Order"),
+                              problems=TRANSITION_PROBLEMS, secured=True, body=closed({}),
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/cancel": {
+            "post": operation("Cancel an open or in-progress order (its customer, staff)", 200,
+                              ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
+                              body=closed({"reason": TEXT}, optional=("reason",)), parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/rate": {
+            "post": operation("Rate a done order once (its customer)", 200, ref("Order"),
+                              problems=TRANSITION_PROBLEMS, secured=True,
+                              body=closed({"rating": {"type": "integer", "minimum": 1, "maximum": 10},
+                                           "review": TEXT}, optional=("review",)),
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/me": {"get": operation("The signed-in user", 200, ref("Me"), problems=(401,), secured=True)},
+        "/api/v1/performers": {
+            "get": operation("The performer catalogue: best rated first", 200, ref("PerformerList"),
+                             problems=(400, 401, 404),
+                             parameters=[parameter("category", "query", TEXT, "category slug"),
+                                         parameter("after", "query", TEXT, "the `next` of the previous page")]),
+        },
+        "/api/v1/performers/{performer_id}": {
+            "get": operation("A performer's public profile", 200, ref("PerformerProfile"), problems=(401, 404),
+                             parameters=[parameter("performer_id", "path", {"type": "integer", "minimum": 1})]),
+        },
+        "/api/v1/categories": {
+            "get": operation("The visible categories", 200, ref("CategoryList")),
+        },
+        "/api/v1/openapi.json": {
+            "get": operation("This document", 200, {"type": "object"}),
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "A personal token from the profile page (bz_…)."},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "birzha_session",
+                       "description": "The browser session; POSTs also need the X-CSRF-Token header."},
+        },
+        "responses": {
+            "Problem": {"description": "An error (RFC 9457)",
+                        "content": {"application/problem+json": {"schema": ref("Problem")}}},
+            "Unauthorized": {"description": "No credentials, or a token that is not valid (RFC 9457)",
+                             "headers": {"WWW-Authenticate": {"schema": TEXT}},
+                             "content": {"application/problem+json": {"schema": ref("Problem")}}},
+        },
+        "schemas": {
+            "Problem": closed({"type": TEXT, "title": TEXT, "status": INTEGER, "detail": TEXT,
+                               "errors": {"type": "object", "additionalProperties": TEXT}},
+                              optional=("errors",)),
+            "Category": CATEGORY,
+            "CategoryList": closed({"items": {"type": "array", "items": ref("Category")}}),
+            "Person": PERSON,
+            "Order": closed({
+                "id": INTEGER, "title": TEXT, "description": TEXT, "category": ref("Category"),
+                "budget": {"type": "integer", "minimum": 1}, "deadline": nullable(DATE),
+                "status": {"enum": ["open", "in_progress", "done", "cancelled"]},
+                "customer": ref("Person"), "performer": nullable(ref("Person")),
+                "rating": nullable({"type": "integer", "minimum": 1, "maximum": 10}),
+                "review": nullable(TEXT), "cancel_reason": nullable(TEXT), "created_at": MOMENT,
+                "taken_at": nullable(MOMENT), "completed_at": nullable(MOMENT),
+                "cancelled_at": nullable(MOMENT), "rated_at": nullable(MOMENT)}),
+            "OrderList": closed({"items": {"type": "array", "items": ref("Order")}, "next": nullable(TEXT)}),
+            "NewOrder": closed({"title": TEXT, "description": TEXT, "category": TEXT, "budget": INTEGER,
+                                "deadline": nullable(DATE)}, optional=("deadline",)),
+            "Performer": closed(PERFORMER),
+            "PerformerList": closed({"items": {"type": "array", "items": ref("Performer")},
+                                     "next": nullable(TEXT)}),
+            "PerformerProfile": closed({
+                **PERFORMER, "bio": TEXT, "experience_years": INTEGER, "experience_text": TEXT,
+                "created_at": MOMENT, "reviews": {"type": "array", "items": REVIEW},
+                "contacts": nullable(closed({"email": TEXT, "phone": TEXT, "messenger": TEXT}))}),
+            "Me": closed({
+                "id": INTEGER, "role": {"enum": ["customer", "performer"]}, "email": TEXT, "name": TEXT,
+                "phone": TEXT, "messenger": TEXT, "experience_years": INTEGER, "experience_text": TEXT,
+                "bio": TEXT, "is_staff": {"type": "boolean"}, "is_blocked": {"type": "boolean"},
+                "counters": {"oneOf": [
+                    closed({"orders_placed": INTEGER, "orders_open": INTEGER, "orders_in_progress": INTEGER,
+                            "orders_done": INTEGER, "orders_cancelled": INTEGER}),
+                    closed({"orders_completed": INTEGER, "orders_in_progress": INTEGER,
+                            "rating_avg": nullable({"type": "number"}), "rating_count": INTEGER})]}}),
+        },
+    },
+}

@@ -1,0 +1,468 @@
+"""The JSON API (SPEC §6): Bearer tokens and sessions, the order flow, problems, the OpenAPI document.
+
+Every API response these tests receive goes through Api.request, which checks it against the
+schema that the OpenAPI document gives for its path, method and status.
+"""
+import html
+import json
+import re
+import types
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+from jsonschema import Draft202012Validator, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+import api as api_module
+import app as birzha
+from conftest import PASSWORD
+from test_feed import catalogue, walk  # noqa: F401  (catalogue is a fixture)
+from test_security import snapshot
+
+DOCUMENT = api_module.OPENAPI
+DOCUMENT_URI = "urn:birzha:openapi"
+REGISTRY = Registry().with_resource(DOCUMENT_URI, Resource.from_contents(DOCUMENT, DRAFT202012))
+
+
+def pointer(*parts):
+    return "/".join(str(part).replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def document_path(url):
+    """The path template of the document that this URL matches, or None."""
+    path = url.split("?")[0]
+    for template in DOCUMENT["paths"]:
+        if re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), path):
+            return template
+    return None
+
+
+def check_against_document(method, url, resp):
+    """The response's media type and body are those the document gives for its path, method, status."""
+    template = document_path(url)
+    assert template, f"{url} is not in the OpenAPI document"
+    responses = DOCUMENT["paths"][template][method.lower()]["responses"]
+    status = str(resp.status_int) if str(resp.status_int) in responses else "default"
+    base = ["paths", template, method.lower(), "responses", status]
+    answer = responses[status]
+    if "$ref" in answer:
+        base = answer["$ref"].lstrip("#/").split("/")
+        answer = DOCUMENT["components"]["responses"][base[-1]]
+    assert resp.content_type in answer["content"], (url, resp.status_int, resp.content_type)
+    for header in answer.get("headers", {}):
+        assert header in resp.headers, (url, resp.status_int, header)
+    schema = {"$ref": DOCUMENT_URI + "#/" + pointer(*base, "content", resp.content_type, "schema")}
+    Draft202012Validator(schema, registry=REGISTRY,
+                         format_checker=Draft202012Validator.FORMAT_CHECKER).validate(resp.json)
+
+
+class Api:
+    """A client of the API: a Bearer token, or a browser session with (or without) the CSRF header."""
+
+    def __init__(self, client, token=None, csrf_header=True):
+        self.client, self.token, self.csrf_header = client, token, csrf_header
+
+    def request(self, method, url, body=None, status=200, *, raw=None, content_type="application/json"):
+        headers = {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if method == "POST" and self.csrf_header and not self.token:
+            headers["X-CSRF-Token"] = self.client.csrf()
+        if method == "GET":
+            resp = self.client.get(url, headers=headers, status=status)
+        else:
+            data = raw if raw is not None else json.dumps(body if body is not None else {}).encode()
+            resp = self.client.request(url, method=method, body=data, headers=headers, status=status,
+                                       content_type=content_type)
+        check_against_document(method, url, resp)
+        if resp.status_int >= 400:
+            assert resp.content_type == "application/problem+json"
+            assert resp.json["status"] == resp.status_int and resp.json["detail"]
+        return resp
+
+    def get(self, url, status=200):
+        return self.request("GET", url, status=status)
+
+    def post(self, url, body=None, status=200, **kwargs):
+        return self.request("POST", url, body, status, **kwargs)
+
+
+def create_token(client, label="script"):
+    """Creates a token on the profile page of the signed-in client and returns it."""
+    resp = client.post_form("/profile/tokens", {"label": label})
+    assert resp.status_int == 201, resp.status
+    return re.search(r'<code id="new-token">([^<]+)</code>', resp.text).group(1)
+
+
+@pytest.fixture
+def people(make_user, make_client, sign_in):
+    """A customer and a performer, each with a browser session and an API token made on /profile."""
+    found = {}
+    for n, role in enumerate(("customer", "performer")):
+        user = make_user(role, categories=["design"] if role == "performer" else ())
+        browser = sign_in(make_client(f"198.51.100.{30 + n}"), user)
+        found[role] = {"user": user, "browser": browser, "token": create_token(browser)}
+    return found
+
+
+def bearer(make_client, token):
+    return Api(make_client("198.51.100.50"), token=token)
+
+
+NEW_ORDER = {"title": "Logo for a bakery", "description": "Warm colours, a croissant.",
+             "category": "design", "budget": 15000, "deadline": None}
+
+
+def history(db, order_id):
+    return [(row["action"], row["from_status"], row["to_status"], row["actor_id"]) for row in db.execute(
+        "SELECT action, from_status, to_status, actor_id FROM order_history WHERE order_id = %s ORDER BY id",
+        (order_id,))]
+
+
+def run_flow(db, customer, performer, customer_id, performer_id):
+    """Create, take, complete, rate through the API; checks each answer and the database."""
+    resp = customer.post("/api/v1/orders", NEW_ORDER, status=201)
+    order = resp.json
+    assert resp.headers["Location"].endswith(f"/api/v1/orders/{order['id']}")
+    assert order["status"] == "open" and order["customer"]["id"] == customer_id
+    assert order["performer"] is None and order["budget"] == 15000 and order["category"]["slug"] == "design"
+    oid = order["id"]
+    taken = performer.post(f"/api/v1/orders/{oid}/take").json
+    assert taken["status"] == "in_progress" and taken["performer"]["id"] == performer_id and taken["taken_at"]
+    assert performer.post(f"/api/v1/orders/{oid}/complete").json["status"] == "done"
+    rated = customer.post(f"/api/v1/orders/{oid}/rate", {"rating": 9, "review": "Lovely"}).json
+    assert rated["rating"] == 9 and rated["review"] == "Lovely" and rated["rated_at"]
+    row = db.execute("SELECT status, performer_id, rating, review FROM orders WHERE id = %s", (oid,)).fetchone()
+    assert row == {"status": "done", "performer_id": performer_id, "rating": 9, "review": "Lovely"}
+    assert history(db, oid) == [("create", None, "open", customer_id),
+                                ("take", "open", "in_progress", performer_id),
+                                ("complete", "in_progress", "done", performer_id),
+                                ("rate", "done", "done", customer_id)]
+    return oid
+
+
+# ---------------------------------------------------------------------------------------------
+# The flow
+
+def test_full_flow_with_bearer_tokens_moves_the_order_and_the_counters(db, make_client, people):
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    cid, pid = people["customer"]["user"]["id"], people["performer"]["user"]["id"]
+    run_flow(db, customer, performer, cid, pid)
+    stats = db.execute("SELECT * FROM customer_stats WHERE customer_id = %s", (cid,)).fetchone()
+    assert (stats["orders_placed"], stats["orders_open"], stats["orders_done"]) == (1, 0, 1)
+    stats = db.execute("SELECT * FROM performer_stats WHERE performer_id = %s", (pid,)).fetchone()
+    assert (stats["orders_completed"], stats["rating_sum"], stats["rating_count"]) == (1, 9, 1)
+    me = customer.get("/api/v1/me").json
+    assert me["id"] == cid and me["role"] == "customer" and me["counters"]["orders_done"] == 1
+    me = performer.get("/api/v1/me").json
+    assert me["role"] == "performer" and me["counters"] == {
+        "orders_completed": 1, "orders_in_progress": 0, "rating_avg": 9.0, "rating_count": 1}
+    used = db.execute("SELECT count(*) AS n FROM api_tokens WHERE last_used_at IS NOT NULL").fetchone()
+    assert used["n"] == 2
+
+
+def test_full_flow_with_the_session_cookie_and_the_csrf_header(db, people):
+    customer = Api(people["customer"]["browser"])
+    performer = Api(people["performer"]["browser"])
+    run_flow(db, customer, performer, people["customer"]["user"]["id"], people["performer"]["user"]["id"])
+
+
+def test_a_session_post_without_the_csrf_header_is_refused_and_changes_nothing(db, people, make_order):
+    order = make_order(people["customer"]["user"])
+    before = snapshot(db)
+    no_header = Api(people["performer"]["browser"], csrf_header=False)
+    resp = no_header.post(f"/api/v1/orders/{order['id']}/take", status=403)
+    assert "did not come from this site" in resp.json["detail"]
+    Api(people["customer"]["browser"], csrf_header=False).post("/api/v1/orders", NEW_ORDER, status=403)
+    assert snapshot(db) == before
+    assert no_header.get("/api/v1/me").json["role"] == "performer"  # GETs need no header
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: each with its status, as problem+json, and nothing changes
+
+def test_every_refusal_has_its_status_and_changes_nothing(db, app, make_client, people, make_user, make_order):
+    cust, perf = people["customer"]["user"], people["performer"]["user"]
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    guest = Api(make_client("198.51.100.60"))
+    other_customer = Api(make_client("198.51.100.61"), token=None)
+    stranger = make_user("customer")
+    with_stranger = sign_in_api(make_client, stranger)
+    open_order = make_order(cust)
+    taken = make_order(cust, performer=perf, status="in_progress")
+    done = make_order(cust, performer=perf, status="done")
+    before = snapshot(db)
+
+    # 401: no credentials, or a token that is not one
+    resp = guest.post(f"/api/v1/orders/{open_order['id']}/take", status=401)
+    assert resp.headers["WWW-Authenticate"] == "Bearer"
+    guest.get("/api/v1/me", status=401)
+    other_customer.token = "bz_not-a-real-token"
+    assert other_customer.get("/api/v1/me", status=401).headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    other_customer.get(f"/api/v1/orders/{open_order['id']}", status=401)
+    # 403: the wrong person
+    performer.post("/api/v1/orders", NEW_ORDER, status=403)
+    performer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 5}, status=403)
+    with_stranger.post(f"/api/v1/orders/{open_order['id']}/cancel", {"reason": "mine now"}, status=403)
+    with_stranger.post(f"/api/v1/orders/{taken['id']}/complete", status=403)
+    customer.post(f"/api/v1/orders/{open_order['id']}/take", status=403)
+    # 404: unknown ids and routes
+    performer.post("/api/v1/orders/999999/take", status=404)
+    guest.get("/api/v1/orders/999999", status=404)
+    guest.get("/api/v1/performers/999999", status=404)
+    guest.get(f"/api/v1/performers/{cust['id']}", status=404)  # a customer is not a performer
+    for url in ("/api/v1/nothing-here", "/api/v1/orders/1x"):
+        resp = guest.client.get(url, status=404)
+        assert resp.content_type == "application/problem+json" and resp.json["status"] == 404
+    resp = guest.client.delete("/api/v1/orders", status=405)
+    assert resp.content_type == "application/problem+json" and resp.json["title"] == "Method not allowed"
+    # 409: the state has moved on
+    performer.post(f"/api/v1/orders/{taken['id']}/take", status=409)
+    customer.post(f"/api/v1/orders/{open_order['id']}/rate", {"rating": 5}, status=409)
+    customer.post(f"/api/v1/orders/{done['id']}/cancel", status=409)
+    performer.post(f"/api/v1/orders/{done['id']}/complete", status=409)
+    # 400: bad input, each field with its message
+    errors = customer.post("/api/v1/orders", {"title": "x", "description": "", "category": "nope",
+                                              "budget": "5000", "deadline": "2001-01-01"}, status=400).json["errors"]
+    assert set(errors) == {"title", "description", "category", "budget", "deadline"}
+    assert errors["budget"] == "Enter a whole number."
+    errors = customer.post("/api/v1/orders", dict(NEW_ORDER, title="Nul\x00byte", budget=True,
+                                                  description=["a list"]), status=400).json["errors"]
+    assert set(errors) == {"title", "budget", "description"}
+    errors = customer.post("/api/v1/orders", dict(NEW_ORDER, budget=0, title="\ud800 lone"), status=400).json["errors"]
+    assert set(errors) == {"title", "budget"}
+    assert customer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 11}, status=400).json["errors"] == {
+        "rating": "The largest allowed value is 10."}
+    customer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 9.5}, status=400)
+    customer.post(f"/api/v1/orders/{done['id']}/cancel", {"reason": "x" * 1001}, status=400)
+    customer.post("/api/v1/orders", raw=b'{"title": ', status=400)
+    customer.post("/api/v1/orders", raw=b"[1, 2]", status=400)
+    customer.post("/api/v1/orders", raw=b"[" * 100000, status=400)
+    customer.post("/api/v1/orders", raw=b'{"title": "\xff\xfe"}', status=400)
+    # 415: not JSON; 413: too big
+    customer.post("/api/v1/orders", raw=b"title=Form+post", status=415,
+                  content_type="application/x-www-form-urlencoded")
+    customer.post(f"/api/v1/orders/{open_order['id']}/cancel", raw=b"", status=415, content_type="text/plain")
+    resp = customer.post("/api/v1/orders", raw=b" " * (birzha.MAX_BODY_BYTES + 1), status=413)
+    assert resp.json["title"] == "Request too large"
+    assert snapshot(db) == before
+
+
+def sign_in_api(make_client, user, address="198.51.100.62"):
+    """An Api over a browser session of this user, with the CSRF header."""
+    browser = make_client(address)
+    browser.post_form("/login", {"email": user["email"], "password": PASSWORD}, status=303)
+    return Api(browser)
+
+
+def test_staff_may_cancel_and_see_a_hidden_review_through_the_api(db, make_client, make_user, make_order, people):
+    cust, perf = people["customer"]["user"], people["performer"]["user"]
+    staff = sign_in_api(make_client, make_user("customer", staff=True))
+    rated = make_order(cust, performer=perf, status="done", rating=3, review="Late")
+    db.execute("UPDATE orders SET review_hidden = true WHERE id = %s", (rated["id"],))
+    guest = Api(make_client("198.51.100.63"))
+    assert guest.get(f"/api/v1/orders/{rated['id']}").json["rating"] is None
+    assert staff.get(f"/api/v1/orders/{rated['id']}").json["review"] == "Late"
+    order = make_order(cust, performer=perf, status="in_progress")
+    cancelled = staff.post(f"/api/v1/orders/{order['id']}/cancel", {"reason": "Fraud"}).json
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "Fraud"
+    assert history(db, order["id"])[-1][0] == "cancel"
+
+
+def test_an_order_of_a_blocked_customer_is_gone_from_the_api(db, make_client, make_user, make_order, people):
+    spammer = make_user("customer")
+    order = make_order(spammer)
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (spammer["id"],))
+    performer = bearer(make_client, people["performer"]["token"])
+    performer.get(f"/api/v1/orders/{order['id']}", status=404)
+    performer.post(f"/api/v1/orders/{order['id']}/take", status=404)
+    assert order["id"] not in [item["id"] for item in performer.get("/api/v1/orders").json["items"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens on the profile page
+
+def token_hashes(db, user_id):
+    return [bytes(row["token_hash"]) for row in db.execute(
+        "SELECT token_hash FROM api_tokens WHERE user_id = %s ORDER BY id", (user_id,))]
+
+
+def test_a_token_is_shown_once_works_and_dies_when_revoked(db, client, make_client, make_user, sign_in):
+    owner = make_user("performer")
+    browser = sign_in(client, owner)
+    resp = browser.post_form("/profile/tokens", {"label": "My script"})
+    assert resp.status_int == 201 and resp.headers["Cache-Control"] == "no-store"
+    token = re.search(r'<code id="new-token">([^<]+)</code>', resp.text).group(1)
+    assert token.startswith("bz_") and len(token) > 40
+    assert token not in "".join(value for _name, value in resp.headerlist)  # not in a cookie or header
+    assert token_hashes(db, owner["id"]) == [birzha.token_hash(token)]  # only the hash is kept
+    page = browser.get("/profile")
+    assert token not in page.text and "My script" in page.text
+
+    api = bearer(make_client, token)
+    assert api.get("/api/v1/me").json["id"] == owner["id"]
+    token_id = db.execute("SELECT id, last_used_at FROM api_tokens").fetchone()
+    assert token_id["last_used_at"] is not None
+
+    thief = sign_in(make_client("198.51.100.70"), make_user("performer"))
+    assert thief.post_form(f"/profile/tokens/{token_id['id']}/revoke").status_int == 404
+    assert browser.post_form("/profile/tokens/999999/revoke").status_int == 404
+    api.get("/api/v1/me")  # still alive
+    resp = browser.post_form(f"/profile/tokens/{token_id['id']}/revoke")
+    assert resp.status_int == 303 and token_hashes(db, owner["id"]) == []
+    api.get("/api/v1/me", status=401)
+
+
+def test_a_blocked_users_token_stops_working_and_a_password_change_keeps_tokens(db, make_client, people):
+    customer = people["customer"]
+    api = bearer(make_client, customer["token"])
+    resp = customer["browser"].post_form("/profile/password", {"current_password": PASSWORD,
+                                                               "new_password": "a brand new password"})
+    assert resp.status_int == 303
+    api.get("/api/v1/me")  # our call: a token is its own credential, revoked on the profile page
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (customer["user"]["id"],))
+    api.get("/api/v1/me", status=401)
+    api.post("/api/v1/orders", NEW_ORDER, status=401)
+    db.execute("UPDATE users SET is_blocked = false WHERE id = %s", (customer["user"]["id"],))
+    api.get("/api/v1/me")
+
+
+def test_token_labels_are_checked_and_ten_is_the_most(db, client, make_user, sign_in):
+    owner = make_user("customer")
+    browser = sign_in(client, owner)
+    for label in ("", "x" * 61, "bad\x00label"):
+        resp = browser.post_form("/profile/tokens", {"label": label})
+        assert resp.status_int == 400 and "field-error" in resp.text
+    for n in range(10):
+        create_token(browser, f"token {n}")
+    resp = browser.post_form("/profile/tokens", {"label": "one too many"})
+    assert resp.status_int == 409 and "Revoke one first" in resp.text
+    assert len(token_hashes(db, owner["id"])) == 10
+    assert browser.post_form("/profile/tokens", {"label": "no csrf"}, csrf=False).status_int == 403
+
+
+# ---------------------------------------------------------------------------------------------
+# Lists: the same filters and cursors as the HTML pages
+
+def api_walk(api, query):
+    """Every id of every page of /api/v1/orders?query, following `next`; and the cursors seen."""
+    ids, cursors, after = [], [], None
+    while True:
+        params = dict(query, **({"after": after} if after else {}))
+        page = api.get("/api/v1/orders?" + urlencode(params)).json
+        ids += [item["id"] for item in page["items"]]
+        after = page["next"]
+        if after is None:
+            return ids, cursors
+        assert len(page["items"]) == 20
+        cursors.append(after)
+
+
+def html_cursors(client, url):
+    """The `after` values of the "Next page" links of the HTML feed, page by page."""
+    cursors = []
+    while url:
+        found = re.search(r'href="([^"]+)">Next page', client.get(url).text)
+        url = html.unescape(found.group(1)) if found else None
+        if url:
+            cursors.append(parse_qs(urlsplit(url).query)["after"][0])
+    return cursors
+
+
+@pytest.mark.parametrize("query", [
+    {}, {"sort": "budget"}, {"category": "design"}, {"min_budget": "2500", "max_budget": "7000"},
+    {"q": "Feed", "sort": "budget", "category": "texts"}, {"q": "nothing-like-this"},
+])
+def test_the_order_list_matches_the_html_feed_page_by_page(client, make_client, catalogue, query):  # noqa: F811
+    api = Api(make_client("198.51.100.80"))
+    url = "/orders" + ("?" + urlencode(query) if query else "")
+    html_ids, _pages = walk(client, url)
+    api_ids, cursors = api_walk(api, query)
+    assert api_ids == html_ids
+    assert cursors == html_cursors(client, url)
+    if not query:
+        assert len(api_ids) == 45
+
+
+def test_bad_list_filters_are_400_with_the_field(client, catalogue):  # noqa: F811
+    api = Api(client)
+    errors = api.get("/api/v1/orders?min_budget=9000&max_budget=10", status=400).json["errors"]
+    assert list(errors) == ["max_budget"]
+    assert list(api.get("/api/v1/orders?after=garbage", status=400).json["errors"]) == ["after"]
+    assert list(api.get("/api/v1/orders?category=nope", status=400).json["errors"]) == ["category"]
+    assert list(api.get("/api/v1/performers?after=x", status=400).json["errors"]) == ["after"]
+    api.get("/api/v1/performers?category=nope", status=404)
+
+
+def test_performers_and_categories_match_the_catalogue(db, client, make_client, make_user, make_order, sign_in):
+    customer = make_user("customer")
+    performers = [make_user("performer", categories=["design"] if n % 2 else ["texts"]) for n in range(25)]
+    for n, performer in enumerate(performers[:5]):
+        make_order(customer, performer=performer, status="done", rating=n + 5)
+    make_order(customer, category="texts")
+    guest = Api(client)
+    page = guest.get("/api/v1/performers").json
+    second = guest.get("/api/v1/performers?after=" + page["next"]).json
+    assert second["next"] is None
+    ids = [item["id"] for item in page["items"] + second["items"]]
+    assert ids[:5] == [p["id"] for p in reversed(performers[:5])] and len(ids) == 25
+    html_ids = [int(n) for n in re.findall(r'href="/performers/(\d+)"', client.get("/performers").text)]
+    assert [i for i in dict.fromkeys(html_ids)] == ids[:20]
+    design = guest.get("/api/v1/performers?category=design").json["items"]
+    assert {item["id"] for item in design} == {p["id"] for p in performers[1::2]}
+    best = performers[4]
+    profile = guest.get(f"/api/v1/performers/{best['id']}").json
+    assert profile["rating_avg"] == 9.0 and profile["contacts"] is None and profile["reviews"][0]["rating"] == 9
+    signed_in = Api(sign_in(make_client("198.51.100.81"), customer))
+    assert signed_in.get(f"/api/v1/performers/{best['id']}").json["contacts"]["email"] == best["email"]
+    categories = {item["slug"]: item for item in guest.get("/api/v1/categories").json["items"]}
+    assert categories["texts"]["open_orders"] == 1 and categories["design"]["open_orders"] == 0
+    visible = db.execute("SELECT count(*) AS n FROM categories WHERE NOT is_hidden").fetchone()["n"]
+    assert len(categories) == visible
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenAPI document
+
+def test_the_document_lists_every_api_route_and_nothing_else(client):
+    served = client.get("/api/v1/openapi.json")
+    assert served.content_type == "application/json" and served.json == json.loads(json.dumps(DOCUMENT))
+    assert served.json["openapi"] == "3.1.0"
+    routes = {(re.sub(r"<(\w+)(:[^>]*)?>", r"{\1}", route.rule), route.method.lower())
+              for route in birzha.app.routes if route.rule.startswith("/api/")}
+    documented = {(path, method) for path, methods in DOCUMENT["paths"].items() for method in methods}
+    assert routes == documented
+    for name, schema in DOCUMENT["components"]["schemas"].items():
+        Draft202012Validator.check_schema(schema)
+    for needed in ("Order", "OrderList", "Performer", "Category", "Me", "Problem"):
+        assert needed in DOCUMENT["components"]["schemas"]
+    assert set(DOCUMENT["components"]["securitySchemes"]) == {"bearer", "cookie"}
+
+
+def test_the_document_check_catches_a_response_that_does_not_fit():
+    """The checker itself: a body or a media type the document does not give fails."""
+    def answer(status, content_type, body):
+        return types.SimpleNamespace(status_int=status, content_type=content_type, json=body)
+    with pytest.raises(ValidationError):
+        check_against_document("GET", "/api/v1/categories", answer(200, "application/json", {"items": [{"slug": "x"}]}))
+    with pytest.raises(ValidationError):
+        check_against_document("GET", "/api/v1/orders/1", answer(
+            404, "application/problem+json", {"type": "about:blank", "title": "x", "status": 404}))
+    with pytest.raises(AssertionError):
+        check_against_document("GET", "/api/v1/me", answer(401, "text/html", {}))
+
+
+def test_problems_speak_the_visitors_language(client):
+    resp = client.get("/api/v1/me", headers={"Accept-Language": "ru"}, status=401)
+    assert resp.json["title"] == "Нужна авторизация" and "API-токен" in resp.json["detail"]
+
+
+def test_the_api_answers_a_problem_while_the_database_is_down(app, client, monkeypatch):
+    monkeypatch.setitem(app.config, "db.url", "postgresql://127.0.0.1:9/nowhere?connect_timeout=1")
+    monkeypatch.setattr(birzha, "POOL_TIMEOUT", 0.5)
+    resp = Api(client).get("/api/v1/categories", status=503)
+    assert resp.json["title"] == "Service unavailable" and "database" in resp.json["detail"]
+    birzha.close_pool()
