@@ -557,7 +557,8 @@ WHERE t.token_hash = %(token_hash)s
 RETURNING u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
 
 -- name: api_token_create
--- At most %(max_tokens)s tokens per user (a soft limit: two creates at the same instant may pass it).
+-- At most %(max_tokens)s tokens per user: refused here with a clear answer; the trigger
+-- api_tokens_limit holds the same line when two creates race.
 INSERT INTO api_tokens (user_id, token_hash, label)
 SELECT u.id, %(token_hash)s, %(label)s
 FROM users u

@@ -495,6 +495,21 @@ CREATE TABLE api_tokens (
 CREATE INDEX api_tokens_user_idx ON api_tokens (user_id);
 COMMENT ON TABLE api_tokens IS 'Personal API tokens (Authorization: Bearer); only the SHA-256 is stored.';
 
+CREATE FUNCTION api_tokens_limit() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Lock the owner first, so two tokens created at the same moment are counted one after the other.
+    PERFORM 1 FROM users WHERE id = NEW.user_id FOR UPDATE;
+    IF (SELECT count(*) FROM api_tokens WHERE user_id = NEW.user_id) >= 10 THEN
+        RAISE EXCEPTION 'user % already has 10 API tokens', NEW.user_id USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION api_tokens_limit() IS 'At most 10 API tokens per user, also under concurrent creation.';
+CREATE TRIGGER api_tokens_limit BEFORE INSERT ON api_tokens
+    FOR EACH ROW EXECUTE FUNCTION api_tokens_limit();
+COMMENT ON TRIGGER api_tokens_limit ON api_tokens IS 'Refuses an eleventh token of one user.';
+
 -- ---------------------------------------------------------------------------------------------
 -- Staff
 

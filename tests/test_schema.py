@@ -331,3 +331,18 @@ def test_a_block_racing_a_new_order_keeps_the_category_count_exact(db, db_url, m
     count = db.execute("SELECT open_orders FROM categories WHERE slug = 'design'").fetchone()["open_orders"]
     assert count == 0
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+
+
+def test_two_tokens_created_at_once_never_make_an_eleventh(db, db_url, make_user):
+    user = make_user("performer")
+    for n in range(9):
+        db.execute("INSERT INTO api_tokens (user_id, token_hash, label) VALUES (%s, %s, 'old')",
+                   (user["id"], bytes([n]) * 32))
+
+    def create(n):
+        return lambda connection: connection.execute(
+            "INSERT INTO api_tokens (user_id, token_hash, label) VALUES (%s, %s, 'new')",
+            (user["id"], bytes([100 + n]) * 32)).rowcount
+    results = run_in_parallel(db_url, [create(n) for n in range(4)])
+    assert results.count(1) == 1 and all(isinstance(r, psycopg.errors.CheckViolation) for r in results if r != 1)
+    assert db.execute("SELECT count(*) AS n FROM api_tokens WHERE user_id = %s", (user["id"],)).fetchone()["n"] == 10
