@@ -493,10 +493,7 @@ def session_token():
 
 def current_user():
     """The signed-in user (dict) or None; looked up once per request."""
-    try:
-        environ = request.environ
-    except RuntimeError:
-        return None
+    environ = request.environ
     if "birzha.user_loaded" not in environ:
         environ["birzha.user_loaded"] = True
         token = session_token()
@@ -509,10 +506,7 @@ def current_user():
 
 def csrf_token():
     """HMAC of the session token (signed in) or of an anonymous cookie (guests)."""
-    try:
-        environ = request.environ
-    except RuntimeError:
-        return ""
+    environ = request.environ
     if environ.get("birzha.csrf"):
         return environ["birzha.csrf"]
     basis = session_token() if current_user() else None
@@ -544,10 +538,7 @@ def flash(message, kind="ok"):
 
 
 def pop_flashes(peek=False):
-    try:
-        environ = request.environ
-    except RuntimeError:
-        return []
+    environ = request.environ
     if "birzha.flashes" in environ:
         return environ["birzha.flashes"]
     raw = request.get_cookie("birzha_flash")
