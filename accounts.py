@@ -5,11 +5,13 @@ import secrets
 
 from bottle import request, response
 
-from app import (
-    SESSION_COOKIE, Form, app, check_password, csrf_protect, current_user, db_all, db_one, db_run,
+from web import (
+    SESSION_COOKIE, Form, Routes, check_password, csrf_protect, current_user, db_all, db_one, db_run,
     end_session, error_response, hash_password, login_required, ngettext, not_found,
     password_error, redirect, render, safe_next, start_session, token_hash, _,
 )
+
+routes = Routes()
 
 ROLES = ("customer", "performer")
 PROFILE_FIELDS = ("name", "phone", "messenger", "experience_years", "experience_text", "bio")
@@ -70,7 +72,7 @@ def render_login(status=200, values=None, errors=None, error=None):
 # ---------------------------------------------------------------------------------------------
 # Sign-up, sign-in, sign-out
 
-@app.get("/signup")
+@routes.get("/signup")
 def signup_form():
     if current_user():
         redirect("/cabinet")
@@ -78,7 +80,7 @@ def signup_form():
     return render("accounts_signup.html", values={"role": role if role in ROLES else ""}, errors={})
 
 
-@app.post("/signup")
+@routes.post("/signup")
 @csrf_protect
 def signup():
     if current_user():
@@ -99,14 +101,14 @@ def signup():
     redirect("/cabinet", _("Welcome to Birzha, %(name)s! Your account is ready.", name=user["name"]))
 
 
-@app.get("/login")
+@routes.get("/login")
 def login_form():
     if current_user():
         redirect(safe_next(request.query.getunicode("next") or "", "/cabinet"))
     return render_login()
 
 
-@app.post("/login")
+@routes.post("/login")
 @csrf_protect
 def login():
     form = Form()
@@ -132,7 +134,7 @@ def login():
     redirect(target, _("Welcome back, %(name)s!", name=user["name"]))
 
 
-@app.post("/logout")
+@routes.post("/logout")
 @csrf_protect
 def logout():
     end_session()
@@ -167,13 +169,13 @@ def read_categories(form, visible_slugs):
     return sorted(set(chosen) & visible_slugs)
 
 
-@app.get("/profile")
+@routes.get("/profile")
 @login_required
 def profile():
     return render_profile()
 
 
-@app.post("/profile")
+@routes.post("/profile")
 @csrf_protect
 @login_required
 def profile_save():
@@ -200,7 +202,7 @@ def profile_save():
     redirect("/profile", _("Your profile is saved."))
 
 
-@app.post("/profile/password")
+@routes.post("/profile/password")
 @csrf_protect
 @login_required
 def password_change():
@@ -237,7 +239,7 @@ API_TOKEN_PREFIX = "bz_"
 MAX_API_TOKENS = 10
 
 
-@app.post("/profile/tokens")
+@routes.post("/profile/tokens")
 @csrf_protect
 @login_required
 def api_token_create():
@@ -256,7 +258,7 @@ def api_token_create():
     return render_profile(201, new_token=token)
 
 
-@app.post("/profile/tokens/<token_id:id>/revoke")
+@routes.post("/profile/tokens/<token_id:id>/revoke")
 @csrf_protect
 @login_required
 def api_token_revoke(token_id):
@@ -277,7 +279,7 @@ def cursor_from_query():
     return after
 
 
-@app.get("/performers")
+@routes.get("/performers")
 def performers():
     after = cursor_from_query()
     slug = (request.query.getunicode("category") or "").strip()
@@ -295,7 +297,7 @@ def performers():
                   first_url=base.rstrip("?&") if after else None)
 
 
-@app.get("/performers/<performer_id:id>")
+@routes.get("/performers/<performer_id:id>")
 def performer_page(performer_id):
     performer = db_one("performer_public", performer_id=performer_id)
     if performer is None:

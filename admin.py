@@ -13,8 +13,10 @@ from urllib.parse import urlencode
 
 from bottle import request, response
 
-from app import (Form, _, act_as, app, csrf_protect, current_user, db_all, db_one, db_stream,
+from web import (Form, Routes, _, act_as, csrf_protect, current_user, db_all, db_one, db_stream,
                  error_response, not_found, redirect, render, role_required, templates)
+
+routes = Routes()
 
 PAGE_SIZE = 50
 staff_only = role_required(staff=True)
@@ -113,13 +115,13 @@ def render_dashboard(status=200, values=None, errors=None):
                   values=values or {}, errors=errors or {})
 
 
-@app.get("/admin")
+@routes.get("/admin")
 @staff_only
 def dashboard():
     return render_dashboard()
 
 
-@app.post("/admin/counters/recalc")
+@routes.post("/admin/counters/recalc")
 @csrf_protect
 @staff_only
 def counters_recalc():
@@ -156,7 +158,7 @@ def user_messages(action):
     }[action]
 
 
-@app.get("/admin/users")
+@routes.get("/admin/users")
 @staff_only
 def users_list():
     form = Form(request.query)
@@ -186,7 +188,7 @@ def render_user(user_id, status=200, action=None, form=None):
                   action=action, values=form.values if form else {}, errors=form.errors if form else {})
 
 
-@app.get("/admin/users/<user_id:id>")
+@routes.get("/admin/users/<user_id:id>")
 @staff_only
 def user_page(user_id):
     return render_user(user_id)
@@ -214,28 +216,28 @@ def change_user(user_id, action):
     raise lost_rights()
 
 
-@app.post("/admin/users/<user_id:id>/block")
+@routes.post("/admin/users/<user_id:id>/block")
 @csrf_protect
 @staff_only
 def user_block(user_id):
     return change_user(user_id, "block")
 
 
-@app.post("/admin/users/<user_id:id>/unblock")
+@routes.post("/admin/users/<user_id:id>/unblock")
 @csrf_protect
 @staff_only
 def user_unblock(user_id):
     return change_user(user_id, "unblock")
 
 
-@app.post("/admin/users/<user_id:id>/grant-staff")
+@routes.post("/admin/users/<user_id:id>/grant-staff")
 @csrf_protect
 @staff_only
 def user_grant_staff(user_id):
     return change_user(user_id, "grant-staff")
 
 
-@app.post("/admin/users/<user_id:id>/revoke-staff")
+@routes.post("/admin/users/<user_id:id>/revoke-staff")
 @csrf_protect
 @staff_only
 def user_revoke_staff(user_id):
@@ -257,7 +259,7 @@ def order_filters(form, categories):
             "after_id": form.integer("after", required=False, min_value=1)}
 
 
-@app.get("/admin/orders")
+@routes.get("/admin/orders")
 @staff_only
 def orders_list():
     form = Form(request.query)
@@ -285,7 +287,7 @@ def render_order(order_id, status=200, action=None, form=None):
                   action=action, values=form.values if form else {}, errors=form.errors if form else {})
 
 
-@app.get("/admin/orders/<order_id:id>")
+@routes.get("/admin/orders/<order_id:id>")
 @staff_only
 def order_page(order_id):
     return render_order(order_id)
@@ -320,14 +322,14 @@ def change_order(order_id, action):
     raise lost_rights()
 
 
-@app.post("/admin/orders/<order_id:id>/cancel")
+@routes.post("/admin/orders/<order_id:id>/cancel")
 @csrf_protect
 @staff_only
 def order_cancel(order_id):
     return change_order(order_id, "cancel")
 
 
-@app.post("/admin/orders/<order_id:id>/reopen")
+@routes.post("/admin/orders/<order_id:id>/reopen")
 @csrf_protect
 @staff_only
 def order_reopen(order_id):
@@ -349,13 +351,13 @@ def category_names(form):
     return (form.text("name_ru", max_len=60), form.text("name_en", max_len=60))
 
 
-@app.get("/admin/categories")
+@routes.get("/admin/categories")
 @staff_only
 def categories_page():
     return render_categories()
 
 
-@app.post("/admin/categories")
+@routes.post("/admin/categories")
 @csrf_protect
 @staff_only
 def category_add():
@@ -387,7 +389,7 @@ def category_or_404(category_id):
     return category
 
 
-@app.post("/admin/categories/<category_id:id>/rename")
+@routes.post("/admin/categories/<category_id:id>/rename")
 @csrf_protect
 @staff_only
 def category_rename(category_id):
@@ -423,14 +425,14 @@ def set_category_hidden(category_id, hidden):
     raise lost_rights()
 
 
-@app.post("/admin/categories/<category_id:id>/hide")
+@routes.post("/admin/categories/<category_id:id>/hide")
 @csrf_protect
 @staff_only
 def category_hide(category_id):
     return set_category_hidden(category_id, True)
 
 
-@app.post("/admin/categories/<category_id:id>/unhide")
+@routes.post("/admin/categories/<category_id:id>/unhide")
 @csrf_protect
 @staff_only
 def category_unhide(category_id):
@@ -447,7 +449,7 @@ def review_filters(**filters):
     return params
 
 
-@app.get("/admin/reviews")
+@routes.get("/admin/reviews")
 @staff_only
 def reviews_list():
     form = Form(request.query)
@@ -492,14 +494,14 @@ def set_review_hidden(order_id, hidden):
     raise lost_rights()
 
 
-@app.post("/admin/reviews/<order_id:id>/hide")
+@routes.post("/admin/reviews/<order_id:id>/hide")
 @csrf_protect
 @staff_only
 def review_hide(order_id):
     return set_review_hidden(order_id, True)
 
 
-@app.post("/admin/reviews/<order_id:id>/restore")
+@routes.post("/admin/reviews/<order_id:id>/restore")
 @csrf_protect
 @staff_only
 def review_restore(order_id):
@@ -509,7 +511,7 @@ def review_restore(order_id):
 # ---------------------------------------------------------------------------------------------
 # The audit log
 
-@app.get("/admin/log")
+@routes.get("/admin/log")
 @staff_only
 def log_page():
     form = Form(request.query)
@@ -556,7 +558,7 @@ def csv_cell(value):
     return str(value)
 
 
-def csv_chunks(query, columns):
+def csv_chunks(rows_in, columns):
     """Yields the CSV as UTF-8 byte chunks (BOM first, so spreadsheets read Cyrillic right)."""
     def chunk(rows):
         buffer = io.StringIO()
@@ -564,7 +566,7 @@ def csv_chunks(query, columns):
         return buffer.getvalue().encode("utf-8")
     yield "\ufeff".encode("utf-8") + chunk([columns])
     rows = []
-    for row in db_stream(query):
+    for row in rows_in:
         rows.append([csv_cell(row[name]) for name in columns])
         if len(rows) == ROWS_PER_CHUNK:
             yield chunk(rows)
@@ -574,21 +576,23 @@ def csv_chunks(query, columns):
 
 
 def csv_download(filename, query, columns):
-    """A CSV attachment whose body is a generator: db_plugin keeps the connection until it ends."""
+    """A CSV attachment streamed from a server-side cursor opened here; the streamed body keeps
+    the request's connection until its last chunk (web.stream)."""
+    rows = db_stream(query)
     response.content_type = "text/csv; charset=utf-8"
     response.set_header("Content-Disposition", f'attachment; filename="{filename}"')
     response.set_header("Cache-Control", "no-store")
-    return csv_chunks(query, columns)
+    return csv_chunks(rows, columns)
 
 
-@app.get("/admin/export/users.csv")
+@routes.get("/admin/export/users.csv")
 @staff_only
 def export_users():
     stamp = datetime.date.today().isoformat()
     return csv_download(f"birzha-users-{stamp}.csv", "admin_export_users", USER_COLUMNS)
 
 
-@app.get("/admin/export/orders.csv")
+@routes.get("/admin/export/orders.csv")
 @staff_only
 def export_orders():
     stamp = datetime.date.today().isoformat()

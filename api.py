@@ -13,8 +13,10 @@ from bottle import request, response
 
 import accounts
 import orders
-from app import (Form, _, app, check_csrf, current_user, db_all, db_one, error_response,
+from web import (Form, Routes, _, check_csrf, current_user, db_all, db_one, error_response,
                  not_found, token_hash)
+
+routes = Routes()
 
 CATALOGUE_PAGE = 20
 
@@ -155,7 +157,7 @@ def order_reply(order_id, status=200):
 # ---------------------------------------------------------------------------------------------
 # Orders
 
-@app.get("/api/v1/orders")
+@routes.get("/api/v1/orders")
 @authenticate(required=False)
 def api_orders():
     """The feed of open orders with the filters and cursors of /orders."""
@@ -170,13 +172,13 @@ def api_orders():
     return reply({"items": [order_json(row) for row in full], "next": next_after})
 
 
-@app.get("/api/v1/orders/<order_id:id>")
+@routes.get("/api/v1/orders/<order_id:id>")
 @authenticate(required=False)
 def api_order(order_id):
     return order_reply(order_id)
 
 
-@app.post("/api/v1/orders")
+@routes.post("/api/v1/orders")
 @authenticate(required=True)
 def api_order_create():
     user = current_user()
@@ -192,7 +194,7 @@ def api_order_create():
     return order_reply(order_id, 201)
 
 
-@app.post("/api/v1/orders/<order_id:id>/take")
+@routes.post("/api/v1/orders/<order_id:id>/take")
 @authenticate(required=True)
 def api_order_take(order_id):
     json_form({})
@@ -200,7 +202,7 @@ def api_order_take(order_id):
     return order_reply(order_id)
 
 
-@app.post("/api/v1/orders/<order_id:id>/complete")
+@routes.post("/api/v1/orders/<order_id:id>/complete")
 @authenticate(required=True)
 def api_order_complete(order_id):
     json_form({})
@@ -208,7 +210,7 @@ def api_order_complete(order_id):
     return order_reply(order_id)
 
 
-@app.post("/api/v1/orders/<order_id:id>/cancel")
+@routes.post("/api/v1/orders/<order_id:id>/cancel")
 @authenticate(required=True)
 def api_order_cancel(order_id):
     form = json_form({"reason": str})
@@ -219,7 +221,7 @@ def api_order_cancel(order_id):
     return order_reply(order_id)
 
 
-@app.post("/api/v1/orders/<order_id:id>/rate")
+@routes.post("/api/v1/orders/<order_id:id>/rate")
 @authenticate(required=True)
 def api_order_rate(order_id):
     form = json_form({"rating": int, "review": str})
@@ -233,7 +235,7 @@ def api_order_rate(order_id):
 # ---------------------------------------------------------------------------------------------
 # People and categories
 
-@app.get("/api/v1/me")
+@routes.get("/api/v1/me")
 @authenticate(required=True)
 def api_me():
     user = current_user()
@@ -246,7 +248,7 @@ def api_me():
                   "counters": {key: number(value) for key, value in counters.items()}})
 
 
-@app.get("/api/v1/performers")
+@routes.get("/api/v1/performers")
 @authenticate(required=False)
 def api_performers():
     """The catalogue of /performers: best rated first; `category` (slug) and `after` (an id)."""
@@ -265,7 +267,7 @@ def api_performers():
                   "next": str(page[-1]["id"]) if len(rows) > CATALOGUE_PAGE else None})
 
 
-@app.get("/api/v1/performers/<performer_id:id>")
+@routes.get("/api/v1/performers/<performer_id:id>")
 @authenticate(required=False)
 def api_performer(performer_id):
     """A public profile with the latest reviews; contacts only for signed-in users, as on the page."""
@@ -284,13 +286,13 @@ def api_performer(performer_id):
                               for review in reviews]})
 
 
-@app.get("/api/v1/categories")
+@routes.get("/api/v1/categories")
 def api_categories():
     return reply({"items": [{**category_json(row), "open_orders": row["open_orders"]}
                             for row in db_all("categories_list")]})
 
 
-@app.get("/api/v1/openapi.json")
+@routes.get("/api/v1/openapi.json")
 def api_openapi():
     return reply(OPENAPI)
 

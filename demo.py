@@ -4,6 +4,9 @@ Everything goes through the same named queries the app uses, so the triggers see
 """
 import datetime
 
+from db import Q
+from web import hash_password
+
 DEMO_PASSWORD = "demo-pass-2026"
 
 PEOPLE = [
@@ -35,7 +38,6 @@ ORDERS = [
 
 def seed(connection, only_if_empty=False):
     """Loads the demo data; with only_if_empty, does nothing when any account exists."""
-    from app import Q, hash_password
     if only_if_empty and connection.execute(Q["user_count"]).fetchone()["n"] > 0:
         print("Demo data: already there.")
         print_logins()

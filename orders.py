@@ -9,9 +9,11 @@ from urllib.parse import urlencode
 
 from bottle import request
 
-from app import (Form, _, act_as, app, category_name, csrf_protect, current_user, db_all, db_one,
+from web import (Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all, db_one,
                  error_response, login_required, not_found, redirect, render, role_required,
                  safe_next)
+
+routes = Routes()
 
 PAGE_SIZE = 20  # the feed queries say LIMIT 21: one more row tells whether a next page exists
 SEARCH_WINDOW = 2000  # open orders a search scans in feed order before it asks the GIN index
@@ -64,13 +66,13 @@ def link(base, params, **changes):
 # ---------------------------------------------------------------------------------------------
 # The home page and the feed
 
-@app.get("/")
+@routes.get("/")
 def home():
     return render("home.html", latest=db_all("orders_latest_open", limit=10),
                   top_performers=db_all("home_performers_top", limit=6))
 
 
-@app.get("/orders")
+@routes.get("/orders")
 def feed():
     """Open orders: full-text search, category, budget range, two sorts, keyset pages of 20."""
     categories = db_all("categories_list")
@@ -242,12 +244,12 @@ def render_order(order, status=200, values=None, errors=None):
                   can=permissions(order, current_user()), values=values or {}, errors=errors or {})
 
 
-@app.get("/orders/<order_id:id>")
+@routes.get("/orders/<order_id:id>")
 def order_page(order_id):
     return render_order(load_order(order_id))
 
 
-@app.get("/orders/<order_id:id>/<action:re:take|complete|cancel|rate>")
+@routes.get("/orders/<order_id:id>/<action:re:take|complete|cancel|rate>")
 def order_action_page(order_id, action):
     """A GET of an action's URL (after signing in, say) shows the order and its buttons."""
     redirect(f"/orders/{order_id}")
@@ -308,7 +310,7 @@ def rate_order(order_id, user, rating, review):
         refuse(order_id, "rate")
 
 
-@app.post("/orders/<order_id:id>/take")
+@routes.post("/orders/<order_id:id>/take")
 @csrf_protect
 @role_required("performer")
 def order_take(order_id):
@@ -316,7 +318,7 @@ def order_take(order_id):
     redirect(back_to(order_id), _("The order is yours. Good luck with the work!"))
 
 
-@app.post("/orders/<order_id:id>/complete")
+@routes.post("/orders/<order_id:id>/complete")
 @csrf_protect
 @role_required("performer")
 def order_complete(order_id):
@@ -324,7 +326,7 @@ def order_complete(order_id):
     redirect(back_to(order_id), _("The order is done. The customer can now rate your work."))
 
 
-@app.post("/orders/<order_id:id>/cancel")
+@routes.post("/orders/<order_id:id>/cancel")
 @csrf_protect
 @login_required
 def order_cancel(order_id):
@@ -336,7 +338,7 @@ def order_cancel(order_id):
     redirect(back_to(order_id), _("The order is cancelled."))
 
 
-@app.post("/orders/<order_id:id>/rate")
+@routes.post("/orders/<order_id:id>/rate")
 @csrf_protect
 @role_required("customer")
 def order_rate(order_id):
@@ -391,13 +393,13 @@ def render_order_form(values, errors, status=200, order=None, options=None):
                   category_options=options or category_options())
 
 
-@app.get("/orders/new")
+@routes.get("/orders/new")
 @role_required("customer")
 def order_new():
     return render_order_form({}, {})
 
 
-@app.post("/orders")
+@routes.post("/orders")
 @csrf_protect
 @role_required("customer")
 def order_create():
@@ -429,7 +431,7 @@ def edit_options(order):
     return options
 
 
-@app.get("/orders/<order_id:id>/edit")
+@routes.get("/orders/<order_id:id>/edit")
 @login_required
 def order_edit(order_id):
     order = order_to_edit(order_id)
@@ -439,7 +441,7 @@ def order_edit(order_id):
     return render_order_form(values, {}, order=order, options=edit_options(order))
 
 
-@app.post("/orders/<order_id:id>/edit")
+@routes.post("/orders/<order_id:id>/edit")
 @csrf_protect
 @login_required
 def order_edit_save(order_id):
@@ -459,7 +461,7 @@ def order_edit_save(order_id):
 # ---------------------------------------------------------------------------------------------
 # The cabinets
 
-@app.get("/cabinet")
+@routes.get("/cabinet")
 @login_required
 def cabinet():
     """The customer's or the performer's own orders by status, with the counters of the database."""

@@ -13,14 +13,14 @@ OUT = ROOT / "bench" / "out"
 
 def bench_database(orders=1_000_000):
     """A local PostgreSQL in bench/out/pgdata with the schema and `orders` orders (built once)."""
-    import app
+    import db
     import seed
     from devserver import LocalPostgres, ensure_database
     OUT.mkdir(exist_ok=True)
     server = LocalPostgres(OUT / "pgdata")
     ensure_database(server.uri(), "bench")
     url = server.uri("bench")
-    app.apply_schema(url)
+    db.apply_schema(url)
     seed.seed(url, orders)
     return server, url
 

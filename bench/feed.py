@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 
 from common import Gunicorn, bench_database, machine
 
-import app  # noqa: E402  (common put the repo on sys.path)
+import db  # noqa: E402  (common put the repo on sys.path)
 
 END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 
@@ -31,7 +31,7 @@ def feed_params(**changes):
 
 
 def explain(connection, name, params):
-    plan = connection.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + app.Q[name], params).fetchone()["QUERY PLAN"][0]
+    plan = connection.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + db.Q[name], params).fetchone()["QUERY PLAN"][0]
     return plan["Execution Time"], set(re.findall(r'"Index Name": "(\w+)"', json.dumps(plan["Plan"])))
 
 
@@ -44,12 +44,12 @@ def feed_ms(connection, params):
     if params["q"]:
         ms, used = explain(connection, "orders_feed_window_edge", params)
         total, indexes = total + ms, indexes | used
-        edge = connection.execute(app.Q["orders_feed_window_edge"], params).fetchone()
+        edge = connection.execute(db.Q["orders_feed_window_edge"], params).fetchone()
         if edge:
             params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"])
     ms, used = explain(connection, "orders_feed", params)
     total, indexes = total + ms, indexes | used
-    if params["q"] and params["edge_id"] and len(connection.execute(app.Q["orders_feed"], params).fetchall()) <= 20:
+    if params["q"] and params["edge_id"] and len(connection.execute(db.Q["orders_feed"], params).fetchall()) <= 20:
         ms, used = explain(connection, "orders_feed_search_older", params)
         total, indexes = total + ms, indexes | used
     return total, indexes

@@ -17,6 +17,9 @@ import webtest
 from psycopg.rows import dict_row
 
 import app as birzha
+import db as database
+from db import Q
+import web
 from devserver import LocalPostgres
 
 TEMPLATE = f"birzha_template_{os.getpid()}"
@@ -53,7 +56,7 @@ def template_uri(pg_admin_uri):
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
         admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
     uri = _with_database(pg_admin_uri, TEMPLATE)
-    birzha.apply_schema(uri)
+    database.apply_schema(uri)
     yield uri
     with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
@@ -67,7 +70,7 @@ def db_url(pg_admin_uri, template_uri):
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}" STRATEGY FILE_COPY')
     url = _with_database(pg_admin_uri, name)
     yield url
-    birzha.close_pool()
+    database.close_pool()
     # Whatever a test did, the counters kept by triggers must still match a recount.
     with psycopg.connect(url, row_factory=dict_row) as connection:
         drift = connection.execute("SELECT * FROM audit_counters()").fetchall()
@@ -89,7 +92,7 @@ def app(db_url):
     birzha.app.config["db.url"] = db_url
     birzha.app.config["secret_key"] = SECRET
     yield birzha.app
-    birzha.close_pool()
+    database.close_pool()
 
 
 class Client(webtest.TestApp):
@@ -97,13 +100,13 @@ class Client(webtest.TestApp):
 
     def csrf(self):
         """The token the app expects from this client (HMAC of the session or anonymous cookie)."""
-        session = self.cookies.get(birzha.SESSION_COOKIE)
+        session = self.cookies.get(web.SESSION_COOKIE)
         if session:
             basis = session.strip('"')  # webtest's set_cookie (sign_in) stores the value quoted
         else:
-            if not self.cookies.get(birzha.ANON_COOKIE):
+            if not self.cookies.get(web.ANON_COOKIE):
                 self.get("/login", status="*")
-            basis = "anon:" + self.cookies.get(birzha.ANON_COOKIE, "")
+            basis = "anon:" + self.cookies.get(web.ANON_COOKIE, "")
         return hmac.new(SECRET, basis.encode(), hashlib.sha256).hexdigest()
 
     def post_form(self, url, data=None, *, csrf=True, **kwargs):
@@ -136,7 +139,7 @@ def fast_hash():
     """One bcrypt hash of PASSWORD shared by all test users (bcrypt is slow on purpose)."""
     global _FAST_HASH
     if _FAST_HASH is None:
-        _FAST_HASH = birzha.hash_password(PASSWORD)
+        _FAST_HASH = web.hash_password(PASSWORD)
     return _FAST_HASH
 
 
@@ -148,14 +151,14 @@ def make_user(db):
     def factory(role="customer", *, email=None, name=None, staff=False, blocked=False, categories=()):
         n = next(serial)
         email = email or f"{role}{n}-{secrets.token_hex(3)}@example.test"
-        row = db.execute(birzha.Q["user_create"], {"role": role, "email": email, "name": name or f"{role.title()} {n}",
+        row = db.execute(Q["user_create"], {"role": role, "email": email, "name": name or f"{role.title()} {n}",
                                                    "password_hash": fast_hash()}).fetchone()
         if staff:
             db.execute("UPDATE users SET is_staff = true WHERE id = %s", (row["id"],))
         if blocked:
             db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (row["id"],))
         if categories:
-            db.execute(birzha.Q["performer_categories_add"], {"performer_id": row["id"], "slugs": list(categories)})
+            db.execute(Q["performer_categories_add"], {"performer_id": row["id"], "slugs": list(categories)})
         return db.execute("SELECT * FROM users WHERE id = %s", (row["id"],)).fetchone()
     return factory
 
@@ -165,19 +168,19 @@ def make_order(db):
     """Creates an order in SQL and moves it to `status` (open, in_progress, done, cancelled)."""
     def factory(customer, *, performer=None, status="open", title="A test order", description="Do it well",
                 category="design", budget=1000, deadline=None, rating=None, review=None):
-        order = db.execute(birzha.Q["order_create"], {
+        order = db.execute(Q["order_create"], {
             "customer_id": customer["id"], "category": category, "title": title,
             "description": description, "budget": budget, "deadline": deadline}).fetchone()
         oid = order["id"]
         if status in ("in_progress", "done") or (status == "cancelled" and performer):
-            assert db.execute(birzha.Q["order_take"], {"order_id": oid, "performer_id": performer["id"]}).rowcount == 1
+            assert db.execute(Q["order_take"], {"order_id": oid, "performer_id": performer["id"]}).rowcount == 1
         if status == "done":
-            db.execute(birzha.Q["order_complete"], {"order_id": oid, "performer_id": performer["id"]})
+            db.execute(Q["order_complete"], {"order_id": oid, "performer_id": performer["id"]})
             if rating:
-                db.execute(birzha.Q["order_rate"], {"order_id": oid, "customer_id": customer["id"],
+                db.execute(Q["order_rate"], {"order_id": oid, "customer_id": customer["id"],
                                                     "rating": rating, "review": review or ""})
         if status == "cancelled":
-            db.execute(birzha.Q["order_cancel"], {"order_id": oid, "actor_id": customer["id"], "reason": ""})
+            db.execute(Q["order_cancel"], {"order_id": oid, "actor_id": customer["id"], "reason": ""})
         return db.execute("SELECT * FROM orders WHERE id = %s", (oid,)).fetchone()
     return factory
 
@@ -187,9 +190,9 @@ def sign_in(db):
     """Signs a client in as a user by opening a session in SQL (no login form involved)."""
     def do(client, user):
         token = secrets.token_urlsafe(32)
-        db.execute(birzha.Q["session_create"], {"token_hash": birzha.token_hash(token), "user_id": user["id"],
+        db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"],
                                                 "days": 1, "user_agent": "test"})
-        client.set_cookie(birzha.SESSION_COOKIE, token)
+        client.set_cookie(web.SESSION_COOKIE, token)
         return client
     return do
 

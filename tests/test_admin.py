@@ -15,6 +15,9 @@ import pytest
 
 import admin
 import app as birzha
+import db as database
+from db import Q
+import web
 from conftest import PASSWORD, text_of
 
 ROOT = Path(birzha.__file__).parent
@@ -313,7 +316,7 @@ def test_staff_cannot_act_on_their_own_account(action, db, staff_client, staff):
 
 def test_the_sql_itself_refuses_an_action_on_oneself(db, staff):
     """Even called directly, the statement changes nothing and logs nothing."""
-    row = db.execute(birzha.Q["admin_user_set_blocked"],
+    row = db.execute(Q["admin_user_set_blocked"],
                      {"user_id": staff["id"], "staff_id": staff["id"], "blocked": True, "reason": "x"}).fetchone()
     assert row is None
     assert user_flags(db, staff["id"])["is_blocked"] is False
@@ -327,7 +330,7 @@ def test_a_former_staff_member_is_refused_by_the_statement(db, make_user, world)
                           ("admin_order_cancel", {"order_id": world["open"]["id"]}),
                           ("admin_category_set_hidden", {"category_id": 1, "hidden": True}),
                           ("admin_counters_recalc", {})]:
-        assert db.execute(birzha.Q[query], dict(params, staff_id=former["id"], reason="x")).fetchone() is None
+        assert db.execute(Q[query], dict(params, staff_id=former["id"], reason="x")).fetchone() is None
     assert log_rows(db) == []
     assert order_row(db, world["open"]["id"])["status"] == "open"
 
@@ -382,10 +385,10 @@ def test_a_hidden_category_takes_no_new_orders_and_leaves_the_list(db, staff_cli
     assert staff_client.post_form("/admin/categories/1/hide", {}).status_int == 303
     new_order = {"customer_id": customer["id"], "category": "design", "title": "Poster",
                  "description": "A poster", "budget": 500, "deadline": None}
-    assert db.execute(birzha.Q["order_create"], new_order).fetchone() is None
-    assert "design" not in [c["slug"] for c in db.execute(birzha.Q["categories_list"]).fetchall()]
+    assert db.execute(Q["order_create"], new_order).fetchone() is None
+    assert "design" not in [c["slug"] for c in db.execute(Q["categories_list"]).fetchall()]
     assert staff_client.post_form("/admin/categories/1/unhide", {}).status_int == 303
-    assert db.execute(birzha.Q["order_create"], new_order).fetchone() is not None
+    assert db.execute(Q["order_create"], new_order).fetchone() is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,7 +500,7 @@ def test_orders_csv_is_exact(db, staff_client, make_user, make_order):
     titles = ["Logo, with a comma", 'Say "hello"', "Two\nlines", "Перевод текста", "=SUM(A1)"]
     orders = [make_order(anna, title=title, budget=1000 + i) for i, title in enumerate(titles)]
     done = make_order(anna, performer=vera, status="done", rating=9, title="Done and rated", category="texts")
-    db.execute(birzha.Q["order_cancel"], {"order_id": orders[1]["id"], "actor_id": anna["id"],
+    db.execute(Q["order_cancel"], {"order_id": orders[1]["id"], "actor_id": anna["id"],
                                           "reason": "-changed mind"})
     created = {row["id"]: row["created_at"].isoformat()
                for row in db.execute("SELECT id, created_at FROM orders").fetchall()}
@@ -530,12 +533,12 @@ def test_csv_is_streamed_in_chunks_and_the_connection_is_returned_at_the_end(app
     import webob
     insert_many_orders(db, make_user("customer"), 2 * admin.ROWS_PER_CHUNK + 10)
     token = "streaming-test-token"
-    db.execute(birzha.Q["session_create"], {"token_hash": birzha.token_hash(token), "user_id": staff["id"],
+    db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": staff["id"],
                                             "days": 1, "user_agent": "test"})
 
     def start_download():
         request = webob.Request.blank("/admin/export/orders.csv",
-                                      headers={"Cookie": f"{birzha.SESSION_COOKIE}={token}"})
+                                      headers={"Cookie": f"{web.SESSION_COOKIE}={token}"})
         started = []
         body = app(request.environ, lambda status, headers, exc_info=None: started.append(status))
         assert started == ["200 OK"]
@@ -543,7 +546,7 @@ def test_csv_is_streamed_in_chunks_and_the_connection_is_returned_at_the_end(app
         return body, next(iter(body))
 
     def connections_in_use():
-        stats = birzha.pool().get_stats()
+        stats = database.pool(app.config["db.url"]).get_stats()
         return stats["pool_size"] - stats["pool_available"]
 
     body, first = start_download()
@@ -574,13 +577,13 @@ def test_csv_export_under_gunicorn_streams_and_frees_its_connection(db_url, db, 
     count = 20000
     insert_many_orders(db, make_user("customer"), count)
     token = "gunicorn-test-token"
-    db.execute(birzha.Q["session_create"], {"token_hash": birzha.token_hash(token), "user_id": staff["id"],
+    db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": staff["id"],
                                             "days": 1, "user_agent": "test"})
     port = free_port()
     env = dict(os.environ, DATABASE_URL=db_url, SECRET_KEY="gunicorn-test", POOL_SIZE="1", POOL_TIMEOUT="2")
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}", "--workers", "1",
                                "app:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cookie = {"Cookie": f"{birzha.SESSION_COOKIE}={token}"}
+    cookie = {"Cookie": f"{web.SESSION_COOKIE}={token}"}
     try:
         for _attempt in range(100):
             try:
@@ -677,13 +680,13 @@ def test_order_page_shows_the_full_history_with_actor_names(db, staff_client, ma
     customer = make_user("customer", name="Customer Kira")
     performer = make_user("performer", name="Performer Gleb")
     with db.transaction():
-        db.execute(birzha.Q["actor_set"], {"actor_id": str(customer["id"]), "note": ""})
-        order_id = db.execute(birzha.Q["order_create"], {
+        db.execute(Q["actor_set"], {"actor_id": str(customer["id"]), "note": ""})
+        order_id = db.execute(Q["order_create"], {
             "customer_id": customer["id"], "category": "design", "title": "Fix the printer",
             "description": "It jams", "budget": 900, "deadline": None}).fetchone()["id"]
     with db.transaction():
-        db.execute(birzha.Q["actor_set"], {"actor_id": str(performer["id"]), "note": "On my way"})
-        db.execute(birzha.Q["order_take"], {"order_id": order_id, "performer_id": performer["id"]})
+        db.execute(Q["actor_set"], {"actor_id": str(performer["id"]), "note": "On my way"})
+        db.execute(Q["order_take"], {"order_id": order_id, "performer_id": performer["id"]})
     page = text_of(staff_client.get(f"/admin/orders/{order_id}"))
     assert "Fix the printer" in page and "It jams" in page
     timeline = page[page.index("History"):]

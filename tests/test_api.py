@@ -16,6 +16,8 @@ from referencing.jsonschema import DRAFT202012
 
 import api as api_module
 import app as birzha
+import db as database
+import web
 from conftest import PASSWORD
 from test_feed import catalogue, walk  # noqa: F401  (catalogue is a fixture)
 from test_security import snapshot
@@ -246,7 +248,7 @@ def test_every_refusal_has_its_status_and_changes_nothing(db, app, make_client, 
     customer.post("/api/v1/orders", raw=b"title=Form+post", status=415,
                   content_type="application/x-www-form-urlencoded")
     customer.post(f"/api/v1/orders/{open_order['id']}/cancel", raw=b"", status=415, content_type="text/plain")
-    resp = customer.post("/api/v1/orders", raw=b" " * (birzha.MAX_BODY_BYTES + 1), status=413)
+    resp = customer.post("/api/v1/orders", raw=b" " * (web.MAX_BODY_BYTES + 1), status=413)
     assert resp.json["title"] == "Request too large"
     assert snapshot(db) == before
 
@@ -298,7 +300,7 @@ def test_a_token_is_shown_once_works_and_dies_when_revoked(db, client, make_clie
     token = re.search(r'<code id="new-token">([^<]+)</code>', resp.text).group(1)
     assert token.startswith("bz_") and len(token) > 40
     assert token not in "".join(value for _name, value in resp.headerlist)  # not in a cookie or header
-    assert token_hashes(db, owner["id"]) == [birzha.token_hash(token)]  # only the hash is kept
+    assert token_hashes(db, owner["id"]) == [web.token_hash(token)]  # only the hash is kept
     page = browser.get("/profile")
     assert token not in page.text and "My script" in page.text
 
@@ -462,7 +464,7 @@ def test_problems_speak_the_visitors_language(client):
 
 def test_the_api_answers_a_problem_while_the_database_is_down(app, client, monkeypatch):
     monkeypatch.setitem(app.config, "db.url", "postgresql://127.0.0.1:9/nowhere?connect_timeout=1")
-    monkeypatch.setattr(birzha, "POOL_TIMEOUT", 0.5)
+    monkeypatch.setattr(database, "POOL_TIMEOUT", 0.5)
     resp = Api(client).get("/api/v1/categories", status=503)
     assert resp.json["title"] == "Service unavailable" and "database" in resp.json["detail"]
-    birzha.close_pool()
+    database.close_pool()

@@ -8,6 +8,8 @@ import pytest
 import webtest
 
 import app as birzha
+import db as database
+from db import Q
 from devserver import LocalPostgres
 
 
@@ -32,16 +34,16 @@ def own_server():
     tmp = tempfile.mkdtemp(prefix="birzha-outage-")
     server = LocalPostgres(os.path.join(tmp, "pgdata"))
     yield server
-    birzha.close_pool()
+    database.close_pool()
     server.destroy()
     os.rmdir(tmp)
 
 
 def test_app_answers_503_while_the_database_is_down_and_recovers_by_itself(own_server, monkeypatch):
     url = own_server.uri("postgres")
-    birzha.apply_schema(url)
+    database.apply_schema(url)
     monkeypatch.setitem(birzha.app.config, "db.url", url)
-    monkeypatch.setattr(birzha, "POOL_TIMEOUT", 1.0)
+    monkeypatch.setattr(database, "POOL_TIMEOUT", 1.0)
     client = webtest.TestApp(birzha.app, extra_environ={"HTTP_ACCEPT_LANGUAGE": "en"})
     assert client.get("/healthz").status_int == 200
     assert client.get("/").status_int == 200
@@ -61,26 +63,26 @@ def test_app_answers_503_while_the_database_is_down_and_recovers_by_itself(own_s
 
 
 def test_initdb_refuses_a_database_with_an_unknown_schema_version(db_url):
-    assert birzha.apply_schema(db_url) == "current"
+    assert database.apply_schema(db_url) == "current"
     with psycopg.connect(db_url, autocommit=True) as connection:
         connection.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(SystemExit, match="schema version 99"):
-        birzha.apply_schema(db_url)
+        database.apply_schema(db_url)
     with psycopg.connect(db_url, autocommit=True) as connection:
-        connection.execute("UPDATE schema_version SET version = %s", (birzha.SCHEMA_VERSION,))
+        connection.execute("UPDATE schema_version SET version = %s", (database.SCHEMA_VERSION,))
 
 
 def test_initdb_refuses_a_foreign_database(db_url):
     with psycopg.connect(db_url, autocommit=True) as connection:
         connection.execute("DROP TABLE schema_version")
     with pytest.raises(SystemExit, match="schema version None"):
-        birzha.apply_schema(db_url)
+        database.apply_schema(db_url)
 
 
 def test_every_named_query_is_upper_case_sql_and_parses(db):
     """Each query in db/queries.sql is prepared by PostgreSQL (catches typos before a user does)."""
     import re
-    for name, sql in birzha.Q.items():
+    for name, sql in Q.items():
         assert re.match(r"^(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql), name
         prepared = re.sub(r"%\((\w+)\)s", "NULL", sql)
         db.execute("PREPARE check_query AS " + prepared)
@@ -91,7 +93,7 @@ def test_every_named_query_is_used_by_the_application():
     """A query nobody runs is dead weight that still looks like a rule."""
     import pathlib
     source = "".join(path.read_text(encoding="utf-8") for path in pathlib.Path(birzha.ROOT).glob("*.py"))
-    unused = [name for name in birzha.Q if f'"{name}"' not in source]
+    unused = [name for name in Q if f'"{name}"' not in source]
     assert unused == []
 
 
@@ -131,3 +133,30 @@ def test_a_refusal_by_the_database_itself_is_a_clean_4xx_and_nothing_is_kept(
     assert db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()["status"] == "open"
     db.execute("DROP TRIGGER test_refuse ON order_history")
     db.execute("DROP FUNCTION test_refuse()")
+
+
+def test_the_modules_import_no_circle_and_none_imports_app():
+    """The house of SPEC §1: app.py assembles; route modules use the plumbing below them; no
+    module imports app.py, and following imports from any module never leads back to it."""
+    import ast
+    import importlib
+    import pathlib
+    root = pathlib.Path(birzha.ROOT)
+    ours = {path.stem for path in root.glob("*.py")}
+    imports = {}
+    for name in ours:
+        importlib.import_module(name)  # every module imports cleanly on its own
+        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+        imports[name] = found & ours
+    assert [name for name, used in imports.items() if "app" in used] == []
+
+    def reaches(start, target, seen=()):
+        return any(step == target or (step not in seen and reaches(step, target, seen + (step,)))
+                   for step in imports[start])
+    assert [name for name in ours if reaches(name, name)] == []

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import app as birzha
+import web
 from conftest import PASSWORD
 
 ROOT = Path(birzha.__file__).parent
@@ -26,7 +27,7 @@ def test_create_admin_makes_a_staff_account_whose_printed_password_logs_in(db_ur
     password = printed_password(run_app(db_url, "create-admin", "x@y.test"))
     account = db.execute("SELECT * FROM users WHERE email = 'x@y.test'").fetchone()
     assert account["is_staff"] and not account["is_blocked"]
-    assert birzha.check_password(password, account["password_hash"])
+    assert web.check_password(password, account["password_hash"])
     # and it opens the admin area through the ordinary login form
     login = client.post_form("/login", {"email": "x@y.test", "password": password})
     assert login.status_int == 303
@@ -39,8 +40,8 @@ def test_create_admin_makes_an_existing_account_staff_with_a_new_password(db_url
     password = printed_password(run_app(db_url, "create-admin", "VERA@example.test"))
     account = db.execute("SELECT * FROM users WHERE id = %s", (vera["id"],)).fetchone()
     assert account["is_staff"] and account["role"] == "performer"
-    assert birzha.check_password(password, account["password_hash"])
-    assert not birzha.check_password(PASSWORD, account["password_hash"])
+    assert web.check_password(password, account["password_hash"])
+    assert not web.check_password(PASSWORD, account["password_hash"])
     assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 1
     # the new password ends the sessions opened with the old one
     assert db.execute("SELECT count(*) AS n FROM sessions WHERE user_id = %s", (vera["id"],)).fetchone()["n"] == 0

@@ -5,7 +5,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-import app as birzha
+from db import Q
 import orders as orders_module
 from conftest import text_of
 from orders import END_OF_TIME, LAST_ID, TOP_BUDGET
@@ -113,7 +113,7 @@ def test_search_past_the_window_finds_every_match_in_feed_order(client, catalogu
 def test_a_search_for_an_absent_word_reads_the_window_and_the_gin_index_only(big_feed):
     db = big_feed
     params = dict(FEED_FILTERS, sort="new", q="nosuchword", window=500, **FIRST_PAGE)
-    edge = db.execute(birzha.Q["orders_feed_window_edge"], params).fetchone()
+    edge = db.execute(Q["orders_feed_window_edge"], params).fetchone()
     params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"])
     # The window: an index range between the cursor and the edge: 500 open orders, plus the
     # cancelled ones and the rest of a batch of equal times around them (4,000 rows in all).
@@ -210,7 +210,7 @@ def plan_nodes(plan):
 
 
 def explain(db, name, params):
-    row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + birzha.Q[name], params).fetchone()
+    row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + Q[name], params).fetchone()
     return list(plan_nodes(row["QUERY PLAN"][0]["Plan"]))
 
 
@@ -264,9 +264,9 @@ def test_repeated_feed_queries_keep_custom_plans(big_feed):
     """psycopg prepares a statement after 5 runs; PostgreSQL must not settle on a generic plan."""
     db = big_feed
     for n in range(12):
-        db.execute(birzha.Q["orders_feed"], dict(FEED_FILTERS, sort="new", min_budget=n * 100, **FIRST_PAGE),
+        db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort="new", min_budget=n * 100, **FIRST_PAGE),
                    prepare=True).fetchall()
-        db.execute(birzha.Q["orders_feed"], dict(FEED_FILTERS, sort="budget", q="order", **FIRST_PAGE),
+        db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort="budget", q="order", **FIRST_PAGE),
                    prepare=True).fetchall()
     plans = db.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
                        "WHERE statement LIKE '%%LIMIT 21'").fetchall()

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import app as birzha
+import web
 
 ROOT = Path(birzha.__file__).parent
 
@@ -20,14 +21,14 @@ def python_msgids():
                         and all(isinstance(a, ast.Constant) for a in node.args[:2])):
                     found.add(node.args[0].value + "|" + node.args[1].value)
     # ERROR_TITLES are translated where they are shown
-    found.update(birzha.ERROR_TITLES.values())
+    found.update(web.ERROR_TITLES.values())
     return found
 
 
 def template_msgids():
     found = set()
     for path in (ROOT / "views").glob("*.html"):
-        for _lineno, func, message in birzha.templates.extract_translations(path.read_text(encoding="utf-8")):
+        for _lineno, func, message in web.templates.extract_translations(path.read_text(encoding="utf-8")):
             if func in ("_", "gettext"):
                 # with keyword arguments the message comes as a tuple (text, None, ...)
                 found.add(message[0] if isinstance(message, tuple) else message)
@@ -39,12 +40,12 @@ def template_msgids():
 
 
 def test_every_interface_string_has_a_russian_translation():
-    missing = sorted((python_msgids() | template_msgids()) - set(birzha.TRANSLATIONS["ru"]))
+    missing = sorted((python_msgids() | template_msgids()) - set(web.TRANSLATIONS["ru"]))
     assert missing == [], "add these to locale/ru/*.po:\n" + "\n".join(missing)
 
 
 def test_russian_plural_forms_have_three_variants():
-    for key, value in birzha.TRANSLATIONS["ru"].items():
+    for key, value in web.TRANSLATIONS["ru"].items():
         if "|" in key:
             assert len(value.split("|")) == 3, key
 

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-import app as birzha
+from db import Q
 from conftest import text_of
 
 VALID_ORDER = {"title": "Logo for a coffee shop", "description": "Warm colours, a simple sign.",
@@ -313,8 +313,8 @@ def test_a_blocked_performer_loses_the_session_and_the_database_refuses_the_take
     assert location(client.get("/cabinet", status=303)) == "/login?next=/cabinet"
     assert everything(db) == before
 
-    db.execute(birzha.Q["actor_set"], {"actor_id": str(blocked["id"]), "note": ""})
-    taken = db.execute(birzha.Q["order_take"], {"order_id": order_id, "performer_id": blocked["id"]})
+    db.execute(Q["actor_set"], {"actor_id": str(blocked["id"]), "note": ""})
+    taken = db.execute(Q["order_take"], {"order_id": order_id, "performer_id": blocked["id"]})
     assert taken.rowcount == 0
     assert everything(db) == before
 

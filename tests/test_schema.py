@@ -10,9 +10,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-import app as birzha
+from db import Q
 
-Q = birzha.Q
 STATUSES = ("open", "in_progress", "done", "cancelled")
 ALLOWED = {("open", "in_progress"), ("open", "cancelled"), ("in_progress", "done"),
            ("in_progress", "cancelled"), ("in_progress", "open")}

@@ -4,6 +4,7 @@ import re
 import pytest
 
 import app as birzha
+import web
 from conftest import PASSWORD, Client, text_of
 
 CSRF_MESSAGE = "The form has expired or did not come from this site."
@@ -13,13 +14,13 @@ WILDCARD = re.compile(r"<([^>]*)>")
 
 def session_cookie_header(resp):
     headers = [value for name, value in resp.headerlist
-               if name.lower() == "set-cookie" and value.startswith(birzha.SESSION_COOKIE + "=")]
+               if name.lower() == "set-cookie" and value.startswith(web.SESSION_COOKIE + "=")]
     assert len(headers) == 1, resp.headerlist
     return headers[0]
 
 
 def session_token(client):
-    return client.cookies[birzha.SESSION_COOKIE].strip('"')
+    return client.cookies[web.SESSION_COOKIE].strip('"')
 
 
 def session_hashes(db, user_id=None):
@@ -153,14 +154,14 @@ def test_login_gives_a_new_token_and_forgets_the_old_one(client, make_client, db
     user = make_user("performer")
     assert log_in(client, user).status_int == 303
     first = session_token(client)
-    assert session_hashes(db, user["id"]) == {birzha.token_hash(first)}
+    assert session_hashes(db, user["id"]) == {web.token_hash(first)}
 
     assert log_in(client, user).status_int == 303
     second = session_token(client)
     assert second != first
-    assert session_hashes(db, user["id"]) == {birzha.token_hash(second)}
+    assert session_hashes(db, user["id"]) == {web.token_hash(second)}
     old_cookie = make_client()
-    old_cookie.set_cookie(birzha.SESSION_COOKIE, first)
+    old_cookie.set_cookie(web.SESSION_COOKIE, first)
     assert not signed_in(old_cookie)
     assert signed_in(client)
 
@@ -168,12 +169,12 @@ def test_login_gives_a_new_token_and_forgets_the_old_one(client, make_client, db
 def test_a_planted_session_cookie_is_replaced_at_login(client, db, make_user):
     """Session fixation: a token the visitor arrived with is never the one that gets signed in."""
     user = make_user("customer")
-    client.set_cookie(birzha.SESSION_COOKIE, "planted-by-someone-else")
+    client.set_cookie(web.SESSION_COOKIE, "planted-by-someone-else")
     form = client.get("/login").forms[0]
     form["email"], form["password"] = user["email"], PASSWORD
     assert form.submit().status_int == 303
     assert session_token(client) != "planted-by-someone-else"
-    assert session_hashes(db, user["id"]) == {birzha.token_hash(session_token(client))}
+    assert session_hashes(db, user["id"]) == {web.token_hash(session_token(client))}
 
 
 def test_logout_ends_this_session_only(client, make_client, db, make_user):
@@ -184,10 +185,10 @@ def test_logout_ends_this_session_only(client, make_client, db, make_user):
     token = session_token(client)
     resp = client.post_form("/logout")
     assert resp.status_int == 303 and resp.headers["Location"].endswith("/")
-    assert birzha.token_hash(token) not in session_hashes(db)
+    assert web.token_hash(token) not in session_hashes(db)
     assert not signed_in(client)
     replay = make_client()
-    replay.set_cookie(birzha.SESSION_COOKIE, token)  # a copied cookie is dead too
+    replay.set_cookie(web.SESSION_COOKIE, token)  # a copied cookie is dead too
     assert not signed_in(replay)
     assert signed_in(other_device) and len(session_hashes(db, user["id"])) == 1
 
@@ -203,7 +204,7 @@ def test_password_change_ends_every_session_and_keeps_the_changer_signed_in(clie
     assert resp.status_int == 303 and resp.headers["Location"].endswith("/profile")
     assert not signed_in(other_device)
     assert signed_in(client) and session_token(client) != old_token
-    assert session_hashes(db, user["id"]) == {birzha.token_hash(session_token(client))}
+    assert session_hashes(db, user["id"]) == {web.token_hash(session_token(client))}
     assert log_in(make_client(), user).status_int == 400  # the old password is gone
     assert log_in(make_client(), user, "a brand new password").status_int == 303
 

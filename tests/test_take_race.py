@@ -16,6 +16,8 @@ from urllib.parse import urlencode
 import pytest
 
 import app as birzha
+from db import Q
+import web
 import conftest
 
 ROOT = Path(birzha.__file__).resolve().parent
@@ -75,7 +77,7 @@ def signed_in_performer(db, make_user):
     """A performer with a session opened in SQL; returns (user, session token, CSRF token)."""
     user = make_user("performer")
     token = secrets.token_urlsafe(32)
-    db.execute(birzha.Q["session_create"], {"token_hash": birzha.token_hash(token), "user_id": user["id"],
+    db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"],
                                             "days": 1, "user_agent": "race"})
     return user, token, hmac.new(conftest.SECRET, token.encode(), hashlib.sha256).hexdigest()
 
@@ -94,7 +96,7 @@ def test_twenty_performers_take_one_order_at_once_and_exactly_one_wins(gunicorn,
             connection.connect()
             barrier.wait()
             connection.request("POST", f"/orders/{order['id']}/take", body=urlencode({"csrf_token": csrf}),
-                               headers={"Cookie": f"{birzha.SESSION_COOKIE}={token}", "Accept-Language": "en",
+                               headers={"Cookie": f"{web.SESSION_COOKIE}={token}", "Accept-Language": "en",
                                         "Content-Type": "application/x-www-form-urlencoded"})
             response = connection.getresponse()  # http.client never follows redirects
             results[index] = (response.status, response.read().decode())

@@ -1,0 +1,704 @@
+"""The request plumbing: the transaction of a request and its error pages, language, templates,
+sessions, CSRF, flash messages, access control and forms. Route modules import what they need
+from here; this module knows nothing of them.
+
+Configuration is read from the application serving the request (`request.app.config`):
+`db.url`, `secret_key`, `cookie_secure`; `app.py` fills it in.
+"""
+import datetime
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import types
+from functools import wraps
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import bcrypt
+import bottle
+import jinja2
+import psycopg
+import psycopg_pool
+from bottle import HTTPError, HTTPResponse, request, response
+
+import db
+
+ROOT = Path(__file__).resolve().parent
+SESSION_DAYS = 14
+LANGUAGES = ("ru", "en")
+MAX_BODY_BYTES = 1024 * 1024  # every form here is small: a bigger body is a mistake or an attack
+
+
+# ---------------------------------------------------------------------------------------------
+# The application and its areas
+
+class Birzha(bottle.Bottle):
+    """The application: security headers on every response (errors included), the error pages,
+    the body limit, and a last guard that no connection outlives its request."""
+
+    SECURITY_HEADERS = [
+        ("Content-Security-Policy",
+         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.router.add_filter("id", id_filter)
+        self.add_hook("before_request", refuse_huge_bodies)
+        for status in (400, 403, 404, 405, 409, 413, 500):
+            self.error_handler[status] = handle_error
+
+    def __call__(self, environ, start_response):
+        def start_with_headers(status, headers, exc_info=None):
+            names = {name.lower() for name, _ in headers}
+            headers = list(headers) + [h for h in self.SECURITY_HEADERS if h[0].lower() not in names]
+            return start_response(status, headers, exc_info)
+        try:
+            return self.wsgi(environ, start_with_headers)
+        finally:
+            # Normally the request's transaction has ended by now (a streamed body took its own
+            # lease); this only catches a path that forgot, so no connection leaks.
+            lease = environ.pop("birzha.lease", None)
+            if lease is not None:
+                lease.end(commit=False)
+
+
+class Routes(bottle.Bottle):
+    """The routes of one area (accounts, orders, …), merged into the application by app.py.
+    Each route runs in the request's transaction."""
+
+    def __init__(self):
+        super().__init__()
+        self.router.add_filter("id", id_filter)
+        self.install(transaction)
+
+
+def id_filter(_config):
+    """`<order_id:id>` in a route: a positive bigint, so a huge or odd id is a plain 404."""
+    return r"[1-9][0-9]{0,17}", int, str
+
+
+# ---------------------------------------------------------------------------------------------
+# The transaction of a request
+
+def conn():
+    """The connection of the current request, taken on first use: one transaction per request."""
+    lease = request.environ.get("birzha.lease")
+    if lease is None:
+        lease = db.Lease(request.app.config["db.url"])
+        request.environ["birzha.lease"] = lease
+    return lease.conn
+
+
+def end_transaction(commit):
+    """Ends the request's transaction, if it has one. A failed COMMIT raises."""
+    lease = request.environ.pop("birzha.lease", None)
+    if lease is not None:
+        lease.end(commit)
+
+
+def db_one(name, /, **params):
+    """Runs a named query and returns its first row as a dict, or None."""
+    return conn().execute(db.Q[name], params).fetchone()
+
+
+def db_all(name, /, **params):
+    """Runs a named query and returns all rows as dicts."""
+    return conn().execute(db.Q[name], params).fetchall()
+
+
+def db_run(name, /, **params):
+    """Runs a named query and returns the number of rows it touched."""
+    return conn().execute(db.Q[name], params).rowcount
+
+
+def db_stream(name, /, **params):
+    """Opens a server-side cursor on a named query (big exports) and returns it to iterate.
+    The route opens it; its streamed body (see `stream`) only reads from it."""
+    cur = conn().cursor(name="stream")
+    cur.itersize = 2000
+    cur.execute(db.Q[name], params)
+    return cur
+
+
+def act_as(user_id, note=""):
+    """Names the acting user (and a note) for the history and audit triggers of this transaction."""
+    db_one("actor_set", actor_id=str(user_id or ""), note=note or "")
+
+
+def transaction(callback):
+    """One transaction per request: commit on success or redirect, roll back on error.
+
+    The database has the last word: a deadlock or serialization failure runs the route once
+    more and then answers 409; a refused constraint or trigger (even at COMMIT) is a 409; a value
+    PostgreSQL cannot take is a 400; an unreachable database is a 503. A success is answered
+    only once its COMMIT has succeeded.
+    """
+    @wraps(callback)
+    def wrapper(*args, **kwargs):
+        for attempt in (1, 2):
+            try:
+                return run_in_transaction(callback, args, kwargs)
+            except psycopg.errors.TransactionRollback:  # deadlock, serialization failure
+                end_transaction(commit=False)
+                if attempt == 2:
+                    return error_page(409, _("This change collided with another one at the same moment. Reload the page and try again."))
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                end_transaction(commit=False)
+                request.environ["birzha.db_down"] = True
+                return error_page(503, _("The database is not available right now. Please try again in a minute."))
+            except psycopg.errors.IntegrityError:  # a constraint or trigger refused: the state moved on
+                end_transaction(commit=False)
+                return error_page(409, _("This change conflicts with the current state. Reload the page and try again."))
+            except psycopg.errors.DataError:  # a value PostgreSQL cannot take
+                end_transaction(commit=False)
+                return error_page(400, _("Some of the data sent is not valid."))
+    return wrapper
+
+
+def run_in_transaction(callback, args, kwargs):
+    """Runs the route; commits (which may raise) before any success leaves."""
+    try:
+        result = callback(*args, **kwargs)
+    except HTTPResponse as resp:
+        end_transaction(commit=resp.status_code < 400)
+        raise
+    except Exception:
+        end_transaction(commit=False)
+        raise
+    if isinstance(result, types.GeneratorType):
+        return stream(result)
+    end_transaction(commit=True)
+    return result
+
+
+def stream(generator):
+    """A streamed body takes the request's lease with it and ends it after the last chunk
+    (committed) or when the client goes away (rolled back)."""
+    lease = request.environ.pop("birzha.lease", None)
+
+    def body():
+        finished = False
+        try:
+            yield from generator
+            finished = True
+        finally:
+            if lease is not None:
+                lease.end(commit=finished)
+    return body()
+
+
+def refuse_huge_bodies():
+    if request.content_length > MAX_BODY_BYTES:
+        raise HTTPError(413, _("The request is too large."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Language: English msgids, translations in locale/<lang>/*.po
+
+def load_po(path):
+    """Reads msgid/msgstr pairs (and msgctxt, keyed "context\x04msgid" as gettext does)."""
+    catalog, context, msgid, msgstr, target = {}, None, None, None, None
+
+    def unquote(text):
+        return bytes(text[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
+
+    def flush():
+        if msgid and msgstr:
+            catalog[(context + "\x04" if context else "") + msgid] = msgstr
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line.startswith("msgctxt "):
+            flush()
+            context, msgid, msgstr, target = unquote(line[8:]), None, None, "ctxt"
+        elif line.startswith("msgid "):
+            if target != "ctxt":
+                flush()
+                context = None
+            msgid, msgstr, target = unquote(line[6:]), None, "id"
+        elif line.startswith("msgstr "):
+            msgstr, target = unquote(line[7:]), "str"
+        elif line.startswith('"') and target == "id":
+            msgid += unquote(line)
+        elif line.startswith('"') and target == "str":
+            msgstr += unquote(line)
+    flush()
+    return catalog
+
+
+def load_translations():
+    catalogs = {"en": {}}
+    for lang in LANGUAGES:
+        if lang == "en":
+            continue
+        catalogs[lang] = {}
+        for po in sorted((ROOT / "locale" / lang).glob("*.po")):
+            catalogs[lang].update(load_po(po))
+    return catalogs
+
+
+TRANSLATIONS = load_translations()
+
+
+def current_lang():
+    """The cookie's language, else the best of Accept-Language, else Russian."""
+    try:
+        environ = request.environ
+    except RuntimeError:
+        return "ru"
+    lang = environ.get("birzha.lang")
+    if lang:
+        return lang
+    lang = request.get_cookie("lang")
+    if lang not in LANGUAGES:
+        lang = "ru"
+        best = 0.0
+        for part in request.headers.get("Accept-Language", "").split(","):
+            tag, _, params = part.strip().partition(";")
+            q = 1.0
+            if params.strip().startswith("q="):
+                try:
+                    q = float(params.strip()[2:])
+                except ValueError:
+                    q = 0.0
+            code = tag.strip().lower()[:2]
+            if code in LANGUAGES and q > best:
+                lang, best = code, q
+    environ["birzha.lang"] = lang
+    return lang
+
+
+def _(message, **values):
+    """gettext for the current request's language; %(name)s values are filled in after."""
+    text = TRANSLATIONS.get(current_lang(), {}).get(message, message)
+    return text % values if values else text
+
+
+def pgettext(context, message, **values):
+    """gettext with a context, for one English word that Russian says differently in two places."""
+    text = TRANSLATIONS.get(current_lang(), {}).get(context + "\x04" + message, message)
+    return text % values if values else text
+
+
+def ngettext(singular, plural, n, **values):
+    values.setdefault("num", n)
+    key = singular if n == 1 else plural
+    if current_lang() == "ru":
+        forms = TRANSLATIONS["ru"].get(singular + "|" + plural, "").split("|")
+        if len(forms) == 3:
+            n10, n100 = n % 10, n % 100
+            key = forms[0] if n10 == 1 and n100 != 11 else (
+                forms[1] if 2 <= n10 <= 4 and not 12 <= n100 <= 14 else forms[2])
+            return key % values
+    return _(key) % values
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates
+
+templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(ROOT / "views")),
+    autoescape=True,
+    extensions=["jinja2.ext.i18n"],
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.install_gettext_callables(
+    lambda message, **kw: _(message, **kw),
+    lambda s, p, n, **kw: ngettext(s, p, n, **kw),
+    newstyle=True,
+    pgettext=lambda c, m, **kw: pgettext(c, m, **kw))
+
+
+def format_money(value):
+    return f"{value:,}".replace(",", "\u00a0") + "\u00a0₽"
+
+
+def format_date(value):
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return value.isoformat()
+
+
+def category_name(row, prefix="category_"):
+    """The category name in the current language, from a row with name_ru/name_en columns."""
+    key = "name_" + current_lang()
+    return row.get(key) or row.get(prefix + key) or ""
+
+
+templates.filters.update(money=format_money, date=format_date)
+templates.globals.update(category_name=category_name, ngettext=ngettext)
+
+
+def render(name, status=200, **context):
+    """Renders a template with what every page needs: the viewer, CSRF token, flash, language."""
+    response.status = status
+    context.setdefault("user", current_user())
+    context.setdefault("csrf_token", csrf_token())
+    context.setdefault("flashes", pop_flashes())
+    context.setdefault("lang", current_lang())
+    context.setdefault("path", request.fullpath + ("?" + request.query_string if request.query_string else ""))
+    return templates.get_template(name).render(**context)
+
+# ---------------------------------------------------------------------------------------------
+# Security helpers: passwords, sessions, CSRF, flash messages, access control
+
+PASSWORD_MIN_BYTES, PASSWORD_MAX_BYTES = 8, 72
+
+
+def password_error(password):
+    """A message when the password is outside bcrypt's safe range (we refuse, never truncate)."""
+    size = len(password.encode("utf-8"))
+    if size < PASSWORD_MIN_BYTES:
+        return _("The password must be at least 8 characters long.")
+    if size > PASSWORD_MAX_BYTES:
+        return _("The password must be at most 72 bytes long (fewer characters outside Latin).")
+    return None
+
+
+def hash_password(password):
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt()).decode()
+
+
+# Checked against when the email is unknown, so both cases take the same time.
+_DUMMY_HASH = bcrypt.hashpw(b"no such user here", bcrypt.gensalt()).decode()
+
+
+def check_password(password, password_hash):
+    data = password.encode("utf-8")
+    if len(data) > PASSWORD_MAX_BYTES:
+        bcrypt.checkpw(b"x", _DUMMY_HASH.encode())
+        return False
+    return bcrypt.checkpw(data, (password_hash or _DUMMY_HASH).encode())
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode()).digest()
+
+
+SESSION_COOKIE = "birzha_session"
+ANON_COOKIE = "birzha_anon"
+
+
+def set_cookie(name, value, max_age):
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Lax",
+                        secure=request.app.config["cookie_secure"])
+
+
+def start_session(user_id):
+    """Opens a new session (a fresh token at every sign-in) and sets its cookie."""
+    token = secrets.token_urlsafe(32)
+    db_run("sessions_delete_expired")  # housekeeping on the way in: sign-ins are rare enough
+    db_run("session_create", token_hash=token_hash(token), user_id=user_id, days=SESSION_DAYS,
+           user_agent=request.headers.get("User-Agent", "")[:300])
+    set_cookie(SESSION_COOKIE, token, SESSION_DAYS * 86400)
+    request.environ["birzha.session_token"] = token
+    request.environ.pop("birzha.user", None)
+    request.environ.pop("birzha.user_loaded", None)
+
+
+def end_session():
+    token = request.get_cookie(SESSION_COOKIE)
+    if token:
+        db_run("session_delete", token_hash=token_hash(token))
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    request.environ["birzha.session_token"] = None
+    request.environ["birzha.user"] = None
+
+
+def session_token():
+    if "birzha.session_token" in request.environ:
+        return request.environ["birzha.session_token"]
+    return request.get_cookie(SESSION_COOKIE)
+
+
+def current_user():
+    """The signed-in user (dict) or None; looked up once per request."""
+    environ = request.environ
+    if "birzha.user_loaded" not in environ:
+        environ["birzha.user_loaded"] = True
+        token = session_token()
+        user = None
+        if token and len(token) < 100:
+            user = db_one("session_user", token_hash=token_hash(token))
+        environ["birzha.user"] = user
+    return environ.get("birzha.user")
+
+
+def csrf_token():
+    """HMAC of the session token (signed in) or of an anonymous cookie (guests)."""
+    environ = request.environ
+    if environ.get("birzha.csrf"):
+        return environ["birzha.csrf"]
+    basis = session_token() if current_user() else None
+    if not basis:
+        basis = request.get_cookie(ANON_COOKIE)
+        if not basis or len(basis) > 100:
+            basis = secrets.token_urlsafe(24)
+            set_cookie(ANON_COOKIE, basis, 30 * 86400)
+        basis = "anon:" + basis
+    token = hmac.new(request.app.config["secret_key"], basis.encode(), hashlib.sha256).hexdigest()
+    environ["birzha.csrf"] = token
+    return token
+
+
+def check_csrf():
+    """403 unless the form field or X-CSRF-Token header carries this visitor's token."""
+    sent = request.headers.get("X-CSRF-Token") or request.forms.getunicode("csrf_token") or ""
+    expected = csrf_token()
+    if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise error_response(403, _("The form has expired or did not come from this site. Reload the page and try again."))
+
+
+def flash(message, kind="ok"):
+    """Queues a message for the next page; kept in a short-lived cookie."""
+    existing = pop_flashes(peek=True)
+    existing.append([kind, message])
+    response.set_cookie("birzha_flash", quote(json.dumps(existing)), path="/", httponly=True,
+                        samesite="Lax", max_age=60, secure=request.app.config["cookie_secure"])
+
+
+def pop_flashes(peek=False):
+    environ = request.environ
+    if "birzha.flashes" in environ:
+        return environ["birzha.flashes"]
+    raw = request.get_cookie("birzha_flash")
+    flashes = []
+    if raw:
+        try:
+            flashes = [[str(k), str(m)] for k, m in json.loads(unquote(raw))][:5]
+        except (ValueError, TypeError):
+            flashes = []
+    if not peek:
+        if raw:
+            response.delete_cookie("birzha_flash", path="/")
+        environ["birzha.flashes"] = flashes
+    return flashes
+
+
+def redirect(location, message=None, kind="ok"):
+    """303 See Other with an optional flash message."""
+    if message:
+        flash(message, kind)
+    resp = response.copy(cls=HTTPResponse)  # keeps the cookies set so far
+    resp.status = 303
+    resp.body = ""
+    resp.set_header("Location", location)
+    raise resp
+
+
+def safe_next(target, default="/"):
+    """Only local paths: no scheme, no host, no protocol-relative or backslash tricks."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or any(ord(ch) < 32 for ch in target):
+        return default
+    return target
+
+
+def login_required(view):
+    """Guests go to /login?next=…; blocked users never get here (their session is gone)."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if current_user() is None:
+            redirect("/login?next=" + quote(request.fullpath + (
+                "?" + request.query_string if request.query_string else ""), safe="/"))
+        return view(*args, **kwargs)
+    return wrapper
+
+
+def role_required(*roles, staff=False):
+    """Signed in and of one of these roles (or staff when staff=True); otherwise 403."""
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = current_user()
+            if staff and not user["is_staff"]:
+                raise error_response(403, _("This page is for Birzha staff only."))
+            if roles and user["role"] not in roles:
+                raise error_response(403, _("This action is not available for your account."))
+            return view(*args, **kwargs)
+        return wrapper
+    return decorate
+
+
+def csrf_protect(view):
+    """Every state-changing route is wrapped in this."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        check_csrf()
+        return view(*args, **kwargs)
+    wrapper.csrf_protected = True
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# Forms: read and validate input; never trust the browser
+
+class Form:
+    """Reads request.forms into clean values and per-field error messages."""
+
+    def __init__(self, source=None):
+        self.source = source if source is not None else request.forms
+        self.values, self.errors = {}, {}
+
+    def raw(self, name):
+        value = self.source.getunicode(name)
+        if value is None and name in self.source:
+            self.errors[name] = _("This text is not valid UTF-8.")
+            return ""
+        return value or ""
+
+    def text(self, name, *, required=True, min_len=0, max_len=200, multiline=False):
+        value = self.raw(name).replace("\r\n", "\n")
+        value = value if multiline else value.strip()
+        self.values[name] = value
+        if name in self.errors:
+            return value
+        if "\x00" in value or (not multiline and any(ord(ch) < 32 for ch in value)):
+            self.errors[name] = _("The text contains control characters.")
+        elif required and not value.strip():
+            self.errors[name] = _("This field is required.")
+        elif value and len(value.strip()) < min_len:
+            self.errors[name] = _("At least %(n)s characters, please.", n=min_len)
+        elif len(value) > max_len:
+            self.errors[name] = _("At most %(n)s characters, please.", n=max_len)
+        return value
+
+    def _given(self, name, required):
+        """The stripped text of a field, or None when it is empty (an error if required) or bad."""
+        text = self.raw(name).strip()
+        self.values[name] = text
+        if name in self.errors:
+            return None
+        if not text:
+            if required:
+                self.errors[name] = _("This field is required.")
+            return None
+        return text
+
+    def integer(self, name, *, required=True, min_value=None, max_value=None):
+        text = self._given(name, required)
+        if text is None:
+            return None
+        if not re.fullmatch(r"[+-]?\d{1,12}", text):
+            self.errors[name] = _("Enter a whole number.")
+            return None
+        number = int(text)
+        if min_value is not None and number < min_value:
+            self.errors[name] = _("The smallest allowed value is %(n)s.", n=min_value)
+        elif max_value is not None and number > max_value:
+            self.errors[name] = _("The largest allowed value is %(n)s.", n=max_value)
+        return number
+
+    def date(self, name, *, required=False, not_before=None):
+        text = self._given(name, required)
+        if text is None:
+            return None
+        try:
+            value = datetime.date.fromisoformat(text)
+        except ValueError:
+            self.errors[name] = _("Enter a date as YYYY-MM-DD.")
+            return None
+        if not_before and value < not_before:
+            self.errors[name] = _("The date cannot be in the past.")
+        return value
+
+    def choice(self, name, options, *, required=True):
+        value = self.raw(name).strip()
+        self.values[name] = value
+        if name in self.errors:
+            return None
+        if not value and not required:
+            return None
+        if value not in options:
+            self.errors[name] = _("Choose one of the options.")
+            return None
+        return value
+
+    def email(self, name):
+        value = self.text(name, max_len=254)
+        if name not in self.errors and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            self.errors[name] = _("Enter a valid email address.")
+        return value.lower()
+
+    @property
+    def ok(self):
+        return not self.errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: a page (or JSON problem) in the visitor's language, never a traceback
+
+ERROR_TITLES = {
+    400: "Bad request", 401: "Authentication required", 403: "Access denied", 404: "Page not found",
+    405: "Method not allowed", 409: "Conflict", 413: "Request too large",
+    415: "Unsupported media type", 429: "Too many attempts", 500: "Something went wrong",
+    503: "Service unavailable",
+}
+
+
+def error_page(status, message=None, *, problem=None, **headers):
+    """Renders the error page (under /api/: problem+json, with the `problem` extension members)."""
+    response.status = status
+    for name, value in headers.items():
+        response.set_header(name.replace("_", "-"), value)
+    if request.path.startswith("/api/"):
+        end_transaction(commit=False)
+        response.content_type = "application/problem+json"
+        title = _(ERROR_TITLES.get(status, "Error"))
+        return json.dumps({"type": "about:blank", "title": title, "status": status,
+                           "detail": message or title, **(problem or {})})
+    user = None
+    if not request.environ.get("birzha.db_down"):
+        try:
+            user = current_user()
+        except Exception:
+            user = None
+    page = templates.get_template("error.html").render(
+        status=status, title=_(ERROR_TITLES.get(status, "Error")), message=message or "",
+        user=user, csrf_token="", flashes=[], lang=current_lang(),
+        path=request.fullpath)
+    end_transaction(commit=False)  # an error never keeps half a change
+    return page
+
+
+def error_response(status, message=None, *, problem=None, **headers):
+    """An HTTPResponse to raise: the rendered error page with its status."""
+    body = error_page(status, message, problem=problem, **headers)
+    resp = response.copy(cls=HTTPResponse)
+    resp.status = status
+    resp.body = body
+    return resp
+
+
+def not_found(message=None):
+    return error_response(404, message or _("There is no such page."))
+
+
+def handle_error(err):
+    status = err.status_code
+    message = None
+    if status == 500:
+        end_transaction(commit=False)
+        exc = request.environ.get("bottle.exc_info", (None, None))[1]
+        if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+            request.environ["birzha.db_down"] = True
+            return error_page(503, _("The database is not available right now. Please try again in a minute."))
+        request.environ["birzha.db_down"] = True  # do not touch a connection in an unknown state
+    elif isinstance(err.body, str) and err.body and status != 404:
+        message = err.body
+    return error_page(status, message)
+
+
