@@ -1,8 +1,9 @@
--- Every SQL statement the application runs, each under `-- name: <verb_first_name>`.
+-- Every SQL statement the application runs, each under `-- name: <entity>_<what it does>`
+-- (`order_take`, `performer_public`), grouped by the entity it is about.
 -- Parameters are psycopg named placeholders: %(name)s. Python never builds SQL from input.
 
 -- =============================================================================================
--- Core: schema, health, the acting user
+-- The schema, health and the acting user
 
 -- name: schema_version_read
 SELECT version
@@ -25,14 +26,8 @@ SELECT set_config('birzha.actor_id', %(actor_id)s, true),
 SELECT counter, subject_id, stored, actual
 FROM audit_counters()
 
--- name: categories_list
-SELECT id, slug, name_ru, name_en, is_hidden, open_orders
-FROM categories
-WHERE NOT is_hidden
-ORDER BY id
-
 -- =============================================================================================
--- Sessions and accounts (core)
+-- Sessions
 
 -- name: session_create
 INSERT INTO sessions (token_hash, user_id, expires_at, user_agent)
@@ -55,6 +50,9 @@ WHERE token_hash = %(token_hash)s
 DELETE FROM sessions
 WHERE expires_at < now()
 
+-- =============================================================================================
+-- Users: accounts, sign-in throttling, profiles, passwords
+
 -- name: user_create
 INSERT INTO users (role, email, password_hash, name)
 VALUES (%(role)s, %(email)s, %(password_hash)s, %(name)s)
@@ -76,86 +74,6 @@ RETURNING id
 -- name: user_count
 SELECT count(*) AS n
 FROM users
-
--- name: performer_categories_add
-INSERT INTO performer_categories (performer_id, category_id)
-SELECT %(performer_id)s, id
-FROM categories
-WHERE slug = ANY(%(slugs)s)
-ON CONFLICT DO NOTHING
-
--- =============================================================================================
--- Orders (core)
-
--- name: order_create
-INSERT INTO orders (customer_id, category_id, title, description, budget, deadline)
-SELECT u.id, c.id, %(title)s, %(description)s, %(budget)s, %(deadline)s
-FROM users u, categories c
-WHERE u.id = %(customer_id)s
-  AND u.role = 'customer'
-  AND NOT u.is_blocked
-  AND c.slug = %(category)s
-  AND NOT c.is_hidden
-RETURNING id
-
--- name: order_take
-UPDATE orders o
-SET status = 'in_progress',
-    performer_id = p.id
-FROM users p
-WHERE o.id = %(order_id)s
-  AND o.status = 'open'
-  AND p.id = %(performer_id)s
-  AND p.role = 'performer'
-  AND NOT p.is_blocked
-  AND o.customer_id <> p.id
-  AND NOT EXISTS (SELECT 1 FROM users c WHERE c.id = o.customer_id AND c.is_blocked)
-RETURNING o.id
-
--- name: order_complete
-UPDATE orders
-SET status = 'done'
-WHERE id = %(order_id)s
-  AND status = 'in_progress'
-  AND performer_id = %(performer_id)s
-RETURNING id
-
--- name: order_cancel
--- By the order's customer, or by staff (is_staff is checked here, not in Python).
-UPDATE orders o
-SET status = 'cancelled',
-    cancel_reason = nullif(%(reason)s, '')
-FROM users actor
-WHERE o.id = %(order_id)s
-  AND o.status IN ('open', 'in_progress')
-  AND actor.id = %(actor_id)s
-  AND NOT actor.is_blocked
-  AND (o.customer_id = actor.id OR actor.is_staff)
-RETURNING o.id
-
--- name: order_rate
-UPDATE orders
-SET rating = %(rating)s,
-    review = nullif(%(review)s, '')
-WHERE id = %(order_id)s
-  AND status = 'done'
-  AND rating IS NULL
-  AND customer_id = %(customer_id)s
-RETURNING id
-
--- name: orders_latest_open
-SELECT o.id, o.title, o.budget, o.deadline, o.created_at,
-       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
-FROM orders o
-JOIN categories c ON c.id = o.category_id
-JOIN users u ON u.id = o.customer_id
-WHERE o.status = 'open'
-  AND NOT u.is_blocked
-ORDER BY o.created_at DESC, o.id DESC
-LIMIT %(limit)s
-
--- =============================================================================================
--- Accounts: sign-up, sign-in, throttling, profiles, the performer catalogue (issue 3)
 
 -- name: login_throttle_wait
 -- Seconds until this email and address may try to sign in again (0: go ahead). The limits are
@@ -210,6 +128,73 @@ WHERE id = %(user_id)s
   AND NOT is_blocked
 RETURNING id
 
+-- name: user_password_hash
+SELECT email, password_hash
+FROM users
+WHERE id = %(user_id)s
+
+-- name: user_password_change
+-- Compare-and-set: only while the hash is the one the current password was checked against.
+-- The trigger users_end_sessions_on_password_change then ends every session of the user.
+UPDATE users
+SET password_hash = %(new_hash)s
+WHERE id = %(user_id)s
+  AND password_hash = %(old_hash)s
+  AND NOT is_blocked
+RETURNING id
+
+-- =============================================================================================
+-- API tokens
+
+-- name: api_token_user
+-- The user behind a Bearer token, never a blocked one; marks the token as used in the same statement.
+UPDATE api_tokens t
+SET last_used_at = now()
+FROM users u
+WHERE t.token_hash = %(token_hash)s
+  AND u.id = t.user_id
+  AND NOT u.is_blocked
+RETURNING u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
+
+-- name: api_token_create
+-- At most %(max_tokens)s tokens per user: refused here with a clear answer; the trigger
+-- api_tokens_limit holds the same line when two creates race.
+INSERT INTO api_tokens (user_id, token_hash, label)
+SELECT u.id, %(token_hash)s, %(label)s
+FROM users u
+WHERE u.id = %(user_id)s
+  AND NOT u.is_blocked
+  AND (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id) < %(max_tokens)s
+RETURNING id
+
+-- name: api_tokens_of_user
+SELECT id, label, created_at, last_used_at
+FROM api_tokens
+WHERE user_id = %(user_id)s
+ORDER BY id
+
+-- name: api_token_revoke
+-- Only one's own token: someone else's is as unknown as a token that never existed.
+DELETE FROM api_tokens
+WHERE id = %(token_id)s
+  AND user_id = %(user_id)s
+RETURNING id
+
+-- =============================================================================================
+-- Categories
+
+-- name: categories_list
+SELECT id, slug, name_ru, name_en, is_hidden, open_orders
+FROM categories
+WHERE NOT is_hidden
+ORDER BY id
+
+-- name: category_visible_by_slug
+SELECT id, slug, name_ru, name_en
+FROM categories
+WHERE slug = %(slug)s
+  AND NOT is_hidden
+
 -- name: profile_categories
 -- The visible categories, each marked when this user works in it.
 SELECT c.id, c.slug, c.name_ru, c.name_en,
@@ -220,6 +205,13 @@ SELECT c.id, c.slug, c.name_ru, c.name_en,
 FROM categories c
 WHERE NOT c.is_hidden
 ORDER BY c.id
+
+-- name: performer_categories_add
+INSERT INTO performer_categories (performer_id, category_id)
+SELECT %(performer_id)s, id
+FROM categories
+WHERE slug = ANY(%(slugs)s)
+ON CONFLICT DO NOTHING
 
 -- name: performer_categories_drop_unchosen
 -- Of the visible categories, drops those not chosen (hidden ones are kept for when they return).
@@ -242,26 +234,8 @@ WHERE u.id = %(user_id)s
   AND NOT c.is_hidden
 ON CONFLICT DO NOTHING
 
--- name: user_password_hash
-SELECT email, password_hash
-FROM users
-WHERE id = %(user_id)s
-
--- name: user_password_change
--- Compare-and-set: only while the hash is the one the current password was checked against.
--- The trigger users_end_sessions_on_password_change then ends every session of the user.
-UPDATE users
-SET password_hash = %(new_hash)s
-WHERE id = %(user_id)s
-  AND password_hash = %(old_hash)s
-  AND NOT is_blocked
-RETURNING id
-
--- name: category_visible_by_slug
-SELECT id, slug, name_ru, name_en
-FROM categories
-WHERE slug = %(slug)s
-  AND NOT is_hidden
+-- =============================================================================================
+-- Performers: the catalogue, public profiles, counters, reviews
 
 -- name: performers_catalogue
 -- Performers not blocked, best average first (unrated last), then most completed, then id.
@@ -332,42 +306,21 @@ LIMIT %(limit)s
 
 -- (end of the accounts section)
 
--- =============================================================================================
--- Orders: the feed, order pages, forms, the cabinets, the home page (issue 4)
-
--- name: orders_feed
--- The feed: open orders of customers who are not blocked, newest first (sort 'new') or highest
--- budget first (sort 'budget'), ties broken by id; one page after the cursor; every filter optional.
--- PostgreSQL plans it with the values bound (a custom plan; tests/test_feed.py checks it stays so),
--- which folds the CASEs to the chosen sort: the cursor becomes a row comparison that is an index
--- condition on orders_feed_new_idx or orders_feed_budget_idx, the ORDER BY their order, and a deep
--- page costs what the first one does. The cursor is always given (the first page starts after the
--- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
--- The edge (optional) stops the walk at a window edge: searches use it, see orders_feed_search_older.
-SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
-       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+-- name: performer_reviews_latest
+-- The ratings and reviews a performer received, newest first; hidden ones are left out.
+SELECT o.id, o.title, o.rating, o.review, o.rated_at, cu.name AS customer_name
 FROM orders o
-JOIN categories c ON c.id = o.category_id
-JOIN users u ON u.id = o.customer_id
-WHERE o.status = 'open'
-  AND NOT u.is_blocked
-  AND CASE WHEN %(sort)s::text = 'budget'
-           THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
-           ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
-      END
-  AND (%(edge_id)s::bigint IS NULL
-       OR CASE WHEN %(sort)s::text = 'budget'
-               THEN (o.budget, o.id) >= (%(edge_budget)s::integer, %(edge_id)s::bigint)
-               ELSE (o.created_at, o.id) >= (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
-          END)
-  AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
-  AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
-  AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
-  AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
-ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
-         CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
-         o.id DESC
-LIMIT 21
+JOIN users cu ON cu.id = o.customer_id
+WHERE o.performer_id = %(performer_id)s
+  AND o.rating IS NOT NULL
+  AND NOT o.review_hidden
+ORDER BY o.rated_at DESC, o.id DESC
+LIMIT %(limit)s
+
+-- name: performer_stats_read
+SELECT orders_completed, orders_in_progress, rating_avg, rating_count
+FROM performer_stats
+WHERE performer_id = %(performer_id)s
 
 -- name: home_performers_top
 -- The best performers for the home page: average rating, then completed orders.
@@ -379,9 +332,109 @@ WHERE NOT u.is_blocked
 ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
 LIMIT %(limit)s
 
+-- =============================================================================================
+-- Customers
+
+-- name: customer_stats_read
+SELECT orders_placed, orders_open, orders_in_progress, orders_done, orders_cancelled
+FROM customer_stats
+WHERE customer_id = %(customer_id)s
+
+-- name: customer_orders_page
+-- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
+SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at, o.performer_id,
+       o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+LEFT JOIN users p ON p.id = o.performer_id
+WHERE o.customer_id = %(customer_id)s
+  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
+  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
+ORDER BY o.created_at DESC, o.id DESC
+LIMIT %(limit)s
+
+-- =============================================================================================
+-- Orders: create, edit and every transition
+
+-- name: order_create
+INSERT INTO orders (customer_id, category_id, title, description, budget, deadline)
+SELECT u.id, c.id, %(title)s, %(description)s, %(budget)s, %(deadline)s
+FROM users u, categories c
+WHERE u.id = %(customer_id)s
+  AND u.role = 'customer'
+  AND NOT u.is_blocked
+  AND c.slug = %(category)s
+  AND NOT c.is_hidden
+RETURNING id
+
+-- name: order_update
+-- The customer edits an open order; a hidden category is refused unless the order is already in it.
+UPDATE orders o
+SET title = %(title)s,
+    description = %(description)s,
+    category_id = c.id,
+    budget = %(budget)s,
+    deadline = %(deadline)s
+FROM categories c
+WHERE o.id = %(order_id)s
+  AND o.customer_id = %(customer_id)s
+  AND o.status = 'open'
+  AND c.slug = %(category)s
+  AND (NOT c.is_hidden OR c.id = o.category_id)
+RETURNING o.id
+
+-- name: order_take
+UPDATE orders o
+SET status = 'in_progress',
+    performer_id = p.id
+FROM users p
+WHERE o.id = %(order_id)s
+  AND o.status = 'open'
+  AND p.id = %(performer_id)s
+  AND p.role = 'performer'
+  AND NOT p.is_blocked
+  AND o.customer_id <> p.id
+  AND NOT EXISTS (SELECT 1 FROM users c WHERE c.id = o.customer_id AND c.is_blocked)
+RETURNING o.id
+
+-- name: order_complete
+UPDATE orders
+SET status = 'done'
+WHERE id = %(order_id)s
+  AND status = 'in_progress'
+  AND performer_id = %(performer_id)s
+RETURNING id
+
+-- name: order_cancel
+-- By the order's customer, or by staff (is_staff is checked here, not in Python).
+UPDATE orders o
+SET status = 'cancelled',
+    cancel_reason = nullif(%(reason)s, '')
+FROM users actor
+WHERE o.id = %(order_id)s
+  AND o.status IN ('open', 'in_progress')
+  AND actor.id = %(actor_id)s
+  AND NOT actor.is_blocked
+  AND (o.customer_id = actor.id OR actor.is_staff)
+RETURNING o.id
+
+-- name: order_rate
+UPDATE orders
+SET rating = %(rating)s,
+    review = nullif(%(review)s, '')
+WHERE id = %(order_id)s
+  AND status = 'done'
+  AND rating IS NULL
+  AND customer_id = %(customer_id)s
+RETURNING id
+
 -- name: date_today
 -- The database's date: the one the deadline rule in orders_guard_transition() compares with.
 SELECT current_date AS today
+
+-- =============================================================================================
+-- Orders: pages, history, the feed and its search, cabinets, the API's view
 
 -- name: order_page_read
 -- An order with everything its page shows; the rating and review of a hidden review only for staff.
@@ -421,70 +474,50 @@ LEFT JOIN users p ON p.id = h.performer_id
 WHERE h.order_id = %(order_id)s
 ORDER BY h.id
 
--- name: order_update
--- The customer edits an open order; a hidden category is refused unless the order is already in it.
-UPDATE orders o
-SET title = %(title)s,
-    description = %(description)s,
-    category_id = c.id,
-    budget = %(budget)s,
-    deadline = %(deadline)s
-FROM categories c
-WHERE o.id = %(order_id)s
-  AND o.customer_id = %(customer_id)s
-  AND o.status = 'open'
-  AND c.slug = %(category)s
-  AND (NOT c.is_hidden OR c.id = o.category_id)
-RETURNING o.id
-
--- name: customer_stats_read
-SELECT orders_placed, orders_open, orders_in_progress, orders_done, orders_cancelled
-FROM customer_stats
-WHERE customer_id = %(customer_id)s
-
--- name: performer_stats_read
-SELECT orders_completed, orders_in_progress, rating_avg, rating_count
-FROM performer_stats
-WHERE performer_id = %(performer_id)s
-
--- name: customer_orders_page
--- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
-SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at, o.performer_id,
-       o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
+-- name: orders_latest_open
+SELECT o.id, o.title, o.budget, o.deadline, o.created_at,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id
-LEFT JOIN users p ON p.id = o.performer_id
-WHERE o.customer_id = %(customer_id)s
-  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
-  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
+JOIN users u ON u.id = o.customer_id
+WHERE o.status = 'open'
+  AND NOT u.is_blocked
 ORDER BY o.created_at DESC, o.id DESC
 LIMIT %(limit)s
 
--- name: performer_orders_page
--- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
-SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at,
-       CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
+-- name: orders_feed
+-- The feed: open orders of customers who are not blocked, newest first (sort 'new') or highest
+-- budget first (sort 'budget'), ties broken by id; one page after the cursor; every filter optional.
+-- PostgreSQL plans it with the values bound (a custom plan; tests/test_feed.py checks it stays so),
+-- which folds the CASEs to the chosen sort: the cursor becomes a row comparison that is an index
+-- condition on orders_feed_new_idx or orders_feed_budget_idx, the ORDER BY their order, and a deep
+-- page costs what the first one does. The cursor is always given (the first page starts after the
+-- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
+-- The edge (optional) stops the walk at a window edge: searches use it, see orders_feed_search_older.
+SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id
-JOIN users cu ON cu.id = o.customer_id
-WHERE o.performer_id = %(performer_id)s
-  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
-  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
-ORDER BY o.created_at DESC, o.id DESC
-LIMIT %(limit)s
-
--- name: performer_reviews_latest
--- The ratings and reviews a performer received, newest first; hidden ones are left out.
-SELECT o.id, o.title, o.rating, o.review, o.rated_at, cu.name AS customer_name
-FROM orders o
-JOIN users cu ON cu.id = o.customer_id
-WHERE o.performer_id = %(performer_id)s
-  AND o.rating IS NOT NULL
-  AND NOT o.review_hidden
-ORDER BY o.rated_at DESC, o.id DESC
-LIMIT %(limit)s
+JOIN users u ON u.id = o.customer_id
+WHERE o.status = 'open'
+  AND NOT u.is_blocked
+  AND CASE WHEN %(sort)s::text = 'budget'
+           THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+           ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
+      END
+  AND (%(edge_id)s::bigint IS NULL
+       OR CASE WHEN %(sort)s::text = 'budget'
+               THEN (o.budget, o.id) >= (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               ELSE (o.created_at, o.id) >= (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
+          END)
+  AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
+  AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+  AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+  AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
+         CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         o.id DESC
+LIMIT 21
 
 -- name: orders_feed_window_edge
 -- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search
@@ -543,42 +576,19 @@ LIMIT %(limit)s
 
 -- (end of the orders section)
 
--- =============================================================================================
--- API: tokens and JSON endpoints (issue 6)
-
--- name: api_token_user
--- The user behind a Bearer token, never a blocked one; marks the token as used in the same statement.
-UPDATE api_tokens t
-SET last_used_at = now()
-FROM users u
-WHERE t.token_hash = %(token_hash)s
-  AND u.id = t.user_id
-  AND NOT u.is_blocked
-RETURNING u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
-
--- name: api_token_create
--- At most %(max_tokens)s tokens per user: refused here with a clear answer; the trigger
--- api_tokens_limit holds the same line when two creates race.
-INSERT INTO api_tokens (user_id, token_hash, label)
-SELECT u.id, %(token_hash)s, %(label)s
-FROM users u
-WHERE u.id = %(user_id)s
-  AND NOT u.is_blocked
-  AND (SELECT count(*) FROM api_tokens t WHERE t.user_id = u.id) < %(max_tokens)s
-RETURNING id
-
--- name: api_tokens_of_user
-SELECT id, label, created_at, last_used_at
-FROM api_tokens
-WHERE user_id = %(user_id)s
-ORDER BY id
-
--- name: api_token_revoke
--- Only one's own token: someone else's is as unknown as a token that never existed.
-DELETE FROM api_tokens
-WHERE id = %(token_id)s
-  AND user_id = %(user_id)s
-RETURNING id
+-- name: performer_orders_page
+-- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
+SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at,
+       CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
+       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+FROM orders o
+JOIN categories c ON c.id = o.category_id
+JOIN users cu ON cu.id = o.customer_id
+WHERE o.performer_id = %(performer_id)s
+  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
+  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
+ORDER BY o.created_at DESC, o.id DESC
+LIMIT %(limit)s
 
 -- name: api_orders_by_ids
 -- Orders as the API shows them, in the order of %(ids)s; the rating and review of a hidden review
@@ -599,7 +609,7 @@ ORDER BY wanted.position
 -- (end of the API section)
 
 -- =============================================================================================
--- Admin area (issue 5)
+-- Admin area: dashboard, users, orders, categories, reviews, the audit log, exports
 
 -- Every staff action below is one statement: the change, guarded by its state, by "not on
 -- yourself" and by the actor still being active staff, plus its admin_log row; when nothing
