@@ -132,6 +132,11 @@ def act_as(user_id, note=""):
     db_one("actor_set", actor_id=str(user_id or ""), note=note or "")
 
 
+# Two transactions that got in each other's way: PostgreSQL rolled one back, and running it again
+# usually succeeds.
+COLLISIONS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
 def transaction(callback):
     """One transaction per request: commit on success or redirect, roll back on error.
 
@@ -145,21 +150,32 @@ def transaction(callback):
         for attempt in (1, 2):
             try:
                 return run_in_transaction(callback, args, kwargs)
-            except psycopg.errors.TransactionRollback:  # deadlock, serialization failure
+            except psycopg.Error as exc:
                 end_transaction(commit=False)
-                if attempt == 2:
-                    return error_page(409, _("This change collided with another one at the same moment. Reload the page and try again."))
-            except (psycopg.OperationalError, psycopg_pool.PoolTimeout):
+                # What the failed attempt put on the response (a flash "done", a session cookie)
+                # belongs to a change that did not happen.
+                response.bind()
+                if isinstance(exc, COLLISIONS) and attempt == 1:
+                    continue  # a deadlock or serialization failure: the same request once more
+                return database_error_page(exc)
+            except psycopg_pool.PoolTimeout as exc:
                 end_transaction(commit=False)
-                request.environ["birzha.db_down"] = True
-                return error_page(503, _("The database is not available right now. Please try again in a minute."))
-            except psycopg.errors.IntegrityError:  # a constraint or trigger refused: the state moved on
-                end_transaction(commit=False)
-                return error_page(409, _("This change conflicts with the current state. Reload the page and try again."))
-            except psycopg.errors.DataError:  # a value PostgreSQL cannot take
-                end_transaction(commit=False)
-                return error_page(400, _("Some of the data sent is not valid."))
+                return database_error_page(exc)
     return wrapper
+
+
+def database_error_page(exc):
+    """The answer to an error the database raised (or the pool, when no connection came)."""
+    if isinstance(exc, COLLISIONS):
+        return error_page(409, _("This change collided with another one at the same moment. Reload the page and try again."))
+    if isinstance(exc, psycopg.errors.IntegrityError):  # a constraint or trigger refused: the state moved on
+        return error_page(409, _("This change conflicts with the current state. Reload the page and try again."))
+    if isinstance(exc, psycopg.errors.DataError):  # a value PostgreSQL cannot take
+        return error_page(400, _("Some of the data sent is not valid."))
+    if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+        request.environ["birzha.db_down"] = True
+        return error_page(503, _("The database is not available right now. Please try again in a minute."))
+    raise exc
 
 
 def run_in_transaction(callback, args, kwargs):

@@ -1,9 +1,11 @@
 """The application's plumbing: pages from the database, health, outages, schema versions, queries."""
+import json
 import os
 import tempfile
 import time
 
 import psycopg
+import psycopg_pool
 import pytest
 import webtest
 
@@ -160,3 +162,83 @@ def test_the_modules_import_no_circle_and_none_imports_app():
         return any(step == target or (step not in seen and reaches(step, target, seen + (step,)))
                    for step in imports[start])
     assert [name for name in ours if reaches(name, name)] == []
+
+
+REFUSE_AT_COMMIT = """
+    CREATE FUNCTION test_refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'refused at commit' USING ERRCODE = 'check_violation'; END $$;
+    CREATE CONSTRAINT TRIGGER test_refuse_at_commit AFTER INSERT ON orders
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_refuse_at_commit();
+"""
+
+
+def test_a_commit_that_fails_answers_409_and_never_a_success(client, db, make_user, sign_in):
+    """A deferred trigger refuses at COMMIT, after the route has already decided it succeeded."""
+    from test_orders import VALID_ORDER
+    db.execute(REFUSE_AT_COMMIT)
+    sign_in(client, make_user("customer"))
+    page = client.post_form("/orders", VALID_ORDER)
+    assert page.status_int == 409 and "Traceback" not in page.text
+    assert "birzha_flash" not in page.headers.get("Set-Cookie", "")  # no "Your order is published."
+    assert "published" not in client.get("/cabinet").text
+    api = client.post("/api/v1/orders", json.dumps(dict(VALID_ORDER, budget=5000, deadline=None)),
+                      content_type="application/json", headers={"X-CSRF-Token": client.csrf()}, status=409)
+    assert api.content_type == "application/problem+json" and "id" not in api.json
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == 0
+
+
+def deadlocks_on_history(db, times):
+    """The next `times` writes of order history fail as a deadlock would (a sequence counts them:
+    sequences are not rolled back, so the count survives the failed transaction)."""
+    db.execute(f"""
+        CREATE SEQUENCE test_deadlocks;
+        CREATE FUNCTION test_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('test_deadlocks') <= {times} THEN
+                RAISE EXCEPTION 'deadlock (forced by a test)' USING ERRCODE = 'deadlock_detected';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_deadlock BEFORE INSERT ON order_history
+        FOR EACH ROW EXECUTE FUNCTION test_deadlock();""")
+
+
+def attempts(db):
+    return db.execute("SELECT last_value AS n FROM test_deadlocks").fetchone()["n"]
+
+
+def test_a_deadlock_is_retried_once_and_the_retry_wins(client, db, make_user, make_order, sign_in):
+    order = make_order(make_user("customer"))
+    deadlocks_on_history(db, times=1)
+    sign_in(client, make_user("performer"))
+    assert client.post_form(f"/orders/{order['id']}/take").status_int == 303
+    assert attempts(db) == 2
+    assert db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()["status"] == "in_progress"
+
+
+def test_a_deadlock_twice_answers_409_not_503_and_the_database_stays_up(client, db, make_user, make_order, sign_in):
+    order = make_order(make_user("customer"))
+    deadlocks_on_history(db, times=2)
+    sign_in(client, make_user("performer"))
+    page = client.post_form(f"/orders/{order['id']}/take")
+    assert page.status_int == 409 and "at the same moment" in page.text
+    assert attempts(db) == 2  # tried once more, then gave up
+    assert db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()["status"] == "open"
+    assert client.get(f"/orders/{order['id']}").status_int == 200
+
+
+def test_a_lease_ended_after_its_pool_was_replaced_never_makes_a_pool(db_url):
+    """Giving a connection back uses the pool that gave it: no cleanup path looks a pool up."""
+    lease = database.Lease(db_url)
+    database.close_pool()
+    lease.end(commit=True)
+    assert database._current["pool"] is None
+
+
+def test_a_pool_that_cannot_open_is_not_kept(monkeypatch):
+    monkeypatch.setattr(database, "POOL_TIMEOUT", 0.5)
+    url = "postgresql://127.0.0.1:9/nowhere?connect_timeout=1"
+    for _attempt in range(2):  # each request tries afresh instead of waiting on a broken pool
+        with pytest.raises(psycopg_pool.PoolTimeout):
+            database.pool(url)
+        assert database._current["pool"] is None
