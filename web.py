@@ -24,10 +24,10 @@ import psycopg_pool
 from bottle import HTTPError, HTTPResponse, request, response
 
 import db
+from i18n import LANGUAGES, TRANSLATIONS
 
 ROOT = Path(__file__).resolve().parent
 SESSION_DAYS = 14
-LANGUAGES = ("ru", "en")
 MAX_BODY_BYTES = 1024 * 1024  # every form here is small: a bigger body is a mistake or an attack
 
 
@@ -216,51 +216,7 @@ def refuse_huge_bodies():
 
 
 # ---------------------------------------------------------------------------------------------
-# Language: English msgids, translations in locale/<lang>/*.po
-
-def load_po(path):
-    """Reads msgid/msgstr pairs (and msgctxt, keyed "context\x04msgid" as gettext does)."""
-    catalog, context, msgid, msgstr, target = {}, None, None, None, None
-
-    def unquote(text):
-        return bytes(text[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8")
-
-    def flush():
-        if msgid and msgstr:
-            catalog[(context + "\x04" if context else "") + msgid] = msgstr
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if line.startswith("msgctxt "):
-            flush()
-            context, msgid, msgstr, target = unquote(line[8:]), None, None, "ctxt"
-        elif line.startswith("msgid "):
-            if target != "ctxt":
-                flush()
-                context = None
-            msgid, msgstr, target = unquote(line[6:]), None, "id"
-        elif line.startswith("msgstr "):
-            msgstr, target = unquote(line[7:]), "str"
-        elif line.startswith('"') and target == "id":
-            msgid += unquote(line)
-        elif line.startswith('"') and target == "str":
-            msgstr += unquote(line)
-    flush()
-    return catalog
-
-
-def load_translations():
-    catalogs = {"en": {}}
-    for lang in LANGUAGES:
-        if lang == "en":
-            continue
-        catalogs[lang] = {}
-        for po in sorted((ROOT / "locale" / lang).glob("*.po")):
-            catalogs[lang].update(load_po(po))
-    return catalogs
-
-
-TRANSLATIONS = load_translations()
-
+# Language: the visitor's choice, and gettext in it (catalogs in i18n.py)
 
 def current_lang():
     """The cookie's language, else the best of Accept-Language, else Russian."""
@@ -292,27 +248,20 @@ def current_lang():
 
 def _(message, **values):
     """gettext for the current request's language; %(name)s values are filled in after."""
-    text = TRANSLATIONS.get(current_lang(), {}).get(message, message)
+    text = TRANSLATIONS[current_lang()].gettext(message)
     return text % values if values else text
 
 
 def pgettext(context, message, **values):
     """gettext with a context, for one English word that Russian says differently in two places."""
-    text = TRANSLATIONS.get(current_lang(), {}).get(context + "\x04" + message, message)
+    text = TRANSLATIONS[current_lang()].pgettext(context, message)
     return text % values if values else text
 
 
 def ngettext(singular, plural, n, **values):
+    """The plural form for n in the current language; %(num)s is n unless given."""
     values.setdefault("num", n)
-    key = singular if n == 1 else plural
-    if current_lang() == "ru":
-        forms = TRANSLATIONS["ru"].get(singular + "|" + plural, "").split("|")
-        if len(forms) == 3:
-            n10, n100 = n % 10, n % 100
-            key = forms[0] if n10 == 1 and n100 != 11 else (
-                forms[1] if 2 <= n10 <= 4 and not 12 <= n100 <= 14 else forms[2])
-            return key % values
-    return _(key) % values
+    return TRANSLATIONS[current_lang()].ngettext(singular, plural, n) % values
 
 
 # ---------------------------------------------------------------------------------------------
