@@ -14,7 +14,7 @@ from bottle import request, response
 import accounts
 import orders
 from web import (Form, Routes, _, check_csrf, current_user, db_all, db_one, error_response,
-                 not_found, token_hash)
+                 not_found, set_current_user, token_hash)
 
 routes = Routes()
 
@@ -47,8 +47,7 @@ def authenticate(required):
             scheme, _sep, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() == "bearer":
                 # From here on current_user() is the token's user, for orders.py's checks too.
-                request.environ["birzha.user"] = bearer_user(token.strip())
-                request.environ["birzha.user_loaded"] = True
+                set_current_user(bearer_user(token.strip()))
             elif current_user() is not None and request.method == "POST":
                 check_csrf()  # a session cookie rides along on any cross-site request
             if required and current_user() is None:

@@ -360,17 +360,13 @@ def category_options():
 
 def read_order_form(form, slugs, today, unchanged_deadline=None):
     """The order fields from the form; errors go into form.errors."""
-    fields = {
+    return {
         "title": form.text("title", min_len=3, max_len=200),
         "description": form.text("description", max_len=10000, multiline=True).strip(),
         "category": form.choice("category", slugs),
         "budget": form.integer("budget", min_value=1, max_value=BUDGET_MAX),
-        "deadline": form.date("deadline"),
+        "deadline": form.date("deadline", not_before=today, unchanged=unchanged_deadline),
     }
-    deadline = fields["deadline"]
-    if deadline and deadline < today and deadline != unchanged_deadline:
-        form.errors["deadline"] = _("The date cannot be in the past.")
-    return fields
 
 
 def read_new_order(form, options):

@@ -399,6 +399,13 @@ def current_user():
     return environ.get("birzha.user")
 
 
+def set_current_user(user):
+    """Signs this request in as `user` (the API's Bearer token) for current_user() and the checks
+    that use it; no session or cookie is involved."""
+    request.environ["birzha.user"] = user
+    request.environ["birzha.user_loaded"] = True
+
+
 def csrf_token():
     """HMAC of the session token (signed in) or of an anonymous cookie (guests)."""
     environ = request.environ
@@ -567,7 +574,9 @@ class Form:
             self.errors[name] = _("The largest allowed value is %(n)s.", n=max_value)
         return number
 
-    def date(self, name, *, required=False, not_before=None):
+    def date(self, name, *, required=False, not_before=None, unchanged=None):
+        """A YYYY-MM-DD date; one before `not_before` is refused unless it is `unchanged` (an
+        edit may keep a deadline that has passed since)."""
         text = self._given(name, required)
         if text is None:
             return None
@@ -576,7 +585,7 @@ class Form:
         except ValueError:
             self.errors[name] = _("Enter a date as YYYY-MM-DD.")
             return None
-        if not_before and value < not_before:
+        if not_before and value < not_before and value != unchanged:
             self.errors[name] = _("The date cannot be in the past.")
         return value
 
@@ -633,7 +642,7 @@ def error_page(status, message=None, *, problem=None, **headers):
             user = None
     page = templates.get_template("error.html").render(
         status=status, title=_(ERROR_TITLES.get(status, "Error")), message=message or "",
-        user=user, csrf_token="", flashes=[], lang=current_lang(),
+        user=user, csrf_token=csrf_token() if user else "", flashes=[], lang=current_lang(),
         path=request.fullpath)
     end_transaction(commit=False)  # an error never keeps half a change
     return page

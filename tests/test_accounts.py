@@ -372,3 +372,11 @@ def test_reviews_page_with_a_cursor(client, make_user, make_order, monkeypatch):
         link = re.search(rf'href="(/performers/{vera["id"]}\?after=\d+)"', page.text)
         url = link and link.group(1)
     assert sorted(seen) == titles and len(seen) == 5
+
+
+def test_log_out_works_from_an_error_page(client, make_user, sign_in, db):
+    sign_in(client, make_user("customer"))
+    page = client.get("/no/such/page", status=404)
+    form = form_for(page, "/logout")
+    assert form.submit(status=303).headers["Location"].endswith("/")
+    assert db.execute("SELECT count(*) AS n FROM sessions").fetchone()["n"] == 0

@@ -68,3 +68,14 @@ def test_audit_exits_0_when_consistent_and_1_with_the_drift_listed(db_url, db, m
 
     db.execute("SELECT recalc_counters()")
     assert run_app(db_url, "audit").returncode == 0
+
+
+def test_python_app_py_loads_the_application_once(db_url):
+    """`python app.py …` runs the module as __main__; nothing may import it again as `app`
+    (that built a second application, a second pool and bcrypt's dummy hash twice)."""
+    env = dict(os.environ, DATABASE_URL=db_url)
+    result = subprocess.run([sys.executable, "-X", "importtime", "app.py", "audit"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "web" in imported and "app" not in imported
