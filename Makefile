@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test venv clean bench
+.PHONY: run test psql venv clean bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ venv: $(VENV)/.installed
 
 run: venv
 	$(PY) devserver.py
+
+# psql on the database `make run` uses (the packaged psql; the local server starts if needed).
+psql: venv
+	$(PY) devserver.py psql
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

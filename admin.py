@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from bottle import request, response
 
 from web import (Form, Routes, _, act_as, csrf_protect, current_user, db_all, db_one, db_stream,
-                 error_response, not_found, redirect, render, role_required, templates)
+                 error_response, ngettext, not_found, redirect, render, role_required, templates)
 
 routes = Routes()
 
@@ -111,7 +111,7 @@ def render_dashboard(status=200, values=None, errors=None):
     return render("admin_dashboard.html", status=status, section="dashboard",
                   roles=db_all("admin_users_by_role"), statuses=db_all("admin_orders_by_status"),
                   days=days, users_chart=bar_chart(days, "users"), orders_chart=bar_chart(days, "orders"),
-                  top=db_all("admin_top_performers", limit=10), drift=db_all("counters_audit"),
+                  top=db_all("admin_top_performers", limit=10), audit=db_one("counter_audit_latest"),
                   values=values or {}, errors=errors or {})
 
 
@@ -132,7 +132,19 @@ def counters_recalc():
     row = db_one("admin_counters_recalc", staff_id=staff_id(), reason=reason)
     if row is None:
         raise lost_rights()
-    redirect("/admin", _("Counters recounted: %(n)s corrected.", n=row["after"]["fixed"]))
+    db_one("counter_audit_refresh")
+    redirect("/admin#counters", _("Counters recounted: %(n)s corrected.", n=row["after"]["fixed"]))
+
+
+@routes.post("/admin/counters/check")
+@csrf_protect
+@staff_only
+def counters_check():
+    """Runs the counter audit now (python app.py tick does it every minute) and stores it."""
+    drifted = db_one("counter_audit_refresh")["drifted"]
+    redirect("/admin#counters", ngettext("Counters checked: %(num)s differs from a recount.",
+                                         "Counters checked: %(num)s differ from a recount.", drifted)
+             if drifted else _("Counters checked: every one matches a recount."))
 
 
 # ---------------------------------------------------------------------------------------------

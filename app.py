@@ -4,46 +4,41 @@ This module assembles: the configuration, the route modules merged into one appl
 the operators' command line. The plumbing lives in db.py (pool, named queries) and web.py (the
 request: transaction, errors, sessions, forms, templates, language).
 """
+import logging
 import os
-import re
 import secrets
 import sys
-from pathlib import Path
-
-import psycopg
-from psycopg.rows import dict_row
 
 import accounts
 import admin
 import api
 import basics
-import db
-import demo
+import commands
+import devserver
 import orders
 import web
 
-ROOT = Path(__file__).resolve().parent
+ROOT = devserver.ROOT
 
 
-def development_secret_key():
-    """SECRET_KEY from the environment, else a development key kept in .pgdata/ (never committed)."""
+def secret_key():
+    """SECRET_KEY from the environment; else the development key that `make run` keeps beside
+    the local server's data; else a key of this process alone (forms then break across workers
+    and restarts, so production must set SECRET_KEY)."""
     if os.environ.get("SECRET_KEY"):
         return os.environ["SECRET_KEY"].encode()
-    path = ROOT / ".pgdata" / "secret_key"
-    try:
+    path = devserver.local_pgdata() / "secret_key"
+    if path.exists():
         return path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(exist_ok=True)
-        key = secrets.token_hex(32).encode()
-        path.write_bytes(key)
-        path.chmod(0o600)
-        return key
+    if __name__ != "__main__":  # serving, not running a command
+        logging.getLogger("birzha").warning("SECRET_KEY is not set: using a key of this process only.")
+    return secrets.token_hex(32).encode()
 
 
 app = web.Birzha()
 app.config.update({
     "db.url": os.environ.get("DATABASE_URL", ""),
-    "secret_key": development_secret_key(),
+    "secret_key": secret_key(),
     "cookie_secure": os.environ.get("COOKIE_SECURE", "") == "1",
 })
 for area in (basics, accounts, orders, admin, api):
@@ -51,50 +46,49 @@ for area in (basics, accounts, orders, admin, api):
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: python app.py initdb | seed-demo | create-admin EMAIL | audit
+# Command line: python app.py COMMAND (with no DATABASE_URL, on the project-local server)
+
+USAGE = """usage: python app.py COMMAND
+  initdb               build the schema on an empty database
+  migrate              apply the pending db/migrations (an empty database gets the whole schema)
+  seed-demo [--if-empty]  demo people and orders
+  create-admin EMAIL   a staff account (or make one staff), with a new password printed
+  audit                counter drift; exit 1 if any
+  tick                 the periodic work (run it every minute from cron or a systemd timer)
+  backup FILE          pg_dump of the database (custom format)
+  restore FILE [--force]  pg_restore into an empty database (--force: over this one)
+With no DATABASE_URL the commands use the project-local PostgreSQL in .pgdata/, starting it for
+the command when `make run` is not running."""
+
+COMMANDS = {
+    # name: (arguments taken, function(url, *arguments, **flags), flags allowed)
+    "initdb": (0, commands.initdb, {}),
+    "migrate": (0, commands.migrate, {}),
+    "seed-demo": (0, commands.seed_demo, {"--if-empty": "only_if_empty"}),
+    "create-admin": (1, commands.create_admin, {}),
+    "audit": (0, commands.audit, {}),
+    "tick": (0, commands.tick, {}),
+    "backup": (1, commands.backup, {}),
+    "restore": (1, commands.restore, {"--force": "force"}),
+}
+
 
 def cli(argv):
-    url = os.environ.get("DATABASE_URL")
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.splitlines()[0])
-        print("usage: python app.py initdb | seed-demo [--if-empty] | create-admin EMAIL | audit")
+        print(__doc__.splitlines()[0] + "\n" + USAGE)
         return 0 if argv else 2
-    if not url:
-        print("Set DATABASE_URL (make run does it for you).", file=sys.stderr)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command: {name}\n{USAGE}", file=sys.stderr)
         return 2
-    command = argv[0]
-    if command == "initdb":
-        print({"created": "Schema created.", "current": "Schema is current."}[db.apply_schema(url)])
-        return 0
-    with psycopg.connect(url, row_factory=dict_row) as connection:
-        if command == "seed-demo":
-            return demo.seed(connection, only_if_empty="--if-empty" in argv)
-        if command == "create-admin" and len(argv) == 2:
-            return create_admin(connection, argv[1])
-        if command == "audit":
-            drift = connection.execute(db.Q["counters_audit"]).fetchall()
-            for row in drift:
-                print(f"{row['counter']} #{row['subject_id']}: stored {row['stored']}, actual {row['actual']}")
-            print("counters: " + ("consistent" if not drift else f"{len(drift)} drifted"))
-            return 1 if drift else 0
-    print(f"unknown command: {' '.join(argv)}", file=sys.stderr)
-    return 2
-
-
-def create_admin(connection, email):
-    """Creates a staff account (or makes an existing one staff) and prints a new password."""
-    password = secrets.token_urlsafe(12)
-    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        print("That does not look like an email address.", file=sys.stderr)
+    count, command, allowed = COMMANDS[name]
+    flags = {allowed[arg]: True for arg in rest if arg in allowed}
+    arguments = [arg for arg in rest if arg not in allowed]
+    if len(arguments) != count or any(arg.startswith("--") for arg in arguments):
+        print(USAGE, file=sys.stderr)
         return 2
-    params = {"email": email.lower(), "password_hash": web.hash_password(password)}
-    row = connection.execute(db.Q["user_make_staff"], params).fetchone()
-    if row is None:
-        row = connection.execute(db.Q["user_create"], dict(params, role="customer", name="Admin")).fetchone()
-        connection.execute(db.Q["user_make_staff"], params)
-    connection.commit()
-    print(f"Staff account {email} (id {row['id']}), password: {password}")
-    return 0
+    with devserver.database_url() as url:
+        return command(url, *arguments, **flags)
 
 
 if __name__ == "__main__":

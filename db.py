@@ -13,7 +13,6 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parent
-SCHEMA_VERSION = 1
 POOL_SIZE = int(os.environ.get("POOL_SIZE", "8"))
 POOL_TIMEOUT = float(os.environ.get("POOL_TIMEOUT", "3"))
 
@@ -117,31 +116,89 @@ class Lease:
 
 
 # ---------------------------------------------------------------------------------------------
-# The schema
+# The schema and its migrations
 
-def schema_status(connection):
-    """'empty', 'current', or the unknown version number found in the database."""
+MIGRATIONS_DIR = ROOT / "db" / "migrations"
+
+
+def migrations(directory=MIGRATIONS_DIR):
+    """[(version, path)] of db/migrations/NNNN_name.sql, in order; a misnamed file is an error."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = re.fullmatch(r"(\d{4})_[a-z0-9_]+\.sql", path.name)
+        if not match:
+            raise ValueError(f"{path}: migrations are named NNNN_words.sql")
+        found.append((int(match.group(1)), path))
+    versions = [version for version, _path in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"two migrations share a number in {directory}")
+    return found
+
+
+SCHEMA_VERSION = migrations()[-1][0]  # db/schema.sql builds this version
+
+
+def schema_version(connection):
+    """The version a database is at: 0 when it is empty, None when it is not Birzha's."""
     cur = connection.cursor(row_factory=dict_row)
     if cur.execute(Q["schema_has_tables"]).fetchone()["n"] == 0:
-        return "empty"
+        return 0
     try:
         row = cur.execute(Q["schema_version_read"]).fetchone()
     except psycopg.errors.UndefinedTable:
         connection.rollback()
         return None
-    return "current" if row and row["version"] == SCHEMA_VERSION else (row or {}).get("version")
+    return row["version"] if row else None
+
+
+def refuse_unknown(version):
+    if version is None or version > SCHEMA_VERSION:
+        raise SystemExit(
+            f"This database has schema version {version!r}, but this Birzha knows versions up to "
+            f"{SCHEMA_VERSION}. Point DATABASE_URL at an empty database or at a Birzha database.")
 
 
 def apply_schema(url):
-    """Builds the schema on an empty database; leaves a current one alone; refuses anything else."""
+    """`initdb`: builds db/schema.sql on an empty database, leaves a current one alone, and
+    refuses an older one (that is `migrate`'s job) or one it does not know."""
     with psycopg.connect(url) as connection:
-        status = schema_status(connection)
-        if status == "empty":
+        version = schema_version(connection)
+        refuse_unknown(version)
+        if version == 0:
             connection.execute((ROOT / "db" / "schema.sql").read_text(encoding="utf-8"))
             connection.commit()
             return "created"
-        if status == "current":
-            return "current"
-        raise SystemExit(
-            f"This database has schema version {status!r}, but this Birzha knows only version "
-            f"{SCHEMA_VERSION}. Point DATABASE_URL at an empty database or at a Birzha database.")
+        if version < SCHEMA_VERSION:
+            raise SystemExit(f"This database is at schema version {version}; "
+                             f"run `python app.py migrate` to bring it to {SCHEMA_VERSION}.")
+        return "current"
+
+
+def migrate(url, log=print):
+    """`migrate`: an empty database gets db/schema.sql; an older one each pending migration in
+    order, each in one transaction that also records its version. Concurrent runs wait for each
+    other (an advisory lock), so each migration runs once. Returns the versions applied."""
+    applied = []
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(Q["migration_lock"])
+        try:
+            version = schema_version(connection)
+            refuse_unknown(version)
+            if version == 0:
+                with connection.transaction():
+                    connection.execute((ROOT / "db" / "schema.sql").read_text(encoding="utf-8"))
+                log(f"Schema version {SCHEMA_VERSION} created.")
+                return [SCHEMA_VERSION]
+            for number, path in migrations():
+                if number <= version:
+                    continue
+                with connection.transaction():
+                    connection.execute(path.read_text(encoding="utf-8"))
+                    connection.execute(Q["schema_version_set"], {"version": number})
+                log(f"Applied {path.name}.")
+                applied.append(number)
+            if not applied:
+                log(f"Schema version {version} is current.")
+        finally:
+            connection.execute(Q["migration_unlock"])
+    return applied

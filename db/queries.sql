@@ -9,6 +9,17 @@
 SELECT version
 FROM schema_version
 
+-- name: schema_version_set
+UPDATE schema_version
+SET version = %(version)s
+
+-- name: migration_lock
+-- One migration run at a time, on every machine: a second waits, then finds nothing pending.
+SELECT pg_advisory_lock(hashtext('birzha.migrate'))
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock(hashtext('birzha.migrate'))
+
 -- name: schema_has_tables
 SELECT count(*) AS n
 FROM pg_tables
@@ -21,6 +32,22 @@ SELECT 1 AS ok
 -- Who acts and why, for the history and audit triggers, until the end of this transaction.
 SELECT set_config('birzha.actor_id', %(actor_id)s, true),
        set_config('birzha.note', %(note)s, true)
+
+-- name: tick_lock
+-- One tick at a time across every machine, held until the tick's transaction ends; a second
+-- tick gets false at once and does nothing.
+SELECT pg_try_advisory_xact_lock(hashtext('birzha.tick')) AS locked
+
+-- name: counter_audit_refresh
+SELECT counter_audit_refresh() AS drifted
+
+-- name: counter_audit_latest
+-- The stored audit for the dashboard: when it ran, how long ago, what drifted.
+SELECT checked_at,
+       now() - checked_at AS age,
+       drifted,
+       drift
+FROM counter_audit
 
 -- name: counters_audit
 SELECT counter, subject_id, stored, actual
@@ -95,6 +122,11 @@ SELECT ceil(greatest(
             ORDER BY a.at DESC
             OFFSET 19
             LIMIT 1)))::integer AS wait_seconds
+
+-- name: login_attempts_delete_old
+-- The tick's sweep: attempts older than a day no longer count toward any limit.
+DELETE FROM login_attempts
+WHERE at < now() - interval '1 day'
 
 -- name: login_attempt_record
 -- A failed sign-in; the same statement drops this email's and address's attempts past the window.

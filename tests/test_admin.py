@@ -722,8 +722,22 @@ def test_dashboard_counts_chart_and_counter_drift(db, staff_client, make_user, m
         heights = [int(h) for h in re.findall(r'<rect x="\d+" y="\d+" width="\d+" height="(\d+)"', chart)]
         assert len(heights) == 30 and heights[-1] == admin.CHART_HEIGHT and heights[:-1] == [0] * 29
     assert "Top Vera" in page.text
-    assert "Every counter matches a recount." in text_of(page)
+    assert "have not been checked yet" in text_of(page)
+    assert staff_client.post_form("/admin/counters/check").status_int == 303
+    assert "Every counter matches a recount." in text_of(staff_client.get("/admin"))
+
+
+def test_dashboard_shows_the_stored_audit_until_checked_again(db, staff_client, make_user, make_order):
+    """The dashboard reads the audit that tick (or "check now") stored; it never recounts itself."""
+    customer = make_user("customer")
+    make_order(customer)
+    db.execute("SELECT counter_audit_refresh()")
     db.execute("UPDATE customer_stats SET orders_open = orders_open + 1 WHERE customer_id = %s", (customer["id"],))
+    stored = text_of(staff_client.get("/admin"))
+    assert "Every counter matches a recount." in stored and "min ago" in stored
+    checked = staff_client.post_form("/admin/counters/check")
+    assert checked.status_int == 303 and checked.headers["Location"].endswith("/admin#counters")
     drift = text_of(staff_client.get("/admin"))
     assert "1 counter differs from a recount." in drift and "customer.orders_open" in drift
+    assert db.execute("SELECT drifted FROM counter_audit").fetchone()["drifted"] == 1
     db.execute("SELECT recalc_counters()")

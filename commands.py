@@ -1,0 +1,99 @@
+"""The operators' commands behind `python app.py …`. Each is given the database URL (app.py finds
+it: DATABASE_URL, or the project-local server) and returns the process's exit code."""
+import re
+import secrets
+import subprocess
+import sys
+
+import psycopg
+from psycopg.rows import dict_row
+
+import db
+import demo
+from devserver import postgres_program
+from web import hash_password
+
+
+def connect(url):
+    return psycopg.connect(url, row_factory=dict_row)
+
+
+def initdb(url):
+    print({"created": "Schema created.", "current": "Schema is current."}[db.apply_schema(url)])
+    return 0
+
+
+def migrate(url):
+    db.migrate(url)
+    return 0
+
+
+def seed_demo(url, only_if_empty=False):
+    with connect(url) as connection:
+        return demo.seed(connection, only_if_empty=only_if_empty)
+
+
+def create_admin(url, email):
+    """Creates a staff account (or makes an existing one staff) and prints a new password."""
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        print("That does not look like an email address.", file=sys.stderr)
+        return 2
+    password = secrets.token_urlsafe(12)
+    params = {"email": email.lower(), "password_hash": hash_password(password)}
+    with connect(url) as connection:
+        row = connection.execute(db.Q["user_make_staff"], params).fetchone()
+        if row is None:
+            row = connection.execute(db.Q["user_create"], dict(params, role="customer", name="Admin")).fetchone()
+            connection.execute(db.Q["user_make_staff"], params)
+    print(f"Staff account {email} (id {row['id']}), password: {password}")
+    return 0
+
+
+def audit(url):
+    """Prints every drifted counter; exit 1 if any."""
+    with connect(url) as connection:
+        drift = connection.execute(db.Q["counters_audit"]).fetchall()
+    for row in drift:
+        print(f"{row['counter']} #{row['subject_id']}: stored {row['stored']}, actual {row['actual']}")
+    print("counters: " + ("consistent" if not drift else f"{len(drift)} drifted"))
+    return 1 if drift else 0
+
+
+def tick(url):
+    """The periodic work, in one transaction under an advisory lock: a tick that finds another
+    one running does nothing, so any number of machines may run it from cron."""
+    with connect(url) as connection:
+        if not connection.execute(db.Q["tick_lock"]).fetchone()["locked"]:
+            print("tick: another tick is running; nothing to do.")
+            return 0
+        sessions = connection.execute(db.Q["sessions_delete_expired"]).rowcount
+        attempts = connection.execute(db.Q["login_attempts_delete_old"]).rowcount
+        drifted = connection.execute(db.Q["counter_audit_refresh"]).fetchone()["drifted"]
+    print(f"tick: {sessions} expired sessions and {attempts} old sign-in attempts purged; "
+          f"counters: {'consistent' if not drifted else f'{drifted} drifted'}.")
+    return 0
+
+
+def backup(url, path):
+    """A pg_dump of the whole database in the custom format (restore with `restore`)."""
+    subprocess.run([postgres_program("pg_dump"), "--format=custom", "--no-owner", "--file", path, url],
+                   check=True)
+    print(f"Backup written to {path}.")
+    return 0
+
+
+def restore(url, path, force=False):
+    """pg_restore of a backup into an empty database; with `force`, into a Birzha database whose
+    objects the backup's replace (pg_restore --clean)."""
+    with connect(url) as connection:
+        empty = db.schema_version(connection) == 0
+    if not empty and not force:
+        print("This database is not empty: restore refuses to mix a backup into it. Point "
+              "DATABASE_URL at an empty database, or add --force to replace what the backup holds.",
+              file=sys.stderr)
+        return 2
+    clean = [] if empty else ["--clean", "--if-exists"]
+    subprocess.run([postgres_program("pg_restore"), "--no-owner", "--exit-on-error", "--single-transaction",
+                    *clean, "--dbname", url, path], check=True)
+    print(f"Restored {path}.")
+    return 0

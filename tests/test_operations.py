@@ -1,0 +1,221 @@
+"""Operators and DBAs: migrations, the tick, backup and restore, and every command on the
+project-local server when DATABASE_URL is not set."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+import commands
+import db as database
+from conftest import _with_database
+from devserver import LocalPostgres, postgres_program
+
+ROOT = Path(database.ROOT)
+
+# Data as version 1 of the schema held it: people, orders in every state, a rating, a session.
+VERSION_1_DATA = """
+INSERT INTO users (role, email, password_hash, name) VALUES
+    ('customer', 'anna@example.test', 'x', 'Anna'),
+    ('customer', 'boris@example.test', 'x', 'Boris'),
+    ('performer', 'vera@example.test', 'x', 'Vera'),
+    ('performer', 'gleb@example.test', 'x', 'Gleb');
+INSERT INTO orders (customer_id, category_id, title, description, budget)
+SELECT c.id, 1, 'Order ' || n, 'Described', 1000 * n
+FROM users c, generate_series(1, 4) AS n
+WHERE c.role = 'customer';
+UPDATE orders SET status = 'in_progress', performer_id = (SELECT id FROM users WHERE email = 'vera@example.test')
+WHERE title IN ('Order 2', 'Order 3');
+UPDATE orders SET status = 'done' WHERE title = 'Order 3';
+UPDATE orders SET rating = 9, review = 'Fine work' WHERE title = 'Order 3' AND status = 'done';
+UPDATE orders SET status = 'cancelled', cancel_reason = 'Changed my mind' WHERE title = 'Order 4';
+INSERT INTO sessions (token_hash, user_id, expires_at)
+SELECT sha256(email::bytea), id, now() + interval '1 day' FROM users;
+"""
+
+TABLES = ("users", "customer_stats", "performer_stats", "categories", "orders", "order_history", "sessions")
+
+
+@pytest.fixture
+def empty_db_url(pg_admin_uri):
+    """A database with nothing in it (not cloned from the template)."""
+    made = []
+
+    def make():
+        name = f"birzha_empty_{os.getpid()}_{len(made)}_{os.urandom(3).hex()}"
+        with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return _with_database(pg_admin_uri, name)
+    yield make
+    with psycopg.connect(pg_admin_uri, autocommit=True) as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def rows_of(url):
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        return {table: connection.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in TABLES}
+
+
+def audit(url):
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        return connection.execute("SELECT * FROM audit_counters()").fetchall()
+
+
+def normalised_schema(url):
+    """pg_dump --schema-only as a sorted list of lines: the order of columns and statements,
+    comments, settings and blank lines aside, two databases with the same schema give the same."""
+    dump = subprocess.run([postgres_program("pg_dump"), "--schema-only", "--no-owner", url],
+                          capture_output=True, text=True, check=True).stdout
+    lines = []
+    for line in dump.splitlines():
+        line = line.strip().rstrip(",")
+        if not line or line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict")):
+            continue
+        lines.append(line)
+    return sorted(lines)
+
+
+def test_a_version_1_database_with_data_migrates_to_exactly_the_current_schema(empty_db_url):
+    old, fresh = empty_db_url(), empty_db_url()
+    first = database.migrations()[0][1]
+    with psycopg.connect(old, autocommit=True) as connection:
+        connection.execute(first.read_text(encoding="utf-8"))
+        connection.execute(VERSION_1_DATA)
+    before = rows_of(old)
+    assert len(before["orders"]) == 8 and audit(old) == []
+
+    applied = database.migrate(old, log=lambda _line: None)
+    assert applied == [number for number, _path in database.migrations()[1:]]
+    assert database.apply_schema(fresh) == "created"
+    assert normalised_schema(old) == normalised_schema(fresh)
+
+    after = rows_of(old)
+    for table in TABLES:
+        assert len(after[table]) == len(before[table]), table
+        assert [row["id"] for row in after[table] if "id" in row] == [row["id"] for row in before[table] if "id" in row]
+    assert audit(old) == []
+    with psycopg.connect(old) as connection:
+        assert database.schema_version(connection) == database.SCHEMA_VERSION
+    assert database.migrate(old, log=lambda _line: None) == []  # nothing pending: nothing runs
+
+
+def test_schema_sql_declares_the_version_of_the_last_migration():
+    declared = re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)",
+                         (ROOT / "db" / "schema.sql").read_text(encoding="utf-8")).group(1)
+    assert int(declared) == database.SCHEMA_VERSION == database.migrations()[-1][0]
+
+
+def test_initdb_on_an_older_database_says_to_migrate(empty_db_url):
+    url = empty_db_url()
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(database.migrations()[0][1].read_text(encoding="utf-8"))
+    with pytest.raises(SystemExit, match="python app.py migrate"):
+        database.apply_schema(url)
+
+
+def test_backup_then_restore_into_an_empty_database_gives_the_same_rows(
+        db_url, db, empty_db_url, make_user, make_order, tmp_path, capsys):
+    customer, performer = make_user("customer"), make_user("performer")
+    make_order(customer, title="Стройка: смета")
+    make_order(customer, performer=performer, status="done", rating=7, review="Хорошо")
+    make_order(customer, status="cancelled")
+    backup = str(tmp_path / "birzha.dump")
+    assert commands.backup(db_url, backup) == 0
+
+    target = empty_db_url()
+    assert commands.restore(target, backup) == 0
+    assert rows_of(target) == rows_of(db_url)
+    assert audit(target) == []
+    assert commands.restore(target, backup) == 2  # not empty any more: refused without --force
+    assert "not empty" in capsys.readouterr().err
+    assert commands.restore(target, backup, force=True) == 0
+    assert rows_of(target) == rows_of(db_url)
+
+
+def test_a_tick_that_finds_another_running_does_nothing_and_the_next_does_the_work(db_url, db, make_user, sign_in):
+    user = make_user("customer")
+    db.execute("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (sha256('old'), %s, now() - interval '1 hour')",
+               (user["id"],))
+    db.execute("INSERT INTO login_attempts (email, address, at) VALUES ('a@b.cc', '203.0.113.1', now() - interval '2 days')")
+    with psycopg.connect(db_url) as other:  # another machine's tick, mid-way through its transaction
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('birzha.tick'))")
+        assert commands.tick(db_url) == 0
+        assert db.execute("SELECT count(*) AS n FROM sessions").fetchone()["n"] == 1
+        assert db.execute("SELECT count(*) AS n FROM counter_audit").fetchone()["n"] == 0
+    assert commands.tick(db_url) == 0
+    assert db.execute("SELECT count(*) AS n FROM sessions").fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM login_attempts").fetchone()["n"] == 0
+    assert db.execute("SELECT drifted FROM counter_audit").fetchone()["drifted"] == 0
+
+
+def test_two_ticks_at_once_do_the_work_once(db_url, db):
+    """Both start together; the one that gets the lock stores the audit, the other finds it held."""
+    env = dict(os.environ, DATABASE_URL=db_url)
+    # The winner sleeps inside its transaction, so the two overlap whatever the scheduling.
+    db.execute("""CREATE FUNCTION test_slow_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+                  BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$""")
+    db.execute("CREATE TRIGGER test_slow_audit BEFORE INSERT OR UPDATE ON counter_audit "
+               "FOR EACH ROW EXECUTE FUNCTION test_slow_audit()")
+    ticks = [subprocess.Popen([sys.executable, "app.py", "tick"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [tick.communicate(timeout=60)[0] for tick in ticks]
+    assert all(tick.returncode == 0 for tick in ticks)
+    assert sorted("another tick is running" in output for output in outputs) == [False, True], outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands with no DATABASE_URL: the project-local server
+
+def run(pgdata, *args, stdin=None, program="app.py"):
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["LOCAL_PGDATA"] = str(pgdata)
+    result = subprocess.run([sys.executable, program, *args], cwd=ROOT, env=env, input=stdin,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def local_pgdata():
+    tmp = tempfile.mkdtemp(prefix="birzha-local-")
+    pgdata = Path(tmp) / "pgdata"
+    yield pgdata
+    if (pgdata / "PG_VERSION").exists():
+        LocalPostgres(pgdata).destroy()
+    subprocess.run(["rm", "-rf", tmp], check=True)
+
+
+def test_every_command_works_on_the_local_server_and_stops_only_what_it_started(local_pgdata, tmp_path):
+    backup = str(tmp_path / "local.dump")
+    # Not running: each command starts the server, does its work, and stops it again.
+    assert "created" in run(local_pgdata, "migrate")
+    assert not LocalPostgres.is_running(local_pgdata)
+    assert "current" in run(local_pgdata, "initdb")
+    assert "Demo data loaded" in run(local_pgdata, "seed-demo", "--if-empty")
+    assert "password:" in run(local_pgdata, "create-admin", "ops@example.test")
+    assert "consistent" in run(local_pgdata, "audit")
+    assert "consistent" in run(local_pgdata, "tick")
+    assert "Backup written" in run(local_pgdata, "backup", backup)
+    assert not LocalPostgres.is_running(local_pgdata)
+    assert (local_pgdata / "secret_key").exists()
+
+    # Running (as under `make run`): the commands use it and leave it running.
+    server = LocalPostgres(local_pgdata)
+    assert LocalPostgres.is_running(local_pgdata)
+    assert "current" in run(local_pgdata, "migrate")
+    assert "Restored" in run(local_pgdata, "restore", backup, "--force")
+    assert "consistent" in run(local_pgdata, "tick")
+    assert re.search(r"^\s*12\s*$", run(local_pgdata, "psql", program="devserver.py",
+                                         stdin="SELECT count(*) FROM orders WHERE title <> '';"), re.M)
+    statements = run(local_pgdata, "psql", program="devserver.py",
+                     stdin="SELECT count(*) > 0 FROM pg_stat_statements;")
+    assert re.search(r"^\s*t\s*$", statements, re.M)  # loaded, for a DBA's heaviest statements
+    assert LocalPostgres.is_running(local_pgdata)
+    server.stop()
