@@ -387,7 +387,7 @@ OPENAPI = {
                               parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/cancel": {
-            "post": operation("Cancel an open or in-progress order (its customer, staff)", 200,
+            "post": operation("Cancel an open or in-progress order (its customer; staff use the admin area)", 200,
                               ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
                               body=closed({"reason": TEXT}, optional=("reason",)), parameters=[ORDER_ID]),
         },

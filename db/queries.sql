@@ -407,7 +407,8 @@ WHERE id = %(order_id)s
 RETURNING id
 
 -- name: order_cancel
--- By the order's customer, or by staff (is_staff is checked here, not in Python).
+-- By the order's customer only; staff cancel other people's orders in the admin area, where
+-- admin_order_cancel logs it with its reason.
 UPDATE orders o
 SET status = 'cancelled',
     cancel_reason = nullif(%(reason)s, '')
@@ -416,7 +417,7 @@ WHERE o.id = %(order_id)s
   AND o.status IN ('open', 'in_progress')
   AND actor.id = %(actor_id)s
   AND NOT actor.is_blocked
-  AND (o.customer_id = actor.id OR actor.is_staff)
+  AND o.customer_id = actor.id
 RETURNING o.id
 
 -- name: order_rate
@@ -437,10 +438,20 @@ SELECT current_date AS today
 -- Orders: pages, history, the feed and its search, cabinets, the API's view
 
 -- name: order_page_read
--- An order with everything its page shows; the rating and review of a hidden review only for staff.
+-- An order with everything its page shows; the rating and review of a hidden review only for
+-- staff, and so is the reason of a cancel made by staff (the one admin_log holds as cancel_order).
 SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_id, o.performer_id,
-       o.review_hidden, o.cancel_reason, o.created_at, o.taken_at, o.completed_at,
+       o.review_hidden, o.created_at, o.taken_at, o.completed_at,
        o.cancelled_at, o.rated_at, o.category_id,
+       CASE
+           WHEN %(staff)s OR NOT EXISTS (
+               SELECT 1
+               FROM admin_log l
+               WHERE l.target_type = 'order'
+                 AND l.target_id = o.id
+                 AND l.action = 'cancel_order')
+           THEN o.cancel_reason
+       END AS cancel_reason,
        o.rating IS NOT NULL AS is_rated,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.rating END AS rating,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.review END AS review,
@@ -466,7 +477,19 @@ JOIN users cu ON cu.id = o.customer_id
 WHERE o.id = %(order_id)s
 
 -- name: order_history_list
-SELECT h.id, h.at, h.action, h.from_status, h.to_status, h.note, h.actor_id,
+-- The timeline of the order page. A staff note (the reason of a staff action on this order or its
+-- review, which admin_log keeps with the action) is given only when %(staff)s.
+SELECT h.id, h.at, h.action, h.from_status, h.to_status, h.actor_id,
+       CASE
+           WHEN %(staff)s OR NOT EXISTS (
+               SELECT 1
+               FROM admin_log l
+               WHERE l.target_type IN ('order', 'review')
+                 AND l.target_id = h.order_id
+                 AND l.at <= h.at
+                 AND l.reason = h.note)
+           THEN h.note
+       END AS note,
        a.name AS actor_name, h.performer_id, p.name AS performer_name
 FROM order_history h
 LEFT JOIN users a ON a.id = h.actor_id
