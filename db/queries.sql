@@ -147,14 +147,29 @@ RETURNING id
 -- API tokens
 
 -- name: api_token_user
--- The user behind a Bearer token, never a blocked one; marks the token as used in the same statement.
+-- The user behind a Bearer token, never a blocked one: a plain read, no lock. touch_due says
+-- whether last_used_at is due for api_token_touch (it is kept to the nearest 5 minutes).
+SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, t.id AS token_id,
+       (t.last_used_at IS NULL OR t.last_used_at < now() - interval '5 minutes') AS touch_due
+FROM api_tokens t
+JOIN users u ON u.id = t.user_id
+WHERE t.token_hash = %(token_hash)s
+  AND NOT u.is_blocked
+
+-- name: api_token_touch
+-- Marks a token as used, at most once every 5 minutes, and never waits: a row that another
+-- transaction holds (a parallel request with the same token marking it) is skipped.
+WITH due AS (
+    SELECT id
+    FROM api_tokens
+    WHERE id = %(token_id)s
+      AND (last_used_at IS NULL OR last_used_at < now() - interval '5 minutes')
+    FOR NO KEY UPDATE SKIP LOCKED
+)
 UPDATE api_tokens t
 SET last_used_at = now()
-FROM users u
-WHERE t.token_hash = %(token_hash)s
-  AND u.id = t.user_id
-  AND NOT u.is_blocked
-RETURNING u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
+FROM due
+WHERE t.id = due.id
 
 -- name: api_token_create
 -- At most %(max_tokens)s tokens per user: refused here with a clear answer; the trigger
