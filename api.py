@@ -13,7 +13,7 @@ from bottle import request, response
 
 import accounts
 import orders
-from web import (Form, Routes, _, check_csrf, current_user, db_all, db_one, error_response,
+from web import (Form, Routes, _, check_csrf, current_user, db_all, db_one, db_run, error_response,
                  not_found, set_current_user, token_hash)
 
 routes = Routes()
@@ -25,13 +25,19 @@ CATALOGUE_PAGE = 20
 # Credentials
 
 def bearer_user(token):
-    """The user of a personal token (marked as used), or a 401 when it is unknown or blocked."""
+    """The user of a personal token, or a 401 when it is unknown or blocked.
+
+    The lookup only reads; the token is marked as used at most once every 5 minutes, by a write
+    that skips a row another request holds, so parallel calls with one token never queue."""
     user = None
     if token.startswith(accounts.API_TOKEN_PREFIX) and len(token) < 100:
         user = db_one("api_token_user", token_hash=token_hash(token))
     if user is None:
         raise unauthorized(_("This API token is not valid. Create a new one on your profile page."),
                            'Bearer error="invalid_token"')
+    token_id, due = user.pop("token_id"), user.pop("touch_due")
+    if due:
+        db_run("api_token_touch", token_id=token_id)
     return user
 
 
@@ -386,7 +392,7 @@ OPENAPI = {
                               parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/cancel": {
-            "post": operation("Cancel an open or in-progress order (its customer, staff)", 200,
+            "post": operation("Cancel an open or in-progress order (its customer; staff use the admin area)", 200,
                               ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
                               body=closed({"reason": TEXT}, optional=("reason",)), parameters=[ORDER_ID]),
         },

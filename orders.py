@@ -157,18 +157,18 @@ def is_allowed(order, user, action):
         return user["role"] == "performer" and me != order["customer_id"]
     if action == "complete":
         return me == order["performer_id"]
-    if action == "cancel":
-        return me == order["customer_id"] or user["is_staff"]
-    return me == order["customer_id"]  # edit, rate
+    return me == order["customer_id"]  # cancel, edit, rate: staff act on others' orders only in /admin
 
 
-def forbidden_message(action):
+def forbidden_message(action, user):
     if action == "take":
         return _("Only performers can take orders.")
     if action == "complete":
         return _("Only the performer who took this order can complete it.")
+    if action == "cancel" and user["is_staff"]:
+        return _("Staff cancel other people's orders in the admin area, with a reason for the audit log.")
     if action == "cancel":
-        return _("Only the order's customer or Birzha staff can cancel it.")
+        return _("Only the order's customer can cancel it.")
     if action == "rate":
         return _("Only the order's customer can rate it.")
     return _("Only the order's customer can edit it.")
@@ -203,7 +203,7 @@ def refuse(order_id, action):
     if order is None or is_hidden_from(order, user):
         raise not_found(_("There is no such order."))
     if not is_allowed(order, user, action):
-        raise error_response(403, forbidden_message(action))
+        raise error_response(403, forbidden_message(action, user))
     if action == "take" and order["status"] == "open":  # still open: the taker was refused (blocked)
         raise error_response(403, _("Your account cannot take orders right now."))
     raise error_response(409, conflict_message(order, user, action))
@@ -219,7 +219,7 @@ def permissions(order, user):
     return {
         "take": user["role"] == "performer" and status == "open" and not order["customer_blocked"],
         "edit": is_customer and status == "open",
-        "cancel": (is_customer or user["is_staff"]) and status in ("open", "in_progress"),
+        "cancel": is_customer and status in ("open", "in_progress"),
         "complete": user["id"] == order["performer_id"] and status == "in_progress",
         "rate": is_customer and status == "done" and not order["is_rated"],
         "staff": bool(user["is_staff"]),
@@ -239,9 +239,12 @@ def load_order(order_id):
 
 
 def render_order(order, status=200, values=None, errors=None):
+    """The order page; the timeline shows the notes staff wrote (their reasons) to staff only."""
+    user = current_user()
     return render("order.html", status=status, order=order, rating_options=RATING_OPTIONS,
-                  history=db_all("order_history_list", order_id=order["id"]),
-                  can=permissions(order, current_user()), values=values or {}, errors=errors or {})
+                  history=db_all("order_history_list", order_id=order["id"],
+                                 staff=bool(user and user["is_staff"])),
+                  can=permissions(order, user), values=values or {}, errors=errors or {})
 
 
 @routes.get("/orders/<order_id:id>")
@@ -260,7 +263,7 @@ def reshow_order_form(order_id, action, form):
     order = load_order(order_id)
     user = current_user()
     if not is_allowed(order, user, action):
-        raise error_response(403, forbidden_message(action))
+        raise error_response(403, forbidden_message(action, user))
     if not permissions(order, user)[action]:  # the form is not on the page any more
         raise error_response(409, conflict_message(order, user, action))
     return render_order(order, status=400, values=form.values, errors=form.errors)
@@ -412,8 +415,9 @@ def order_create():
 def order_to_edit(order_id):
     """The order its customer is about to edit: 404 unknown, 403 not theirs, 409 no longer open."""
     order = load_order(order_id)
-    if not is_allowed(order, current_user(), "edit"):
-        raise error_response(403, forbidden_message("edit"))
+    user = current_user()
+    if not is_allowed(order, user, "edit"):
+        raise error_response(403, forbidden_message("edit", user))
     if order["status"] != "open":
         raise error_response(409, _("Only an open order can be edited."))
     return order

@@ -51,7 +51,7 @@ class Birzha(bottle.Bottle):
         super().__init__()
         self.router.add_filter("id", id_filter)
         self.add_hook("before_request", refuse_huge_bodies)
-        for status in (400, 403, 404, 405, 409, 413, 500):
+        for status in (400, 403, 404, 405, 409, 411, 413, 500):
             self.error_handler[status] = handle_error
 
     def __call__(self, environ, start_response):
@@ -211,6 +211,10 @@ def stream(generator):
 
 
 def refuse_huge_bodies():
+    """Refuses a body over the limit before anything reads it. A body of unknown length
+    (`Transfer-Encoding: chunked`) is refused too: Bottle would read it whole, past any limit."""
+    if request.environ.get("HTTP_TRANSFER_ENCODING", "").strip():
+        raise HTTPError(411, _("Send the request body with a Content-Length header: a chunked body is not accepted."))
     if request.content_length > MAX_BODY_BYTES:
         raise HTTPError(413, _("The request is too large."))
 
@@ -617,7 +621,7 @@ class Form:
 
 ERROR_TITLES = {
     400: "Bad request", 401: "Authentication required", 403: "Access denied", 404: "Page not found",
-    405: "Method not allowed", 409: "Conflict", 413: "Request too large",
+    405: "Method not allowed", 409: "Conflict", 411: "Length required", 413: "Request too large",
     415: "Unsupported media type", 429: "Too many attempts", 500: "Something went wrong",
     503: "Service unavailable",
 }

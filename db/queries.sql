@@ -179,14 +179,29 @@ RETURNING id
 -- API tokens
 
 -- name: api_token_user
--- The user behind a Bearer token, never a blocked one; marks the token as used in the same statement.
+-- The user behind a Bearer token, never a blocked one: a plain read, no lock. touch_due says
+-- whether last_used_at is due for api_token_touch (it is kept to the nearest 5 minutes).
+SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, t.id AS token_id,
+       (t.last_used_at IS NULL OR t.last_used_at < now() - interval '5 minutes') AS touch_due
+FROM api_tokens t
+JOIN users u ON u.id = t.user_id
+WHERE t.token_hash = %(token_hash)s
+  AND NOT u.is_blocked
+
+-- name: api_token_touch
+-- Marks a token as used, at most once every 5 minutes, and never waits: a row that another
+-- transaction holds (a parallel request with the same token marking it) is skipped.
+WITH due AS (
+    SELECT id
+    FROM api_tokens
+    WHERE id = %(token_id)s
+      AND (last_used_at IS NULL OR last_used_at < now() - interval '5 minutes')
+    FOR NO KEY UPDATE SKIP LOCKED
+)
 UPDATE api_tokens t
 SET last_used_at = now()
-FROM users u
-WHERE t.token_hash = %(token_hash)s
-  AND u.id = t.user_id
-  AND NOT u.is_blocked
-RETURNING u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
+FROM due
+WHERE t.id = due.id
 
 -- name: api_token_create
 -- At most %(max_tokens)s tokens per user: refused here with a clear answer; the trigger
@@ -439,7 +454,8 @@ WHERE id = %(order_id)s
 RETURNING id
 
 -- name: order_cancel
--- By the order's customer, or by staff (is_staff is checked here, not in Python).
+-- By the order's customer only; staff cancel other people's orders in the admin area, where
+-- admin_order_cancel logs it with its reason.
 UPDATE orders o
 SET status = 'cancelled',
     cancel_reason = nullif(%(reason)s, '')
@@ -448,7 +464,7 @@ WHERE o.id = %(order_id)s
   AND o.status IN ('open', 'in_progress')
   AND actor.id = %(actor_id)s
   AND NOT actor.is_blocked
-  AND (o.customer_id = actor.id OR actor.is_staff)
+  AND o.customer_id = actor.id
 RETURNING o.id
 
 -- name: order_rate
@@ -469,10 +485,20 @@ SELECT current_date AS today
 -- Orders: pages, history, the feed and its search, cabinets, the API's view
 
 -- name: order_page_read
--- An order with everything its page shows; the rating and review of a hidden review only for staff.
+-- An order with everything its page shows; the rating and review of a hidden review only for
+-- staff, and so is the reason of a cancel made by staff (the one admin_log holds as cancel_order).
 SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_id, o.performer_id,
-       o.review_hidden, o.cancel_reason, o.created_at, o.taken_at, o.completed_at,
+       o.review_hidden, o.created_at, o.taken_at, o.completed_at,
        o.cancelled_at, o.rated_at, o.category_id,
+       CASE
+           WHEN %(staff)s OR NOT EXISTS (
+               SELECT 1
+               FROM admin_log l
+               WHERE l.target_type = 'order'
+                 AND l.target_id = o.id
+                 AND l.action = 'cancel_order')
+           THEN o.cancel_reason
+       END AS cancel_reason,
        o.rating IS NOT NULL AS is_rated,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.rating END AS rating,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.review END AS review,
@@ -498,7 +524,19 @@ JOIN users cu ON cu.id = o.customer_id
 WHERE o.id = %(order_id)s
 
 -- name: order_history_list
-SELECT h.id, h.at, h.action, h.from_status, h.to_status, h.note, h.actor_id,
+-- The timeline of the order page. A staff note (the reason of a staff action on this order or its
+-- review, which admin_log keeps with the action) is given only when %(staff)s.
+SELECT h.id, h.at, h.action, h.from_status, h.to_status, h.actor_id,
+       CASE
+           WHEN %(staff)s OR NOT EXISTS (
+               SELECT 1
+               FROM admin_log l
+               WHERE l.target_type IN ('order', 'review')
+                 AND l.target_id = h.order_id
+                 AND l.at <= h.at
+                 AND l.reason = h.note)
+           THEN h.note
+       END AS note,
        a.name AS actor_name, h.performer_id, p.name AS performer_name
 FROM order_history h
 LEFT JOIN users a ON a.id = h.actor_id

@@ -1,16 +1,25 @@
 """The application's plumbing: pages from the database, health, outages, schema versions, queries."""
+import hashlib
+import hmac
+import io
 import json
 import os
+import secrets
 import tempfile
 import time
+import wsgiref.util
+from urllib.parse import urlencode
 
 import psycopg
 import psycopg_pool
 import pytest
 import webtest
 
+import accounts
 import app as birzha
 import db as database
+import web
+from conftest import SECRET
 from db import Q
 from devserver import LocalPostgres
 
@@ -118,6 +127,87 @@ def test_a_body_over_a_megabyte_is_refused_with_413_before_anything_reads_it(cli
                        content_type="application/x-www-form-urlencoded", status=413)
     assert "too large" in page.text and "Traceback" not in page.text
     assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 0
+
+
+class CountingInput:
+    """wsgi.input that counts the bytes the application reads from it."""
+
+    def __init__(self, data):
+        self.stream, self.bytes_read = io.BytesIO(data), 0
+
+    def read(self, size=-1):
+        data = self.stream.read(size)
+        self.bytes_read += len(data)
+        return data
+
+    def readline(self, size=-1):
+        data = self.stream.readline(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def chunked(body, size=64 * 1024):
+    """The body in HTTP/1.1 chunked framing, as a server without a body limit passes it on."""
+    parts = (body[i:i + size] for i in range(0, len(body), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+def chunked_request(app, path, body, **headers):
+    """POSTs `body` with Transfer-Encoding: chunked (no Content-Length) in-process through WSGI;
+    returns (status, content type, response text, bytes of the body the app read)."""
+    environ = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    wsgi_input = CountingInput(chunked(body))
+    environ.update({"REQUEST_METHOD": "POST", "PATH_INFO": path, "wsgi.input": wsgi_input,
+                    "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ACCEPT_LANGUAGE": "en", **headers})
+    environ.pop("CONTENT_LENGTH", None)
+    started = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        started.update(status=int(status.split()[0]), headers=dict(response_headers))
+    result = app(environ, start_response)
+    try:
+        text = b"".join(result).decode()
+    finally:
+        getattr(result, "close", lambda: None)()
+    return started["status"], started["headers"]["Content-Type"], text, wsgi_input.bytes_read
+
+
+HUGE = 20 * 1024 * 1024
+
+
+def test_a_chunked_api_body_is_refused_with_411_before_anything_reads_it(app, db, make_user):
+    customer = make_user("customer")
+    token = accounts.API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    db.execute(Q["api_token_create"], {"user_id": customer["id"], "token_hash": web.token_hash(token),
+                                       "label": "script", "max_tokens": 10})
+    order = {"title": "Logo for a bakery", "description": "Warm colours", "category": "design", "budget": 5000}
+    body = json.dumps(order).encode() + b" " * HUGE  # valid JSON: read whole, it would be an order
+    status, content_type, text, bytes_read = chunked_request(
+        app, "/api/v1/orders", body, CONTENT_TYPE="application/json", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert (status, content_type) == (411, "application/problem+json")
+    assert json.loads(text)["detail"] == (
+        "Send the request body with a Content-Length header: a chunked body is not accepted.")
+    assert bytes_read == 0
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == 0
+
+
+def test_a_chunked_form_body_is_refused_with_411_before_anything_reads_it(app, db, make_user):
+    customer = make_user("customer")
+    session = secrets.token_urlsafe(32)
+    db.execute(Q["session_create"], {"token_hash": web.token_hash(session), "user_id": customer["id"],
+                                     "days": 1, "user_agent": "test"})
+    csrf = hmac.new(SECRET, session.encode(), hashlib.sha256).hexdigest()
+    form = {"title": "Logo for a bakery", "description": "Warm colours", "category": "design",
+            "budget": "5000", "csrf_token": csrf}
+    body = urlencode(form).encode() + b"&padding=" + b"x" * HUGE
+    status, content_type, text, bytes_read = chunked_request(
+        app, "/orders", body, CONTENT_TYPE="application/x-www-form-urlencoded",
+        HTTP_COOKIE=f"{web.SESSION_COOKIE}={session}")
+    assert status == 411 and content_type.startswith("text/html")
+    assert "a chunked body is not accepted" in text and "Traceback" not in text
+    assert bytes_read == 0
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == 0
 
 
 @pytest.mark.parametrize("errcode, status", [("check_violation", 409), ("numeric_value_out_of_range", 400)])
