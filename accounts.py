@@ -6,8 +6,8 @@ import secrets
 from bottle import request, response
 
 from web import (
-    SESSION_COOKIE, Form, Routes, check_password, csrf_protect, current_user, db_all, db_one, db_run,
-    end_session, error_response, hash_password, login_required, ngettext, not_found,
+    SESSION_COOKIE, Form, Routes, check_password, client_address, csrf_protect, current_user, db_all,
+    db_one, db_run, end_session, error_response, hash_password, login_required, ngettext, not_found,
     password_error, redirect, render, safe_next, start_session, token_hash, _,
 )
 
@@ -35,11 +35,6 @@ def read_password(form, name, *, new=False):
     elif new and password_error(password):
         form.errors[name] = password_error(password)
     return password
-
-
-def client_address():
-    """The address the connection came from; X-Forwarded-For is anyone's to forge."""
-    return request.environ.get("REMOTE_ADDR") or "unknown"
 
 
 def throttle_message(wait_seconds):

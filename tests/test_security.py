@@ -1,4 +1,5 @@
 """The security baseline (SPEC §8): headers, CSRF, sessions, throttling, blocked accounts."""
+import ipaddress
 import re
 
 import pytest
@@ -265,6 +266,65 @@ def test_forwarded_for_does_not_escape_the_address_limit(client, db, make_user):
                "SELECT 'guess' || n || '@example.test', '203.0.113.7' FROM generate_series(1, 20) AS n")
     resp = log_in(client, user, headers={"X-Forwarded-For": "192.0.2.1"})
     assert resp.status_int == 429
+
+
+PROXIES = "10.0.0.0/24, 2001:db8:ffff::1"
+
+
+@pytest.mark.parametrize("peer,forwarded_for,client", [
+    ("10.0.0.2", "192.0.2.1", "192.0.2.1"),
+    ("10.0.0.2", "192.0.2.1, 10.0.0.3", "192.0.2.1"),           # through a second proxy of ours
+    ("10.0.0.2", "6.6.6.6, 192.0.2.1", "192.0.2.1"),            # the client's own hop is not believed
+    ("10.0.0.2", "not-an-address, 192.0.2.1", "192.0.2.1"),     # nor its garbage
+    ("2001:db8:ffff::1", "2001:DB8::7", "2001:db8::7"),
+    ("::ffff:10.0.0.2", "192.0.2.1", "192.0.2.1"),
+    ("10.0.0.2", "10.0.0.9, 10.0.0.3", "10.0.0.9"),             # from inside: the first of our proxies
+])
+def test_forwarded_for_from_a_trusted_proxy_names_the_client(app, make_client, db, make_user, monkeypatch,
+                                                             peer, forwarded_for, client):
+    monkeypatch.setitem(app.config, "trusted_proxies", birzha.trusted_proxies(PROXIES))
+    user = make_user("customer")
+    resp = log_in(make_client(peer), user, "wrong password", headers={"X-Forwarded-For": forwarded_for})
+    assert resp.status_int == 400
+    assert db.execute("SELECT address FROM login_attempts").fetchall() == [{"address": client}]
+
+
+@pytest.mark.parametrize("peer,forwarded_for", [
+    ("203.0.113.7", "192.0.2.1"),              # not from a trusted proxy: the header is anyone's
+    ("10.0.0.2", None),
+    ("10.0.0.2", ""),
+    ("10.0.0.2", "192.0.2.1:4711"),            # not an address
+    ("10.0.0.2", "192.0.2.1, garbage"),        # garbage where our proxy's hop should be
+    ("10.0.0.2", "192.0.2.1, "),
+    ("10.0.0.2", "example.test"),
+])
+def test_forwarded_for_that_cannot_be_believed_leaves_the_peer_address(app, make_client, db, make_user, monkeypatch,
+                                                                       peer, forwarded_for):
+    monkeypatch.setitem(app.config, "trusted_proxies", birzha.trusted_proxies(PROXIES))
+    user = make_user("customer")
+    headers = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
+    assert log_in(make_client(peer), user, "wrong password", headers=headers).status_int == 400
+    assert db.execute("SELECT address FROM login_attempts").fetchall() == [{"address": peer}]
+
+
+def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_the_others(app, make_client, db, make_user,
+                                                                                monkeypatch):
+    monkeypatch.setitem(app.config, "trusted_proxies", birzha.trusted_proxies("10.0.0.2"))
+    user = make_user("customer")
+    proxy = make_client("10.0.0.2")
+    for n in range(20):
+        assert log_in(proxy, {"email": f"guess{n}@example.test"}, "wrong password",
+                      headers={"X-Forwarded-For": "192.0.2.66"}).status_int == 400
+    assert log_in(proxy, user, headers={"X-Forwarded-For": "192.0.2.66"}).status_int == 429
+    assert log_in(proxy, user, headers={"X-Forwarded-For": "192.0.2.1"}).status_int == 303
+
+
+def test_trusted_proxies_setting_takes_addresses_and_networks_and_refuses_anything_else():
+    assert birzha.trusted_proxies("") == ()
+    assert birzha.trusted_proxies(" 10.0.0.1, 192.168.0.0/16 ,::1,") == (
+        ipaddress.ip_network("10.0.0.1/32"), ipaddress.ip_network("192.168.0.0/16"), ipaddress.ip_network("::1/128"))
+    with pytest.raises(SystemExit, match="'proxy.local' is not an address"):
+        birzha.trusted_proxies("10.0.0.1, proxy.local")
 
 
 def test_a_successful_login_clears_the_email_count(client, make_client, db, make_user):
