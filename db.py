@@ -13,7 +13,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parent
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 POOL_SIZE = int(os.environ.get("POOL_SIZE", "8"))
 POOL_TIMEOUT = float(os.environ.get("POOL_TIMEOUT", "3"))
 

@@ -104,6 +104,13 @@ def end_transaction(commit):
         lease.end(commit)
 
 
+def commit():
+    """Commits what the request has written so far and gives its connection back; the next query
+    starts a new transaction. For a write that must stand whatever happens after it, and so that
+    no connection is held through slow work (a sign-in attempt is recorded, then bcrypt runs)."""
+    end_transaction(commit=True)
+
+
 def db_one(name, /, **params):
     """Runs a named query and returns its first row as a dict, or None."""
     return conn().execute(db.Q[name], params).fetchone()

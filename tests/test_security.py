@@ -2,10 +2,12 @@
 import ipaddress
 import re
 
+import psycopg
 import pytest
 
 import app as birzha
 import web
+from db import Q
 from conftest import PASSWORD, Client, text_of
 
 CSRF_MESSAGE = "The form has expired or did not come from this site."
@@ -345,6 +347,26 @@ def test_failures_older_than_fifteen_minutes_do_not_count(client, db, make_user)
                "SELECT %s, '203.0.113.7', now() - interval '16 minutes' FROM generate_series(1, 30)",
                (user["email"],))
     assert log_in(client, user).status_int == 303
+
+
+def test_an_attempt_sweeps_expired_attempts_of_any_email_and_address(client, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address, at) "
+               "SELECT 'someone' || n || '@example.test', '198.51.100.' || n, now() - interval '16 minutes' "
+               "FROM generate_series(1, 30) AS n")
+    db.execute("INSERT INTO login_attempts (email, address, at) "
+               "VALUES ('recent@example.test', '198.51.100.99', now() - interval '14 minutes')")
+    assert log_in(client, user, "wrong password").status_int == 400
+    left = db.execute("SELECT email FROM login_attempts ORDER BY id").fetchall()
+    assert left == [{"email": "recent@example.test"}, {"email": user["email"]}]
+
+
+def test_the_throttle_refuses_to_decide_where_it_could_miss_parallel_attempts(db):
+    with pytest.raises(psycopg.errors.InvalidTransactionState, match="needs READ COMMITTED"):
+        with db.transaction():
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            db.execute(Q["login_attempt_admit"], {"email": "a@example.test", "address": "192.0.2.1"})
+    assert db.execute("SELECT count(*) AS n FROM login_attempts").fetchone()["n"] == 0
 
 
 def test_guessing_the_current_password_on_the_profile_is_throttled_too(client, db, make_user, sign_in):
