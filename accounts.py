@@ -124,7 +124,7 @@ def login():
     # An unknown email costs a bcrypt check too, so timing does not tell which emails exist.
     if not check_password(password, user["password_hash"] if user else None):
         return render_login(400, form.values, error=_("Wrong email or password."))
-    db_run("login_attempts_clear", email=email)
+    db_run("login_attempts_clear", email=email, address=client_address())
     if user["is_blocked"]:
         blocked = _("This account is blocked. Contact Birzha support if you think this is a mistake.")
         return render_login(403, form.values, error=blocked)
@@ -218,7 +218,7 @@ def password_change():
             form.errors["current_password"] = throttle_message(wait)
             return render_profile(429, password_errors=form.errors)
         if check_password(current, account["password_hash"]):
-            db_run("login_attempts_clear", email=account["email"])
+            db_run("login_attempts_clear", email=account["email"], address=client_address())
         else:
             form.errors["current_password"] = _("The current password is wrong.")
     if not form.ok:

@@ -82,9 +82,11 @@ FROM users
 SELECT login_attempt_admit(%(email)s, %(address)s) AS wait_seconds
 
 -- name: login_attempts_clear
--- A correct password forgets the email's attempts, the one just admitted included.
+-- A correct password forgets the attempts for its email from its address, the one just
+-- admitted included; failures from other addresses still count.
 DELETE FROM login_attempts
 WHERE lower(email) = lower(%(email)s)
+  AND address = left(%(address)s, 100)
 
 -- name: profile_read
 SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio

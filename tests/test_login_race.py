@@ -1,15 +1,19 @@
-"""Wrong passwords fired at the same moment, over real sockets, against gunicorn: the sign-in
-throttle lets no more of them reach the password check than its limit, however they interleave."""
+"""Sign-in attempts at the same moment: the throttle lets no more of them reach the password
+check than its limit, however they interleave. Wrong passwords fired over real sockets at
+gunicorn, and two undecided attempts side by side in the database."""
 import hashlib
 import hmac
 import http.client
 import secrets
 import threading
+import time
 from urllib.parse import urlencode
 
+import psycopg
 import pytest
 
 import conftest
+from db import Q
 from test_take_race import gunicorn  # noqa: F401  (the fixture: the app under 4 gunicorn workers)
 
 SHOTS = 30
@@ -77,3 +81,65 @@ def test_parallel_wrong_passwords_for_one_account_from_one_address_check_only_th
     results = fire_at_once(gunicorn, [(user["email"], None)] * SHOTS)
     assert_only_the_limit_got_through(results, 5)
     assert recorded(db, "email = %s", user["email"]) == 5
+
+
+@pytest.mark.server
+def test_parallel_wrong_passwords_for_one_account_from_many_addresses_stop_at_its_ceiling(gunicorn, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address) "
+               "SELECT %s, '198.51.100.' || n FROM generate_series(1, 45) AS n", (user["email"],))
+    results = fire_at_once(gunicorn, [(user["email"], f"192.0.2.{n + 1}") for n in range(SHOTS)])
+    assert_only_the_limit_got_through(results, 50 - 45)
+    assert recorded(db, "email = %s", user["email"]) == 50
+
+
+@pytest.mark.server
+def test_parallel_wrong_passwords_from_one_address_for_many_accounts_stop_at_its_limit(gunicorn, db):
+    db.execute("INSERT INTO login_attempts (email, address) "
+               "SELECT 'earlier' || n || '@example.test', '192.0.2.7' FROM generate_series(1, 15) AS n")
+    results = fire_at_once(gunicorn, [(f"guess{n}@example.test", "192.0.2.7") for n in range(SHOTS)])
+    assert_only_the_limit_got_through(results, 20 - 15)
+    assert recorded(db, "address = %s", "192.0.2.7") == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Two attempts side by side: the second waits for the first to be decided and committed
+
+def admit(connection, email, address):
+    return connection.execute(Q["login_attempt_admit"], {"email": email, "address": address}).fetchone()[0]
+
+
+def waiting_for_a_lock(db, pid):
+    row = db.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    return row is not None and row["wait_event_type"] == "Lock"
+
+
+@pytest.mark.parametrize("earlier,first,second", [
+    # 49 earlier attempts on the account from elsewhere: the 50th and 51st come from two new addresses
+    ([("owner@example.test", f"198.51.100.{n}") for n in range(1, 50)],
+     ("owner@example.test", "192.0.2.1"), ("owner@example.test", "192.0.2.2")),
+    # 19 earlier attempts from the address: the 20th and 21st are for two new accounts
+    ([(f"earlier{n}@example.test", "192.0.2.7") for n in range(19)],
+     ("first@example.test", "192.0.2.7"), ("second@example.test", "192.0.2.7")),
+    # 4 earlier attempts on the account from the address: the 5th and 6th from there again
+    ([("owner@example.test", "192.0.2.7")] * 4,
+     ("owner@example.test", "192.0.2.7"), ("Owner@Example.test", "192.0.2.7")),
+], ids=["account", "address", "account-and-address"])
+def test_an_attempt_waits_until_the_one_before_it_is_decided_and_then_counts_it(db_url, db, earlier, first,
+                                                                                 second):
+    db.cursor().executemany("INSERT INTO login_attempts (email, address) VALUES (%s, %s)", earlier)
+    with psycopg.connect(db_url) as one, psycopg.connect(db_url) as two:
+        assert admit(one, *first) == 0  # recorded, not yet committed: the last one the limit lets through
+        result = {}
+        second_attempt = threading.Thread(target=lambda: result.update(wait=admit(two, *second)))
+        second_attempt.start()
+        deadline = time.monotonic() + 10
+        while not waiting_for_a_lock(db, two.info.backend_pid):
+            assert second_attempt.is_alive(), f"decided without waiting: {result}"
+            assert time.monotonic() < deadline, "the second attempt neither waited nor finished"
+            time.sleep(0.02)
+        one.commit()
+        second_attempt.join(timeout=10)
+        two.commit()
+    assert 840 < result["wait"] <= 900
+    assert db.execute("SELECT count(*) AS n FROM login_attempts").fetchone()["n"] == len(earlier) + 1
