@@ -6,9 +6,9 @@ import secrets
 from bottle import request, response
 
 from web import (
-    SESSION_COOKIE, Form, Routes, check_password, csrf_protect, current_user, db_all, db_one, db_run,
-    end_session, error_response, hash_password, login_required, ngettext, not_found,
-    password_error, redirect, render, safe_next, start_session, token_hash, _,
+    SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect, current_user,
+    db_all, db_one, db_run, end_session, error_response, hash_password, login_required, ngettext,
+    not_found, password_error, redirect, render, safe_next, start_session, token_hash, _,
 )
 
 routes = Routes()
@@ -37,11 +37,6 @@ def read_password(form, name, *, new=False):
     return password
 
 
-def client_address():
-    """The address the connection came from; X-Forwarded-For is anyone's to forge."""
-    return request.environ.get("REMOTE_ADDR") or "unknown"
-
-
 def throttle_message(wait_seconds):
     """How many minutes to wait, in words."""
     minutes = max(1, math.ceil(wait_seconds / 60))
@@ -49,9 +44,14 @@ def throttle_message(wait_seconds):
                     "Too many failed sign-in attempts. Try again in %(num)s minutes.", minutes)
 
 
-def login_wait(email):
-    """Seconds this email and this address must wait before another sign-in attempt (0: none)."""
-    return db_one("login_throttle_wait", email=email, address=client_address())["wait_seconds"]
+def admit_attempt(email):
+    """Asks the throttle whether a password for `email` may be checked from this address: 0 means
+    the attempt is recorded and committed, so it counts even if the check never finishes, and
+    parallel attempts cannot all slip under the limit; otherwise the seconds to wait (nothing
+    recorded). No connection is held after it: the bcrypt check that follows is slow."""
+    wait = db_one("login_attempt_admit", email=email, address=client_address())["wait_seconds"]
+    commit()
+    return wait
 
 
 def sign_in_as(user_id):
@@ -116,19 +116,18 @@ def login():
     password = read_password(form, "password")
     if not form.ok:
         return render_login(400, form.values, form.errors)
-    wait = login_wait(email)
+    user = db_one("user_by_email", email=email)
+    wait = admit_attempt(email)
     if wait > 0:
         response.set_header("Retry-After", str(wait))
         return render_login(429, form.values, error=throttle_message(wait))
-    user = db_one("user_by_email", email=email)
     # An unknown email costs a bcrypt check too, so timing does not tell which emails exist.
     if not check_password(password, user["password_hash"] if user else None):
-        db_run("login_attempt_record", email=email, address=client_address())
         return render_login(400, form.values, error=_("Wrong email or password."))
+    db_run("login_attempts_clear", email=email, address=client_address())
     if user["is_blocked"]:
         blocked = _("This account is blocked. Contact Birzha support if you think this is a mistake.")
         return render_login(403, form.values, error=blocked)
-    db_run("login_attempts_clear", email=email)
     sign_in_as(user["id"])
     target = safe_next(request.forms.getunicode("next") or "", "/cabinet")
     redirect(target, _("Welcome back, %(name)s!", name=user["name"]))
@@ -211,15 +210,17 @@ def password_change():
     current = read_password(form, "current_password")
     new = read_password(form, "new_password", new=True)
     account = db_one("user_password_hash", user_id=me["id"])
-    # Guessing the current password counts against the same limits as guessing at the login form.
-    wait = login_wait(account["email"])
-    if wait > 0:
-        response.set_header("Retry-After", str(wait))
-        form.errors["current_password"] = throttle_message(wait)
-        return render_profile(429, password_errors=form.errors)
-    if "current_password" not in form.errors and not check_password(current, account["password_hash"]):
-        db_run("login_attempt_record", email=account["email"], address=client_address())
-        form.errors["current_password"] = _("The current password is wrong.")
+    if "current_password" not in form.errors:
+        # Guessing the current password counts against the same limits as guessing at the login form.
+        wait = admit_attempt(account["email"])
+        if wait > 0:
+            response.set_header("Retry-After", str(wait))
+            form.errors["current_password"] = throttle_message(wait)
+            return render_profile(429, password_errors=form.errors)
+        if check_password(current, account["password_hash"]):
+            db_run("login_attempts_clear", email=account["email"], address=client_address())
+        else:
+            form.errors["current_password"] = _("The current password is wrong.")
     if not form.ok:
         return render_profile(400, password_errors=form.errors)
     changed = db_one("user_password_change", user_id=me["id"], old_hash=account["password_hash"],

@@ -4,6 +4,7 @@ This module assembles: the configuration, the route modules merged into one appl
 the operators' command line. The plumbing lives in db.py (pool, named queries) and web.py (the
 request: transaction, errors, sessions, forms, templates, language).
 """
+import ipaddress
 import logging
 import os
 import secrets
@@ -35,11 +36,25 @@ def secret_key():
     return secrets.token_hex(32).encode()
 
 
+def trusted_proxies(text):
+    """TRUSTED_PROXIES: comma-separated addresses or CIDR networks of the reverse proxies whose
+    X-Forwarded-For is believed (see web.client_address); empty trusts none."""
+    networks = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise SystemExit(f"TRUSTED_PROXIES: {item.strip()!r} is not an address or a network.") from None
+    return tuple(networks)
+
+
 app = web.Birzha()
 app.config.update({
     "db.url": os.environ.get("DATABASE_URL", ""),
     "secret_key": secret_key(),
     "cookie_secure": os.environ.get("COOKIE_SECURE", "") == "1",
+    "trusted_proxies": trusted_proxies(os.environ.get("TRUSTED_PROXIES", "")),
 })
 for area in (basics, accounts, orders, admin, api):
     app.merge(area.routes)

@@ -3,11 +3,12 @@ sessions, CSRF, flash messages, access control and forms. Route modules import w
 from here; this module knows nothing of them.
 
 Configuration is read from the application serving the request (`request.app.config`):
-`db.url`, `secret_key`, `cookie_secure`; `app.py` fills it in.
+`db.url`, `secret_key`, `cookie_secure`, `trusted_proxies`; `app.py` fills it in.
 """
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
@@ -101,6 +102,13 @@ def end_transaction(commit):
     lease = request.environ.pop("birzha.lease", None)
     if lease is not None:
         lease.end(commit)
+
+
+def commit():
+    """Commits what the request has written so far and gives its connection back; the next query
+    starts a new transaction. For a write that must stand whatever happens after it, and so that
+    no connection is held through slow work (a sign-in attempt is recorded, then bcrypt runs)."""
+    end_transaction(commit=True)
 
 
 def db_one(name, /, **params):
@@ -317,6 +325,50 @@ def render(name, status=200, **context):
     context.setdefault("lang", current_lang())
     context.setdefault("path", request.fullpath + ("?" + request.query_string if request.query_string else ""))
     return templates.get_template(name).render(**context)
+
+
+# ---------------------------------------------------------------------------------------------
+# The client's address
+
+def client_address():
+    """The address of the person at the other end, for throttling.
+
+    The connection's own address, unless it comes from a trusted proxy (`trusted_proxies`, a
+    tuple of networks; empty by default). Then X-Forwarded-For is read from the right, since
+    each proxy appends the address it was reached from: the first address that is not itself a
+    trusted proxy is the client. Anyone can write X-Forwarded-For, so what lies left of that
+    address is never believed; a value that is not an address falls back to the proxy's own
+    address, as does a missing header. A chain of trusted proxies only names its first one.
+    """
+    peer = request.environ.get("REMOTE_ADDR") or "unknown"
+    trusted = request.app.config.get("trusted_proxies") or ()
+    if not trusted or not _in_networks(_parse_address(peer), trusted):
+        return peer
+    hops = [hop.strip() for hop in request.environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    if hops == [""]:
+        return peer
+    for hop in reversed(hops):
+        address = _parse_address(hop)
+        if address is None:
+            return peer
+        if not _in_networks(address, trusted):
+            return str(address)
+    return str(_parse_address(hops[0]))
+
+
+def _parse_address(text):
+    """An ipaddress object, or None when the text is not exactly one IPv4 or IPv6 address (a
+    port, brackets or a name make it none). An IPv4 address mapped into IPv6 is the IPv4 one."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _in_networks(address, networks):
+    return address is not None and any(address in network for network in networks)
+
 
 # ---------------------------------------------------------------------------------------------
 # Security helpers: passwords, sessions, CSRF, flash messages, access control

@@ -102,46 +102,24 @@ RETURNING id
 SELECT count(*) AS n
 FROM users
 
--- name: login_throttle_wait
--- Seconds until this email and address may try to sign in again (0: go ahead). The limits are
--- 5 failures per email and 20 per address within 15 minutes; the wait ends when the 5th (20th)
--- newest failure leaves the window.
-SELECT ceil(greatest(
-           0,
-           (SELECT extract(epoch FROM a.at + INTERVAL '15 minutes' - now())
-            FROM login_attempts a
-            WHERE lower(a.email) = lower(%(email)s)
-              AND a.at > now() - INTERVAL '15 minutes'
-            ORDER BY a.at DESC
-            OFFSET 4
-            LIMIT 1),
-           (SELECT extract(epoch FROM a.at + INTERVAL '15 minutes' - now())
-            FROM login_attempts a
-            WHERE a.address = %(address)s
-              AND a.at > now() - INTERVAL '15 minutes'
-            ORDER BY a.at DESC
-            OFFSET 19
-            LIMIT 1)))::integer AS wait_seconds
+-- name: login_attempt_admit
+-- May this email be tried from this address now? One atomic step (see login_attempt_admit()):
+-- 0 back means the attempt is recorded and its password may be checked, more is the seconds to
+-- wait and nothing is recorded. The caller commits before it checks the password.
+SELECT login_attempt_admit(%(email)s, %(address)s) AS wait_seconds
 
 -- name: login_attempts_delete_old
--- The tick's sweep: attempts older than a day no longer count toward any limit.
+-- The tick's sweep of attempts past the 15-minute window, which count toward no limit (each
+-- sign-in attempt also sweeps a few, in login_attempt_admit()).
 DELETE FROM login_attempts
-WHERE at < now() - interval '1 day'
-
--- name: login_attempt_record
--- A failed sign-in; the same statement drops this email's and address's attempts past the window.
-WITH expired AS (
-    DELETE FROM login_attempts
-    WHERE (lower(email) = lower(%(email)s) OR address = %(address)s)
-      AND at < now() - INTERVAL '15 minutes'
-)
-INSERT INTO login_attempts (email, address)
-VALUES (left(%(email)s, 254), left(%(address)s, 100))
+WHERE at < now() - interval '15 minutes'
 
 -- name: login_attempts_clear
--- A successful sign-in forgets the email's failures.
+-- A correct password forgets the attempts for its email from its address, the one just
+-- admitted included; failures from other addresses still count.
 DELETE FROM login_attempts
 WHERE lower(email) = lower(%(email)s)
+  AND address = left(%(address)s, 100)
 
 -- name: profile_read
 SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio

@@ -91,6 +91,7 @@ def app(db_url):
     """The Bottle app pointed at this test's database."""
     birzha.app.config["db.url"] = db_url
     birzha.app.config["secret_key"] = SECRET
+    birzha.app.config["trusted_proxies"] = ()  # whatever TRUSTED_PROXIES the shell has
     yield birzha.app
     database.close_pool()
 

@@ -1,10 +1,13 @@
 """The security baseline (SPEC §8): headers, CSRF, sessions, throttling, blocked accounts."""
+import ipaddress
 import re
 
+import psycopg
 import pytest
 
 import app as birzha
 import web
+from db import Q
 from conftest import PASSWORD, Client, text_of
 
 CSRF_MESSAGE = "The form has expired or did not come from this site."
@@ -235,16 +238,39 @@ def attempts_from(db, address):
     return db.execute("SELECT count(*) AS n FROM login_attempts WHERE address = %s", (address,)).fetchone()["n"]
 
 
-def test_sixth_attempt_for_one_email_is_refused_with_the_time_to_wait(client, make_client, db, make_user):
+def test_sixth_attempt_for_one_account_from_one_address_is_refused_with_the_time_to_wait(client, db, make_user):
     user = make_user("customer")
-    for n in range(5):  # from different addresses: the email's limit is its own
-        assert log_in(make_client(f"198.51.100.{n + 1}"), user, "wrong password").status_int == 400
+    for _ in range(5):
+        assert log_in(client, user, "wrong password").status_int == 400
     resp = log_in(client, user)  # even the right password waits
     assert resp.status_int == 429
     assert 840 < int(resp.headers["Retry-After"]) <= 900
     assert "Try again in 15 minutes." in text_of(resp)
     assert session_hashes(db) == set()
     assert attempts_for(db, user["email"]) == 5  # a refused attempt is not counted again
+
+
+def test_a_strangers_failures_from_another_address_do_not_lock_the_owner_out(client, make_client, db, make_user):
+    owner = make_user("customer")
+    stranger = make_client("198.51.100.66")
+    for _ in range(5):
+        assert log_in(stranger, owner, "wrong password").status_int == 400
+    assert log_in(stranger, owner).status_int == 429
+    assert log_in(client, owner).status_int == 303
+    resp = client.post_form("/profile/password", {"current_password": PASSWORD, "new_password": "a brand new password"})
+    assert resp.status_int == 303
+    assert log_in(make_client("198.51.100.67"), owner, "a brand new password").status_int == 303
+
+
+def test_one_account_is_tried_at_most_fifty_times_from_all_addresses_together(client, make_client, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address) "
+               "SELECT %s, '198.51.100.' || n FROM generate_series(1, 49) AS n", (user["email"],))
+    assert log_in(make_client("192.0.2.50"), user, "wrong password").status_int == 400
+    resp = log_in(client, user)  # a fresh address, the right password: the account waits
+    assert resp.status_int == 429 and 840 < int(resp.headers["Retry-After"]) <= 900
+    assert attempts_for(db, user["email"]) == 50
+    assert log_in(client, make_user("customer")).status_int == 303  # other accounts from here are fine
 
 
 def test_twenty_first_attempt_from_one_address_is_refused(client, make_client, db, make_user):
@@ -267,13 +293,76 @@ def test_forwarded_for_does_not_escape_the_address_limit(client, db, make_user):
     assert resp.status_int == 429
 
 
-def test_a_successful_login_clears_the_email_count(client, make_client, db, make_user):
+PROXIES = "10.0.0.0/24, 2001:db8:ffff::1"
+
+
+@pytest.mark.parametrize("peer,forwarded_for,client", [
+    ("10.0.0.2", "192.0.2.1", "192.0.2.1"),
+    ("10.0.0.2", "192.0.2.1, 10.0.0.3", "192.0.2.1"),           # through a second proxy of ours
+    ("10.0.0.2", "6.6.6.6, 192.0.2.1", "192.0.2.1"),            # the client's own hop is not believed
+    ("10.0.0.2", "not-an-address, 192.0.2.1", "192.0.2.1"),     # nor its garbage
+    ("2001:db8:ffff::1", "2001:DB8::7", "2001:db8::7"),
+    ("::ffff:10.0.0.2", "192.0.2.1", "192.0.2.1"),
+    ("10.0.0.2", "10.0.0.9, 10.0.0.3", "10.0.0.9"),             # from inside: the first of our proxies
+])
+def test_forwarded_for_from_a_trusted_proxy_names_the_client(app, make_client, db, make_user, monkeypatch,
+                                                             peer, forwarded_for, client):
+    monkeypatch.setitem(app.config, "trusted_proxies", birzha.trusted_proxies(PROXIES))
+    user = make_user("customer")
+    resp = log_in(make_client(peer), user, "wrong password", headers={"X-Forwarded-For": forwarded_for})
+    assert resp.status_int == 400
+    assert db.execute("SELECT address FROM login_attempts").fetchall() == [{"address": client}]
+
+
+@pytest.mark.parametrize("peer,forwarded_for", [
+    ("203.0.113.7", "192.0.2.1"),              # not from a trusted proxy: the header is anyone's
+    ("10.0.0.2", None),
+    ("10.0.0.2", ""),
+    ("10.0.0.2", "192.0.2.1:4711"),            # not an address
+    ("10.0.0.2", "192.0.2.1, garbage"),        # garbage where our proxy's hop should be
+    ("10.0.0.2", "192.0.2.1, "),
+    ("10.0.0.2", "example.test"),
+])
+def test_forwarded_for_that_cannot_be_believed_leaves_the_peer_address(app, make_client, db, make_user, monkeypatch,
+                                                                       peer, forwarded_for):
+    monkeypatch.setitem(app.config, "trusted_proxies", birzha.trusted_proxies(PROXIES))
+    user = make_user("customer")
+    headers = {} if forwarded_for is None else {"X-Forwarded-For": forwarded_for}
+    assert log_in(make_client(peer), user, "wrong password", headers=headers).status_int == 400
+    assert db.execute("SELECT address FROM login_attempts").fetchall() == [{"address": peer}]
+
+
+def test_behind_a_trusted_proxy_one_clients_failures_do_not_lock_out_the_others(app, make_client, db, make_user,
+                                                                                monkeypatch):
+    monkeypatch.setitem(app.config, "trusted_proxies", birzha.trusted_proxies("10.0.0.2"))
+    user = make_user("customer")
+    proxy = make_client("10.0.0.2")
+    for n in range(20):
+        assert log_in(proxy, {"email": f"guess{n}@example.test"}, "wrong password",
+                      headers={"X-Forwarded-For": "192.0.2.66"}).status_int == 400
+    assert log_in(proxy, user, headers={"X-Forwarded-For": "192.0.2.66"}).status_int == 429
+    assert log_in(proxy, user, headers={"X-Forwarded-For": "192.0.2.1"}).status_int == 303
+
+
+def test_trusted_proxies_setting_takes_addresses_and_networks_and_refuses_anything_else():
+    assert birzha.trusted_proxies("") == ()
+    assert birzha.trusted_proxies(" 10.0.0.1, 192.168.0.0/16 ,::1,") == (
+        ipaddress.ip_network("10.0.0.1/32"), ipaddress.ip_network("192.168.0.0/16"), ipaddress.ip_network("::1/128"))
+    with pytest.raises(SystemExit, match="'proxy.local' is not an address"):
+        birzha.trusted_proxies("10.0.0.1, proxy.local")
+
+
+def test_a_successful_login_clears_the_accounts_failures_from_its_address_only(client, make_client, db, make_user):
     user = make_user("performer")
+    elsewhere = make_client("198.51.100.30")
+    for _ in range(3):
+        assert log_in(elsewhere, user, "wrong password").status_int == 400
     for _ in range(4):
         assert log_in(client, user, "wrong password").status_int == 400
     assert log_in(client, user).status_int == 303
-    assert attempts_for(db, user["email"]) == 0
-    fresh = make_client("198.51.100.30")
+    assert attempts_from(db, "203.0.113.7") == 0
+    assert attempts_for(db, user["email"]) == attempts_from(db, "198.51.100.30") == 3
+    fresh = make_client("203.0.113.7")  # the count from this address starts again
     for _ in range(5):
         assert log_in(fresh, user, "wrong password").status_int == 400
     assert log_in(fresh, user).status_int == 429
@@ -285,6 +374,26 @@ def test_failures_older_than_fifteen_minutes_do_not_count(client, db, make_user)
                "SELECT %s, '203.0.113.7', now() - interval '16 minutes' FROM generate_series(1, 30)",
                (user["email"],))
     assert log_in(client, user).status_int == 303
+
+
+def test_an_attempt_sweeps_expired_attempts_of_any_email_and_address(client, db, make_user):
+    user = make_user("customer")
+    db.execute("INSERT INTO login_attempts (email, address, at) "
+               "SELECT 'someone' || n || '@example.test', '198.51.100.' || n, now() - interval '16 minutes' "
+               "FROM generate_series(1, 30) AS n")
+    db.execute("INSERT INTO login_attempts (email, address, at) "
+               "VALUES ('recent@example.test', '198.51.100.99', now() - interval '14 minutes')")
+    assert log_in(client, user, "wrong password").status_int == 400
+    left = db.execute("SELECT email FROM login_attempts ORDER BY id").fetchall()
+    assert left == [{"email": "recent@example.test"}, {"email": user["email"]}]
+
+
+def test_the_throttle_refuses_to_decide_where_it_could_miss_parallel_attempts(db):
+    with pytest.raises(psycopg.errors.InvalidTransactionState, match="needs READ COMMITTED"):
+        with db.transaction():
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            db.execute(Q["login_attempt_admit"], {"email": "a@example.test", "address": "192.0.2.1"})
+    assert db.execute("SELECT count(*) AS n FROM login_attempts").fetchone()["n"] == 0
 
 
 def test_guessing_the_current_password_on_the_profile_is_throttled_too(client, db, make_user, sign_in):
