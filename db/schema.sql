@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (1);
+INSERT INTO schema_version (version) VALUES (2);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -155,6 +155,7 @@ CREATE TABLE orders (
     CONSTRAINT orders_hidden_needs_rating CHECK (NOT review_hidden OR rating IS NOT NULL),
     CONSTRAINT orders_taken_at_when_taken CHECK (
         (status IN ('in_progress', 'done')) <= (taken_at IS NOT NULL)),
+    CONSTRAINT orders_performer_only_when_taken CHECK (performer_id IS NULL OR taken_at IS NOT NULL),
     CONSTRAINT orders_completed_at_when_done CHECK ((status = 'done') = (completed_at IS NOT NULL)),
     CONSTRAINT orders_cancelled_at_when_cancelled CHECK ((status = 'cancelled') = (cancelled_at IS NOT NULL))
 );
@@ -291,6 +292,10 @@ BEGIN
         WHEN OLD.status = 'open' AND NEW.status = 'in_progress' THEN
             NEW.taken_at := now();
         WHEN OLD.status = 'open' AND NEW.status = 'cancelled' THEN
+            IF NEW.performer_id IS NOT NULL THEN
+                RAISE EXCEPTION 'order %: an open order has no performer, and is cancelled without one', OLD.id
+                    USING ERRCODE = 'check_violation';
+            END IF;
             NEW.cancelled_at := now();
         WHEN OLD.status = 'in_progress' AND NEW.status = 'done' THEN
             IF NEW.performer_id IS DISTINCT FROM OLD.performer_id THEN
@@ -314,7 +319,7 @@ BEGIN
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION orders_guard_transition() IS
-    'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. Refuses everything else, edits of non-open orders and a change of a set rating; stamps the transition times.';
+    'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating; stamps the transition times.';
 CREATE TRIGGER orders_guard_transition BEFORE INSERT OR UPDATE ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_guard_transition();
 COMMENT ON TRIGGER orders_guard_transition ON orders IS 'Refuses every transition not in SPEC §4 (see the function).';

@@ -48,6 +48,27 @@ def test_only_the_transitions_of_the_spec_pass_a_direct_update(db, people, make_
     assert after["status"] == (source if was_refused else target)
 
 
+def test_an_open_order_cannot_be_cancelled_with_a_performer(db, people, make_order):
+    """A cancelled order keeps the performer who had it; an open order has none to keep."""
+    customer, performer = people["customer"], people["performer"]
+    order = make_order(customer)
+    assert refused(db, "UPDATE orders SET status = 'cancelled', performer_id = %s WHERE status = 'open'",
+                   (performer["id"],))
+    assert refused(db, "UPDATE orders SET status = 'cancelled', performer_id = %s WHERE id = %s",
+                   (performer["id"], order["id"]))
+    row = db.execute("SELECT status, performer_id FROM orders WHERE id = %s", (order["id"],)).fetchone()
+    assert row == {"status": "open", "performer_id": None}
+    assert not refused(db, "UPDATE orders SET status = 'cancelled' WHERE id = %s", (order["id"],))
+    # An order cancelled while in progress keeps its performer, and only that one.
+    taken = make_order(customer, performer=performer, status="in_progress")
+    assert refused(db, "UPDATE orders SET status = 'cancelled', performer_id = %s WHERE id = %s",
+                   (people["other_performer"]["id"], taken["id"]))
+    assert not refused(db, "UPDATE orders SET status = 'cancelled' WHERE id = %s", (taken["id"],))
+    counts = db.execute("SELECT orders_in_progress, orders_completed FROM performer_stats "
+                        "WHERE performer_id = %s", (performer["id"],)).fetchone()
+    assert counts == {"orders_in_progress": 0, "orders_completed": 0}
+
+
 def test_transition_times_and_history_are_recorded_with_the_actor(db, people, make_order):
     customer, performer = people["customer"], people["performer"]
     order = make_order(customer)
