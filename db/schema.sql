@@ -157,7 +157,8 @@ CREATE TABLE orders (
         (status IN ('in_progress', 'done')) <= (taken_at IS NOT NULL)),
     CONSTRAINT orders_performer_only_when_taken CHECK (performer_id IS NULL OR taken_at IS NOT NULL),
     CONSTRAINT orders_completed_at_when_done CHECK ((status = 'done') = (completed_at IS NOT NULL)),
-    CONSTRAINT orders_cancelled_at_when_cancelled CHECK ((status = 'cancelled') = (cancelled_at IS NOT NULL))
+    CONSTRAINT orders_cancelled_at_when_cancelled CHECK ((status = 'cancelled') = (cancelled_at IS NOT NULL)),
+    CONSTRAINT orders_cancel_reason_when_cancelled CHECK (cancel_reason IS NULL OR status = 'cancelled')
 );
 COMMENT ON TABLE orders IS 'Orders. status moves only along orders_guard_transition(); every move is appended to order_history; counters follow through orders_count_contribution().';
 COMMENT ON COLUMN orders.customer_role IS 'Always customer: with the foreign key to users (id, role) it makes sure the customer is a customer.';
@@ -240,6 +241,18 @@ BEGIN
         RAISE EXCEPTION 'order %: the customer and the creation time never change', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
+    -- The times are stamped below by the transition (or the rating) they record; a statement never
+    -- writes one, with a transition or without.
+    IF (NEW.taken_at, NEW.completed_at, NEW.cancelled_at, NEW.rated_at)
+       IS DISTINCT FROM (OLD.taken_at, OLD.completed_at, OLD.cancelled_at, OLD.rated_at) THEN
+        RAISE EXCEPTION 'order %: transition times are set by the database', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.cancel_reason IS DISTINCT FROM OLD.cancel_reason
+       AND NOT (NEW.status = 'cancelled' AND OLD.status <> 'cancelled') THEN
+        RAISE EXCEPTION 'order %: the cancel reason is given with the cancel and never changes', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
 
     IF NEW.status = OLD.status THEN
         IF (NEW.title, NEW.description, NEW.category_id, NEW.budget, NEW.deadline)
@@ -268,11 +281,6 @@ BEGIN
         END IF;
         IF OLD.rating IS NULL AND NEW.rating IS NOT NULL THEN
             NEW.rated_at := now();
-        END IF;
-        IF (NEW.taken_at, NEW.completed_at, NEW.cancelled_at)
-           IS DISTINCT FROM (OLD.taken_at, OLD.completed_at, OLD.cancelled_at) THEN
-            RAISE EXCEPTION 'order %: transition times are set by the database', OLD.id
-                USING ERRCODE = 'check_violation';
         END IF;
         NEW.updated_at := now();
         RETURN NEW;
@@ -319,7 +327,7 @@ BEGIN
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION orders_guard_transition() IS
-    'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating; stamps the transition times.';
+    'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating. Stamps taken_at, completed_at, cancelled_at and rated_at itself and refuses any statement that writes them; cancel_reason is written only by the cancel.';
 CREATE TRIGGER orders_guard_transition BEFORE INSERT OR UPDATE ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_guard_transition();
 COMMENT ON TRIGGER orders_guard_transition ON orders IS 'Refuses every transition not in SPEC §4 (see the function).';

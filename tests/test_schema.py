@@ -69,6 +69,62 @@ def test_an_open_order_cannot_be_cancelled_with_a_performer(db, people, make_ord
     assert counts == {"orders_in_progress": 0, "orders_completed": 0}
 
 
+def test_the_rating_time_and_the_cancel_reason_never_change_once_set(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    rated = make_order(customer, performer=performer, status="done", rating=8)
+    assert refused(db, "UPDATE orders SET rated_at = rated_at - interval '1 day' WHERE id = %s", (rated["id"],))
+    assert refused(db, "UPDATE orders SET rated_at = now() WHERE id = %s", (rated["id"],))
+    unrated = make_order(customer, performer=performer, status="done")
+    assert refused(db, "UPDATE orders SET rating = 5, rated_at = '2001-01-01' WHERE id = %s", (unrated["id"],))
+
+    # The reason is written by the cancel itself, then never again.
+    with_reason = make_order(customer)
+    assert not refused(db, "UPDATE orders SET status = 'cancelled', cancel_reason = 'Found someone' WHERE id = %s",
+                       (with_reason["id"],))
+    without_reason = make_order(customer, performer=performer, status="cancelled")
+    for order, reason in ((with_reason, "Another story"), (with_reason, None), (without_reason, "Added later")):
+        assert refused(db, "UPDATE orders SET cancel_reason = %s WHERE id = %s", (reason, order["id"]))
+    # An order that is not cancelled has no reason to give, with a transition or without one.
+    for status in ("open", "in_progress", "done"):
+        order = make_order(customer, performer=performer, status=status)
+        assert refused(db, "UPDATE orders SET cancel_reason = 'Not cancelled' WHERE id = %s", (order["id"],))
+    taken = make_order(customer, performer=performer, status="in_progress")
+    assert refused(db, "UPDATE orders SET status = 'done', cancel_reason = 'Not cancelled' WHERE id = %s",
+                   (taken["id"],))
+    rows = db.execute("SELECT id, cancel_reason, rated_at FROM orders WHERE id = ANY(%s) ORDER BY id",
+                      ([rated["id"], with_reason["id"], without_reason["id"]],)).fetchall()
+    assert [(r["id"], r["cancel_reason"], r["rated_at"]) for r in rows] == [
+        (rated["id"], None, rated["rated_at"]), (with_reason["id"], "Found someone", None),
+        (without_reason["id"], None, None)]
+
+
+def test_transition_times_are_stamped_by_the_database_and_never_written_by_a_statement(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    open_order = make_order(customer)
+    taken = make_order(customer, performer=performer, status="in_progress")
+    long_ago = "2001-01-01"
+    # Together with a transition ...
+    for sql, order in (
+            ("UPDATE orders SET status = 'cancelled', taken_at = %s WHERE id = %s", open_order),
+            ("UPDATE orders SET status = 'in_progress', performer_id = {p}, taken_at = %s WHERE id = %s", open_order),
+            ("UPDATE orders SET status = 'done', taken_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'done', completed_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'cancelled', taken_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'cancelled', cancelled_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'open', performer_id = NULL, taken_at = %s WHERE id = %s", taken)):
+        assert refused(db, sql.format(p=performer["id"]), (long_ago, order["id"])), sql
+    # ... or without one.
+    done = make_order(customer, performer=performer, status="done", rating=9)
+    cancelled = make_order(customer, performer=performer, status="cancelled")
+    for column, order in (("taken_at", taken), ("taken_at", done), ("completed_at", done), ("rated_at", done),
+                          ("taken_at", cancelled), ("cancelled_at", cancelled)):
+        assert refused(db, f"UPDATE orders SET {column} = %s WHERE id = %s", (long_ago, order["id"])), column
+    # The transitions themselves stamp them, and leave the earlier ones as they were.
+    db.execute("UPDATE orders SET status = 'done' WHERE id = %s", (taken["id"],))
+    row = db.execute("SELECT taken_at, completed_at FROM orders WHERE id = %s", (taken["id"],)).fetchone()
+    assert row["taken_at"] == taken["taken_at"] and row["completed_at"] > row["taken_at"]
+
+
 def test_transition_times_and_history_are_recorded_with_the_actor(db, people, make_order):
     customer, performer = people["customer"], people["performer"]
     order = make_order(customer)

@@ -3,9 +3,12 @@
 -- Applied in one transaction on top of 0001, it gives the schema of db/schema.sql; the migration
 -- runner records the version.
 
--- A performer on an order means it was taken (a cancelled order keeps the performer who had it).
+-- A performer on an order means it was taken (a cancelled order keeps the performer who had it), and
+-- only a cancelled order has a cancel reason. A row made by hand that breaks either makes this
+-- statement fail and name the constraint; mend that row first.
 ALTER TABLE orders
-    ADD CONSTRAINT orders_performer_only_when_taken CHECK (performer_id IS NULL OR taken_at IS NOT NULL);
+    ADD CONSTRAINT orders_performer_only_when_taken CHECK (performer_id IS NULL OR taken_at IS NOT NULL),
+    ADD CONSTRAINT orders_cancel_reason_when_cancelled CHECK (cancel_reason IS NULL OR status = 'cancelled');
 
 CREATE OR REPLACE FUNCTION orders_guard_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -33,6 +36,18 @@ BEGIN
 
     IF NEW.customer_id <> OLD.customer_id OR NEW.created_at <> OLD.created_at THEN
         RAISE EXCEPTION 'order %: the customer and the creation time never change', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    -- The times are stamped below by the transition (or the rating) they record; a statement never
+    -- writes one, with a transition or without.
+    IF (NEW.taken_at, NEW.completed_at, NEW.cancelled_at, NEW.rated_at)
+       IS DISTINCT FROM (OLD.taken_at, OLD.completed_at, OLD.cancelled_at, OLD.rated_at) THEN
+        RAISE EXCEPTION 'order %: transition times are set by the database', OLD.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.cancel_reason IS DISTINCT FROM OLD.cancel_reason
+       AND NOT (NEW.status = 'cancelled' AND OLD.status <> 'cancelled') THEN
+        RAISE EXCEPTION 'order %: the cancel reason is given with the cancel and never changes', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
 
@@ -63,11 +78,6 @@ BEGIN
         END IF;
         IF OLD.rating IS NULL AND NEW.rating IS NOT NULL THEN
             NEW.rated_at := now();
-        END IF;
-        IF (NEW.taken_at, NEW.completed_at, NEW.cancelled_at)
-           IS DISTINCT FROM (OLD.taken_at, OLD.completed_at, OLD.cancelled_at) THEN
-            RAISE EXCEPTION 'order %: transition times are set by the database', OLD.id
-                USING ERRCODE = 'check_violation';
         END IF;
         NEW.updated_at := now();
         RETURN NEW;
@@ -114,4 +124,4 @@ BEGIN
     RETURN NEW;
 END $$;
 COMMENT ON FUNCTION orders_guard_transition() IS
-    'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating; stamps the transition times.';
+    'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating. Stamps taken_at, completed_at, cancelled_at and rated_at itself and refuses any statement that writes them; cancel_reason is written only by the cancel.';
