@@ -398,6 +398,19 @@ CREATE TRIGGER orders_count_contribution AFTER INSERT OR DELETE OR UPDATE OF sta
     FOR EACH ROW EXECUTE FUNCTION orders_count_contribution();
 COMMENT ON TRIGGER orders_count_contribution ON orders IS 'Counters of customers, performers and categories follow every insert, delete, transition, reassignment, rating and hidden review.';
 
+-- TRUNCATE fires no row triggers, so it would take orders away behind the counters' back. It is
+-- refused on orders; TRUNCATE ... CASCADE of users or categories reaches orders and is refused too.
+CREATE FUNCTION orders_refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of orders is refused: it would bypass the counters of customers, performers and categories; use DELETE, whose triggers keep them exact'
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+COMMENT ON FUNCTION orders_refuse_truncate() IS 'Refuses TRUNCATE of orders, which fires no row trigger and would leave customer_stats, performer_stats and categories.open_orders counting orders that are gone; DELETE keeps them exact.';
+CREATE TRIGGER orders_refuse_truncate BEFORE TRUNCATE ON orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_refuse_truncate();
+COMMENT ON TRIGGER orders_refuse_truncate ON orders IS 'Orders are never truncated, not even by a TRUNCATE ... CASCADE of users or categories: they go by DELETE, so the counters follow.';
+
 CREATE FUNCTION orders_record_history() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -204,6 +204,25 @@ def test_rows_that_cannot_exist_are_refused(db, people, make_order):
                    (customer["id"], category))
 
 
+@pytest.mark.parametrize("statement", ["TRUNCATE orders CASCADE", "TRUNCATE order_history, orders",
+                                       "TRUNCATE users CASCADE", "TRUNCATE categories CASCADE"])
+def test_truncating_orders_is_refused_even_by_cascade_so_the_counters_stay_exact(db, people, make_order, statement):
+    """TRUNCATE fires no row triggers; the orders must go by DELETE, whose triggers keep the counts."""
+    customer, performer = people["customer"], people["performer"]
+    make_order(customer)
+    make_order(customer, performer=performer, status="done", rating=6)
+    before = db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"]
+    with pytest.raises(psycopg.Error, match="use DELETE"):
+        with db.transaction():
+            db.execute(statement)
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == before == 2
+    # DELETE is the way, and leaves every counter exact (checked after each test).
+    db.execute("DELETE FROM orders")
+    counts = db.execute("SELECT orders_placed, orders_open, orders_done FROM customer_stats "
+                        "WHERE customer_id = %s", (customer["id"],)).fetchone()
+    assert counts == {"orders_placed": 0, "orders_open": 0, "orders_done": 0}
+
+
 def test_concurrent_block_and_new_order_keep_category_counts_exact(db, people, make_order):
     """Blocking hides open orders from category counts; unblocking restores them."""
     customer = people["customer"]

@@ -125,3 +125,15 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION orders_guard_transition() IS
     'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating. Stamps taken_at, completed_at, cancelled_at and rated_at itself and refuses any statement that writes them; cancel_reason is written only by the cancel.';
+
+
+CREATE FUNCTION orders_refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of orders is refused: it would bypass the counters of customers, performers and categories; use DELETE, whose triggers keep them exact'
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+COMMENT ON FUNCTION orders_refuse_truncate() IS 'Refuses TRUNCATE of orders, which fires no row trigger and would leave customer_stats, performer_stats and categories.open_orders counting orders that are gone; DELETE keeps them exact.';
+CREATE TRIGGER orders_refuse_truncate BEFORE TRUNCATE ON orders
+    FOR EACH STATEMENT EXECUTE FUNCTION orders_refuse_truncate();
+COMMENT ON TRIGGER orders_refuse_truncate ON orders IS 'Orders are never truncated, not even by a TRUNCATE ... CASCADE of users or categories: they go by DELETE, so the counters follow.';
