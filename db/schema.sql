@@ -332,68 +332,116 @@ CREATE TRIGGER orders_guard_transition BEFORE INSERT OR UPDATE ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_guard_transition();
 COMMENT ON TRIGGER orders_guard_transition ON orders IS 'Refuses every transition not in SPEC §4 (see the function).';
 
--- Counters: one row trigger subtracts the old row's contribution and adds the new row's.
+-- Counters: one row trigger adds, for each counters row the order feeds, the new row's
+-- contribution less the old row's, and writes only the rows where that difference is not zero.
 CREATE FUNCTION orders_count_contribution() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    old_listed boolean := false;
-    new_listed boolean := false;
+    -- An inserted row has no OLD and a deleted one no NEW: the fields of the missing one are NULL,
+    -- so its contribution drops out with its NULL subject.
+    subject         bigint;
+    d_placed        integer;
+    d_open          integer;
+    d_in_progress   integer;
+    d_done          integer;
+    d_cancelled     integer;
+    d_completed     integer;
+    d_rating_sum    integer;
+    d_rating_count  integer;
+    old_listed      boolean := false;
+    new_listed      boolean := false;
 BEGIN
     -- Performers first, then customers, then categories: one fixed order avoids deadlocks.
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.performer_id IS NOT NULL THEN
+    -- A performer counts the orders in progress and done, and the ratings that are not hidden.
+    FOR subject, d_completed, d_in_progress, d_rating_sum, d_rating_count IN
+        SELECT c.performer_id, sum(c.completed), sum(c.in_progress), sum(c.rating_sum), sum(c.rating_count)
+        FROM (VALUES
+                (1, OLD.performer_id,
+                 -(OLD.status = 'done')::int,
+                 -(OLD.status = 'in_progress')::int,
+                 -CASE WHEN OLD.review_hidden THEN 0 ELSE coalesce(OLD.rating, 0) END,
+                 -(OLD.rating IS NOT NULL AND NOT OLD.review_hidden)::int),
+                (2, NEW.performer_id,
+                 (NEW.status = 'done')::int,
+                 (NEW.status = 'in_progress')::int,
+                 CASE WHEN NEW.review_hidden THEN 0 ELSE coalesce(NEW.rating, 0) END,
+                 (NEW.rating IS NOT NULL AND NOT NEW.review_hidden)::int)
+             ) AS c (step, performer_id, completed, in_progress, rating_sum, rating_count)
+        WHERE c.performer_id IS NOT NULL
+        GROUP BY c.performer_id
+        HAVING (sum(c.completed), sum(c.in_progress), sum(c.rating_sum), sum(c.rating_count)) <> (0, 0, 0, 0)
+        ORDER BY min(c.step)
+    LOOP
         UPDATE performer_stats
-        SET orders_completed   = orders_completed   - (OLD.status = 'done')::int,
-            orders_in_progress = orders_in_progress - (OLD.status = 'in_progress')::int,
-            rating_sum   = rating_sum   - CASE WHEN OLD.rating IS NOT NULL AND NOT OLD.review_hidden THEN OLD.rating ELSE 0 END,
-            rating_count = rating_count - (OLD.rating IS NOT NULL AND NOT OLD.review_hidden)::int
-        WHERE performer_id = OLD.performer_id;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.performer_id IS NOT NULL THEN
-        UPDATE performer_stats
-        SET orders_completed   = orders_completed   + (NEW.status = 'done')::int,
-            orders_in_progress = orders_in_progress + (NEW.status = 'in_progress')::int,
-            rating_sum   = rating_sum   + CASE WHEN NEW.rating IS NOT NULL AND NOT NEW.review_hidden THEN NEW.rating ELSE 0 END,
-            rating_count = rating_count + (NEW.rating IS NOT NULL AND NOT NEW.review_hidden)::int
-        WHERE performer_id = NEW.performer_id;
-    END IF;
+        SET orders_completed   = orders_completed   + d_completed,
+            orders_in_progress = orders_in_progress + d_in_progress,
+            rating_sum         = rating_sum         + d_rating_sum,
+            rating_count       = rating_count       + d_rating_count
+        WHERE performer_id = subject;
+    END LOOP;
 
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    -- A customer counts every order placed, and the orders in each status.
+    FOR subject, d_placed, d_open, d_in_progress, d_done, d_cancelled IN
+        SELECT c.customer_id, sum(c.placed), sum(c.open), sum(c.in_progress), sum(c.done), sum(c.cancelled)
+        FROM (VALUES
+                (1, OLD.customer_id, -1,
+                 -(OLD.status = 'open')::int,
+                 -(OLD.status = 'in_progress')::int,
+                 -(OLD.status = 'done')::int,
+                 -(OLD.status = 'cancelled')::int),
+                (2, NEW.customer_id, 1,
+                 (NEW.status = 'open')::int,
+                 (NEW.status = 'in_progress')::int,
+                 (NEW.status = 'done')::int,
+                 (NEW.status = 'cancelled')::int)
+             ) AS c (step, customer_id, placed, open, in_progress, done, cancelled)
+        WHERE c.customer_id IS NOT NULL
+        GROUP BY c.customer_id
+        HAVING (sum(c.placed), sum(c.open), sum(c.in_progress), sum(c.done), sum(c.cancelled)) <> (0, 0, 0, 0, 0)
+        ORDER BY min(c.step)
+    LOOP
         UPDATE customer_stats
-        SET orders_placed      = orders_placed      - 1,
-            orders_open        = orders_open        - (OLD.status = 'open')::int,
-            orders_in_progress = orders_in_progress - (OLD.status = 'in_progress')::int,
-            orders_done        = orders_done        - (OLD.status = 'done')::int,
-            orders_cancelled   = orders_cancelled   - (OLD.status = 'cancelled')::int
-        WHERE customer_id = OLD.customer_id;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        UPDATE customer_stats
-        SET orders_placed      = orders_placed      + 1,
-            orders_open        = orders_open        + (NEW.status = 'open')::int,
-            orders_in_progress = orders_in_progress + (NEW.status = 'in_progress')::int,
-            orders_done        = orders_done        + (NEW.status = 'done')::int,
-            orders_cancelled   = orders_cancelled   + (NEW.status = 'cancelled')::int
-        WHERE customer_id = NEW.customer_id;
-    END IF;
+        SET orders_placed      = orders_placed      + d_placed,
+            orders_open        = orders_open        + d_open,
+            orders_in_progress = orders_in_progress + d_in_progress,
+            orders_done        = orders_done        + d_done,
+            orders_cancelled   = orders_cancelled   + d_cancelled
+        WHERE customer_id = subject;
+    END LOOP;
 
-    -- An open order counts in its category while its customer is not blocked. FOR SHARE waits for
-    -- a concurrent block or unblock, whose own recount (users_block_listing) then sees this order.
-    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'open' THEN
+    -- A category counts its open orders of customers who are not blocked. An order open before and
+    -- after, of the same customer in the same category, counts the same: nothing to look up.
+    IF TG_OP = 'UPDATE' AND OLD.status = 'open' AND NEW.status = 'open'
+       AND OLD.customer_id = NEW.customer_id AND OLD.category_id = NEW.category_id THEN
+        RETURN NULL;
+    END IF;
+    -- FOR SHARE waits for a concurrent block or unblock, whose own recount (users_block_listing)
+    -- then sees this order.
+    IF OLD.status = 'open' THEN
         SELECT NOT is_blocked INTO old_listed FROM users WHERE id = OLD.customer_id FOR SHARE;
     END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.status = 'open' THEN
+    IF NEW.status = 'open' THEN
         SELECT NOT is_blocked INTO new_listed FROM users WHERE id = NEW.customer_id FOR SHARE;
     END IF;
-    IF old_listed AND (NOT new_listed OR NEW.category_id <> OLD.category_id) THEN
-        UPDATE categories SET open_orders = open_orders - 1 WHERE id = OLD.category_id;
-    END IF;
-    IF new_listed AND (NOT old_listed OR NEW.category_id <> OLD.category_id) THEN
-        UPDATE categories SET open_orders = open_orders + 1 WHERE id = NEW.category_id;
-    END IF;
+    FOR subject, d_open IN
+        SELECT c.category_id, sum(c.open)
+        FROM (VALUES
+                (1, OLD.category_id, -old_listed::int),
+                (2, NEW.category_id, new_listed::int)
+             ) AS c (step, category_id, open)
+        WHERE c.category_id IS NOT NULL
+        GROUP BY c.category_id
+        HAVING sum(c.open) <> 0
+        ORDER BY min(c.step)
+    LOOP
+        UPDATE categories
+        SET open_orders = open_orders + d_open
+        WHERE id = subject;
+    END LOOP;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION orders_count_contribution() IS
-    'Keeps customer_stats, performer_stats and categories.open_orders exact: subtracts the old row''s contribution, adds the new row''s.';
+    'Keeps customer_stats, performer_stats and categories.open_orders exact: for each counters row an order feeds, adds the new row''s contribution less the old row''s, and writes only the rows where that difference is not zero (a rating or a hidden review writes the performer''s row alone).';
 CREATE TRIGGER orders_count_contribution AFTER INSERT OR DELETE OR UPDATE OF status, performer_id, customer_id, category_id, rating, review_hidden ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_count_contribution();
 COMMENT ON TRIGGER orders_count_contribution ON orders IS 'Counters of customers, performers and categories follow every insert, delete, transition, reassignment, rating and hidden review.';

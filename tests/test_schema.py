@@ -236,6 +236,43 @@ def test_concurrent_block_and_new_order_keep_category_counts_exact(db, people, m
     assert count() == 2
 
 
+def test_only_the_counters_whose_contribution_changes_are_written(db, people, make_order):
+    """A rating or a hidden review is the performer's business: the customer's row is not written
+    (nor locked), and an update that changes no contribution writes no counter at all."""
+    customer, performer = people["customer"], people["performer"]
+    open_order = make_order(customer)
+    taken = make_order(customer, performer=performer, status="in_progress")
+    done = make_order(customer, performer=performer, status="done")
+
+    def versions():
+        """The row version (xmin) of each counters row: it changes whenever the row is written."""
+        return {
+            "customer": db.execute("SELECT xmin::text AS v FROM customer_stats WHERE customer_id = %s",
+                                   (customer["id"],)).fetchone()["v"],
+            "performer": db.execute("SELECT xmin::text AS v FROM performer_stats WHERE performer_id = %s",
+                                    (performer["id"],)).fetchone()["v"],
+            "categories": db.execute("SELECT string_agg(xmin::text, ',' ORDER BY id) AS v FROM categories").fetchone()["v"]}
+
+    def written_by(sql, order):
+        before = versions()
+        db.execute(sql, (order["id"],))
+        after = versions()
+        return {side for side in before if before[side] != after[side]}
+
+    assert written_by("UPDATE orders SET rating = 7, review = 'Good' WHERE id = %s", done) == {"performer"}
+    assert written_by("UPDATE orders SET review_hidden = true WHERE id = %s", done) == {"performer"}
+    assert written_by("UPDATE orders SET review_hidden = false WHERE id = %s", done) == {"performer"}
+    nothing = ("UPDATE orders SET status = status, performer_id = performer_id, category_id = category_id, "
+               "rating = rating, review_hidden = review_hidden WHERE id = %s")
+    for order in (open_order, taken, done):
+        assert written_by(nothing, order) == set(), order["status"]
+    assert written_by("UPDATE orders SET category_id = category_id + 1 WHERE id = %s", open_order) == {"categories"}
+    assert written_by("UPDATE orders SET status = 'done' WHERE id = %s", taken) == {"customer", "performer"}
+    stats = db.execute("SELECT rating_sum, rating_count, orders_completed FROM performer_stats "
+                       "WHERE performer_id = %s", (performer["id"],)).fetchone()
+    assert stats == {"rating_sum": 7, "rating_count": 1, "orders_completed": 2}
+
+
 def random_operations(db, rng, steps):
     """Applies `steps` random operations, each in its own transaction; refusals are expected."""
     customers = [r["id"] for r in db.execute("SELECT id FROM users WHERE role = 'customer'")]

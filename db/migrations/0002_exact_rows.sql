@@ -137,3 +137,112 @@ COMMENT ON FUNCTION orders_refuse_truncate() IS 'Refuses TRUNCATE of orders, whi
 CREATE TRIGGER orders_refuse_truncate BEFORE TRUNCATE ON orders
     FOR EACH STATEMENT EXECUTE FUNCTION orders_refuse_truncate();
 COMMENT ON TRIGGER orders_refuse_truncate ON orders IS 'Orders are never truncated, not even by a TRUNCATE ... CASCADE of users or categories: they go by DELETE, so the counters follow.';
+
+CREATE OR REPLACE FUNCTION orders_count_contribution() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    -- An inserted row has no OLD and a deleted one no NEW: the fields of the missing one are NULL,
+    -- so its contribution drops out with its NULL subject.
+    subject         bigint;
+    d_placed        integer;
+    d_open          integer;
+    d_in_progress   integer;
+    d_done          integer;
+    d_cancelled     integer;
+    d_completed     integer;
+    d_rating_sum    integer;
+    d_rating_count  integer;
+    old_listed      boolean := false;
+    new_listed      boolean := false;
+BEGIN
+    -- Performers first, then customers, then categories: one fixed order avoids deadlocks.
+    -- A performer counts the orders in progress and done, and the ratings that are not hidden.
+    FOR subject, d_completed, d_in_progress, d_rating_sum, d_rating_count IN
+        SELECT c.performer_id, sum(c.completed), sum(c.in_progress), sum(c.rating_sum), sum(c.rating_count)
+        FROM (VALUES
+                (1, OLD.performer_id,
+                 -(OLD.status = 'done')::int,
+                 -(OLD.status = 'in_progress')::int,
+                 -CASE WHEN OLD.review_hidden THEN 0 ELSE coalesce(OLD.rating, 0) END,
+                 -(OLD.rating IS NOT NULL AND NOT OLD.review_hidden)::int),
+                (2, NEW.performer_id,
+                 (NEW.status = 'done')::int,
+                 (NEW.status = 'in_progress')::int,
+                 CASE WHEN NEW.review_hidden THEN 0 ELSE coalesce(NEW.rating, 0) END,
+                 (NEW.rating IS NOT NULL AND NOT NEW.review_hidden)::int)
+             ) AS c (step, performer_id, completed, in_progress, rating_sum, rating_count)
+        WHERE c.performer_id IS NOT NULL
+        GROUP BY c.performer_id
+        HAVING (sum(c.completed), sum(c.in_progress), sum(c.rating_sum), sum(c.rating_count)) <> (0, 0, 0, 0)
+        ORDER BY min(c.step)
+    LOOP
+        UPDATE performer_stats
+        SET orders_completed   = orders_completed   + d_completed,
+            orders_in_progress = orders_in_progress + d_in_progress,
+            rating_sum         = rating_sum         + d_rating_sum,
+            rating_count       = rating_count       + d_rating_count
+        WHERE performer_id = subject;
+    END LOOP;
+
+    -- A customer counts every order placed, and the orders in each status.
+    FOR subject, d_placed, d_open, d_in_progress, d_done, d_cancelled IN
+        SELECT c.customer_id, sum(c.placed), sum(c.open), sum(c.in_progress), sum(c.done), sum(c.cancelled)
+        FROM (VALUES
+                (1, OLD.customer_id, -1,
+                 -(OLD.status = 'open')::int,
+                 -(OLD.status = 'in_progress')::int,
+                 -(OLD.status = 'done')::int,
+                 -(OLD.status = 'cancelled')::int),
+                (2, NEW.customer_id, 1,
+                 (NEW.status = 'open')::int,
+                 (NEW.status = 'in_progress')::int,
+                 (NEW.status = 'done')::int,
+                 (NEW.status = 'cancelled')::int)
+             ) AS c (step, customer_id, placed, open, in_progress, done, cancelled)
+        WHERE c.customer_id IS NOT NULL
+        GROUP BY c.customer_id
+        HAVING (sum(c.placed), sum(c.open), sum(c.in_progress), sum(c.done), sum(c.cancelled)) <> (0, 0, 0, 0, 0)
+        ORDER BY min(c.step)
+    LOOP
+        UPDATE customer_stats
+        SET orders_placed      = orders_placed      + d_placed,
+            orders_open        = orders_open        + d_open,
+            orders_in_progress = orders_in_progress + d_in_progress,
+            orders_done        = orders_done        + d_done,
+            orders_cancelled   = orders_cancelled   + d_cancelled
+        WHERE customer_id = subject;
+    END LOOP;
+
+    -- A category counts its open orders of customers who are not blocked. An order open before and
+    -- after, of the same customer in the same category, counts the same: nothing to look up.
+    IF TG_OP = 'UPDATE' AND OLD.status = 'open' AND NEW.status = 'open'
+       AND OLD.customer_id = NEW.customer_id AND OLD.category_id = NEW.category_id THEN
+        RETURN NULL;
+    END IF;
+    -- FOR SHARE waits for a concurrent block or unblock, whose own recount (users_block_listing)
+    -- then sees this order.
+    IF OLD.status = 'open' THEN
+        SELECT NOT is_blocked INTO old_listed FROM users WHERE id = OLD.customer_id FOR SHARE;
+    END IF;
+    IF NEW.status = 'open' THEN
+        SELECT NOT is_blocked INTO new_listed FROM users WHERE id = NEW.customer_id FOR SHARE;
+    END IF;
+    FOR subject, d_open IN
+        SELECT c.category_id, sum(c.open)
+        FROM (VALUES
+                (1, OLD.category_id, -old_listed::int),
+                (2, NEW.category_id, new_listed::int)
+             ) AS c (step, category_id, open)
+        WHERE c.category_id IS NOT NULL
+        GROUP BY c.category_id
+        HAVING sum(c.open) <> 0
+        ORDER BY min(c.step)
+    LOOP
+        UPDATE categories
+        SET open_orders = open_orders + d_open
+        WHERE id = subject;
+    END LOOP;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION orders_count_contribution() IS
+    'Keeps customer_stats, performer_stats and categories.open_orders exact: for each counters row an order feeds, adds the new row''s contribution less the old row''s, and writes only the rows where that difference is not zero (a rating or a hidden review writes the performer''s row alone).';
