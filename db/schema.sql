@@ -351,26 +351,28 @@ DECLARE
     old_listed      boolean := false;
     new_listed      boolean := false;
 BEGIN
-    -- Performers first, then customers, then categories: one fixed order avoids deadlocks.
+    -- Performers first, then customers, then categories, and within each the rows in id order
+    -- (a reassignment touches two performers, a move two categories): one fixed order, so two
+    -- transactions never wait for each other in a circle.
     -- A performer counts the orders in progress and done, and the ratings that are not hidden.
     FOR subject, d_completed, d_in_progress, d_rating_sum, d_rating_count IN
         SELECT c.performer_id, sum(c.completed), sum(c.in_progress), sum(c.rating_sum), sum(c.rating_count)
         FROM (VALUES
-                (1, OLD.performer_id,
+                (OLD.performer_id,
                  -(OLD.status = 'done')::int,
                  -(OLD.status = 'in_progress')::int,
                  -CASE WHEN OLD.review_hidden THEN 0 ELSE coalesce(OLD.rating, 0) END,
                  -(OLD.rating IS NOT NULL AND NOT OLD.review_hidden)::int),
-                (2, NEW.performer_id,
+                (NEW.performer_id,
                  (NEW.status = 'done')::int,
                  (NEW.status = 'in_progress')::int,
                  CASE WHEN NEW.review_hidden THEN 0 ELSE coalesce(NEW.rating, 0) END,
                  (NEW.rating IS NOT NULL AND NOT NEW.review_hidden)::int)
-             ) AS c (step, performer_id, completed, in_progress, rating_sum, rating_count)
+             ) AS c (performer_id, completed, in_progress, rating_sum, rating_count)
         WHERE c.performer_id IS NOT NULL
         GROUP BY c.performer_id
         HAVING (sum(c.completed), sum(c.in_progress), sum(c.rating_sum), sum(c.rating_count)) <> (0, 0, 0, 0)
-        ORDER BY min(c.step)
+        ORDER BY c.performer_id
     LOOP
         UPDATE performer_stats
         SET orders_completed   = orders_completed   + d_completed,
@@ -384,21 +386,21 @@ BEGIN
     FOR subject, d_placed, d_open, d_in_progress, d_done, d_cancelled IN
         SELECT c.customer_id, sum(c.placed), sum(c.open), sum(c.in_progress), sum(c.done), sum(c.cancelled)
         FROM (VALUES
-                (1, OLD.customer_id, -1,
+                (OLD.customer_id, -1,
                  -(OLD.status = 'open')::int,
                  -(OLD.status = 'in_progress')::int,
                  -(OLD.status = 'done')::int,
                  -(OLD.status = 'cancelled')::int),
-                (2, NEW.customer_id, 1,
+                (NEW.customer_id, 1,
                  (NEW.status = 'open')::int,
                  (NEW.status = 'in_progress')::int,
                  (NEW.status = 'done')::int,
                  (NEW.status = 'cancelled')::int)
-             ) AS c (step, customer_id, placed, open, in_progress, done, cancelled)
+             ) AS c (customer_id, placed, open, in_progress, done, cancelled)
         WHERE c.customer_id IS NOT NULL
         GROUP BY c.customer_id
         HAVING (sum(c.placed), sum(c.open), sum(c.in_progress), sum(c.done), sum(c.cancelled)) <> (0, 0, 0, 0, 0)
-        ORDER BY min(c.step)
+        ORDER BY c.customer_id
     LOOP
         UPDATE customer_stats
         SET orders_placed      = orders_placed      + d_placed,
@@ -426,13 +428,13 @@ BEGIN
     FOR subject, d_open IN
         SELECT c.category_id, sum(c.open)
         FROM (VALUES
-                (1, OLD.category_id, -old_listed::int),
-                (2, NEW.category_id, new_listed::int)
-             ) AS c (step, category_id, open)
+                (OLD.category_id, -old_listed::int),
+                (NEW.category_id, new_listed::int)
+             ) AS c (category_id, open)
         WHERE c.category_id IS NOT NULL
         GROUP BY c.category_id
         HAVING sum(c.open) <> 0
-        ORDER BY min(c.step)
+        ORDER BY c.category_id
     LOOP
         UPDATE categories
         SET open_orders = open_orders + d_open
@@ -441,7 +443,7 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION orders_count_contribution() IS
-    'Keeps customer_stats, performer_stats and categories.open_orders exact: for each counters row an order feeds, adds the new row''s contribution less the old row''s, and writes only the rows where that difference is not zero (a rating or a hidden review writes the performer''s row alone).';
+    'Keeps customer_stats, performer_stats and categories.open_orders exact: for each counters row an order feeds, adds the new row''s contribution less the old row''s, and writes only the rows where that difference is not zero (a rating or a hidden review writes the performer''s row alone). Rows are written performers, customers, categories, each in id order, so crossing reassignments or category moves queue instead of deadlocking.';
 CREATE TRIGGER orders_count_contribution AFTER INSERT OR DELETE OR UPDATE OF status, performer_id, customer_id, category_id, rating, review_hidden ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_count_contribution();
 COMMENT ON TRIGGER orders_count_contribution ON orders IS 'Counters of customers, performers and categories follow every insert, delete, transition, reassignment, rating and hidden review.';

@@ -479,3 +479,55 @@ def test_two_tokens_created_at_once_never_make_an_eleventh(db, db_url, make_user
     results = run_in_parallel(db_url, [create(n) for n in range(4)])
     assert results.count(1) == 1 and all(isinstance(r, psycopg.errors.CheckViolation) for r in results if r != 1)
     assert db.execute("SELECT count(*) AS n FROM api_tokens WHERE user_id = %s", (user["id"],)).fetchone()["n"] == 10
+
+
+@pytest.mark.parametrize("counters", ["performer_stats", "categories"])
+def test_two_crossing_reassignments_at_once_never_deadlock(db, db_url, make_user, make_order, counters):
+    """Order one moves from the lower counters row to the higher while order two moves the other way.
+
+    Each move writes both rows, and one's move takes the lower row first either way. The test fixes
+    the interleaving: one has got as far as holding the lower row when two's move starts and waits,
+    then one's move goes on. Rows taken old-then-new, two holds the higher row while it waits for the
+    lower, and one's move then waits for the higher: a deadlock. Taken lowest id first, two waits for
+    the lower row holding nothing, and one's move goes through.
+    """
+    if counters == "performer_stats":
+        low, high = make_user("performer"), make_user("performer")
+        one = make_order(make_user("customer"), performer=low, status="in_progress")
+        two = make_order(make_user("customer"), performer=high, status="in_progress")
+        low, high, column = low["id"], high["id"], "performer_id"
+        take_row = "SELECT 1 FROM performer_stats WHERE performer_id = %s FOR NO KEY UPDATE"
+    else:
+        slugs = {r["id"]: r["slug"] for r in db.execute(
+            "SELECT id, slug FROM categories WHERE slug IN ('design', 'development')")}
+        low, high = sorted(slugs)
+        one = make_order(make_user("customer"), category=slugs[low])
+        two = make_order(make_user("customer"), category=slugs[high])
+        column = "category_id"
+        take_row = "SELECT 1 FROM categories WHERE id = %s FOR NO KEY UPDATE"
+    assert low < high
+    outcome = {}
+
+    def move(connection, name, order, target):
+        try:
+            connection.execute(f"UPDATE orders SET {column} = %s WHERE id = %s", (target, order["id"]))
+            connection.commit()
+            outcome[name] = "committed"
+        except psycopg.Error as err:
+            connection.rollback()
+            outcome[name] = type(err).__name__
+
+    with psycopg.connect(db_url) as first, psycopg.connect(db_url) as second:
+        first.execute(take_row, (low,))        # the lock the first move takes first, held from now on
+        pid = second.info.backend_pid
+        moves = [threading.Thread(target=move, args=(second, "two", two, low))]
+        moves[0].start()
+        wait_until_blocked(db, pid)
+        moves.append(threading.Thread(target=move, args=(first, "one", one, high)))
+        moves[1].start()
+        for thread in moves:
+            thread.join(timeout=30)
+    assert outcome == {"one": "committed", "two": "committed"}
+    rows = db.execute(f"SELECT id, {column} AS moved_to FROM orders WHERE id IN (%s, %s) ORDER BY id",
+                      (one["id"], two["id"])).fetchall()
+    assert [(r["id"], r["moved_to"]) for r in rows] == [(one["id"], high), (two["id"], low)]
