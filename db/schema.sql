@@ -13,7 +13,7 @@ CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
 
 CREATE TYPE order_status AS ENUM ('open', 'in_progress', 'done', 'cancelled');
-COMMENT ON TYPE order_status IS 'The states of an order; the allowed moves between them are in orders_guard_transition().';
+COMMENT ON TYPE order_status IS 'The states of an order. The only moves: open -> in_progress (taken) or cancelled; in_progress -> done, cancelled, or back to open; done and cancelled are final.';
 
 -- ---------------------------------------------------------------------------------------------
 -- People
@@ -49,7 +49,7 @@ CREATE TABLE customer_stats (
     orders_done       integer NOT NULL DEFAULT 0 CHECK (orders_done >= 0),
     orders_cancelled  integer NOT NULL DEFAULT 0 CHECK (orders_cancelled >= 0)
 );
-COMMENT ON TABLE customer_stats IS 'Counters of a customer''s orders, kept exact by orders_count_contribution(); never written by the app.';
+COMMENT ON TABLE customer_stats IS 'Counters of a customer''s orders: every order placed, and how many are open, in progress, done and cancelled now. Kept exact by the trigger orders_count_contribution on orders; never written by the app.';
 
 CREATE TABLE performer_stats (
     performer_id     bigint PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
@@ -61,7 +61,7 @@ CREATE TABLE performer_stats (
                          (CASE WHEN rating_count > 0 THEN round(rating_sum::numeric / rating_count, 2) END) STORED
 );
 CREATE INDEX performer_stats_rank_idx ON performer_stats (rating_avg DESC NULLS LAST, orders_completed DESC, performer_id);
-COMMENT ON TABLE performer_stats IS 'Counters of a performer''s work, kept exact by orders_count_contribution(); the average is derived from sum and count.';
+COMMENT ON TABLE performer_stats IS 'Counters of a performer''s work: orders done and in progress, the sum and count of the ratings staff have not hidden, and the average derived from them. Kept exact by the trigger orders_count_contribution on orders; never written by the app.';
 
 CREATE FUNCTION users_create_stats() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -160,7 +160,7 @@ CREATE TABLE orders (
     CONSTRAINT orders_cancelled_at_when_cancelled CHECK ((status = 'cancelled') = (cancelled_at IS NOT NULL)),
     CONSTRAINT orders_cancel_reason_when_cancelled CHECK (cancel_reason IS NULL OR status = 'cancelled')
 );
-COMMENT ON TABLE orders IS 'Orders. status moves only along orders_guard_transition(); every move is appended to order_history; counters follow through orders_count_contribution().';
+COMMENT ON TABLE orders IS 'Orders. status moves only open -> in_progress | cancelled and in_progress -> done | cancelled | open; only an open order is edited; a done order takes one rating, never changed. Every move is appended to order_history, and the counters of customers, performers and categories follow it.';
 COMMENT ON COLUMN orders.customer_role IS 'Always customer: with the foreign key to users (id, role) it makes sure the customer is a customer.';
 COMMENT ON COLUMN orders.performer_role IS 'Always performer: with the foreign key to users (id, role) it makes sure the performer is a performer.';
 COMMENT ON COLUMN orders.search IS 'Full-text vector of title (weight A) and description; the russian configuration stems Russian words and, through english_stem, English ones.';
@@ -190,7 +190,7 @@ CREATE TABLE order_history (
     note        text
 );
 CREATE INDEX order_history_order_idx ON order_history (order_id, id);
-COMMENT ON TABLE order_history IS 'Append-only: every transition of every order (who, when, from, to, note), written by orders_record_history().';
+COMMENT ON TABLE order_history IS 'Append-only: every transition of every order (who, when, from, to, note), written by the trigger orders_record_history on orders; rows are never updated or deleted, except by the cascades from deleting their order or their actor.';
 
 CREATE FUNCTION order_history_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -330,7 +330,7 @@ COMMENT ON FUNCTION orders_guard_transition() IS
     'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating. Stamps taken_at, completed_at, cancelled_at and rated_at itself and refuses any statement that writes them; cancel_reason is written only by the cancel.';
 CREATE TRIGGER orders_guard_transition BEFORE INSERT OR UPDATE ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_guard_transition();
-COMMENT ON TRIGGER orders_guard_transition ON orders IS 'Refuses every transition not in SPEC §4 (see the function).';
+COMMENT ON TRIGGER orders_guard_transition ON orders IS 'Lets status move only open -> in_progress | cancelled and in_progress -> done | cancelled | open, a done order take one rating, and an open order be edited; refuses every other change, and any statement that writes a transition time.';
 
 -- Counters: one row trigger adds, for each counters row the order feeds, the new row's
 -- contribution less the old row's, and writes only the rows where that difference is not zero.

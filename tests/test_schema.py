@@ -428,6 +428,14 @@ def test_every_table_function_and_trigger_is_commented(db):
     assert missing == []
 
 
+def test_every_comment_states_its_rule_instead_of_pointing_at_a_document(db):
+    """A DBA reading \\d+ or \\dd in psql has the database, not the spec: no "see SPEC §4"."""
+    # Objects made by the schema have oids from 16384 on (FirstNormalObjectId); below are PostgreSQL's own.
+    pointing = db.execute("SELECT description FROM pg_description "
+                          "WHERE objoid >= 16384 AND description ~* '(\\mspec\\M|§|\\msee\\M)' ORDER BY 1").fetchall()
+    assert pointing == []
+
+
 def wait_until_blocked(db, pid, timeout=10):
     """Waits until backend `pid` waits for a lock (so the interleaving under test really happens)."""
     import time

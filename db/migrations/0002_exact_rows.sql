@@ -1,5 +1,8 @@
--- 0002: exact rows. Closes holes through which a statement written by hand in psql could leave
--- an order in an impossible state.
+-- 0002: exact rows. A statement written by hand in psql can no longer leave an order in an
+-- impossible state, nor the counters wrong: an open order is cancelled without a performer; the
+-- transition times and the cancel reason are written once, by the database; TRUNCATE of orders
+-- is refused. The counters trigger writes only the rows whose contribution changes, in id order.
+-- Every comment states its rule instead of pointing at a document.
 -- Applied in one transaction on top of 0001, it gives the schema of db/schema.sql; the migration
 -- runner records the version.
 
@@ -10,6 +13,8 @@ ALTER TABLE orders
     ADD CONSTRAINT orders_performer_only_when_taken CHECK (performer_id IS NULL OR taken_at IS NOT NULL),
     ADD CONSTRAINT orders_cancel_reason_when_cancelled CHECK (cancel_reason IS NULL OR status = 'cancelled');
 
+-- The state machine: an open order is cancelled without a performer; a statement never writes a
+-- transition time; the cancel reason is written by the cancel alone.
 CREATE OR REPLACE FUNCTION orders_guard_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -126,7 +131,8 @@ END $$;
 COMMENT ON FUNCTION orders_guard_transition() IS
     'The order state machine: open -> in_progress | cancelled; in_progress -> done | cancelled | open; done takes one rating. An order cancelled while open has no performer; one completed or cancelled in progress keeps its performer. Refuses everything else, edits of non-open orders and a change of a set rating. Stamps taken_at, completed_at, cancelled_at and rated_at itself and refuses any statement that writes them; cancel_reason is written only by the cancel.';
 
-
+-- TRUNCATE fires no row triggers, so it would take orders away behind the counters' back. It is
+-- refused on orders; TRUNCATE ... CASCADE of users or categories reaches orders and is refused too.
 CREATE FUNCTION orders_refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -138,6 +144,8 @@ CREATE TRIGGER orders_refuse_truncate BEFORE TRUNCATE ON orders
     FOR EACH STATEMENT EXECUTE FUNCTION orders_refuse_truncate();
 COMMENT ON TRIGGER orders_refuse_truncate ON orders IS 'Orders are never truncated, not even by a TRUNCATE ... CASCADE of users or categories: they go by DELETE, so the counters follow.';
 
+-- Counters: one row trigger adds, for each counters row the order feeds, the new row's
+-- contribution less the old row's, and writes only the rows where that difference is not zero.
 CREATE OR REPLACE FUNCTION orders_count_contribution() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -248,3 +256,11 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION orders_count_contribution() IS
     'Keeps customer_stats, performer_stats and categories.open_orders exact: for each counters row an order feeds, adds the new row''s contribution less the old row''s, and writes only the rows where that difference is not zero (a rating or a hidden review writes the performer''s row alone). Rows are written performers, customers, categories, each in id order, so crossing reassignments or category moves queue instead of deadlocking.';
+
+-- Comments that state their rule instead of pointing elsewhere.
+COMMENT ON TYPE order_status IS 'The states of an order. The only moves: open -> in_progress (taken) or cancelled; in_progress -> done, cancelled, or back to open; done and cancelled are final.';
+COMMENT ON TABLE customer_stats IS 'Counters of a customer''s orders: every order placed, and how many are open, in progress, done and cancelled now. Kept exact by the trigger orders_count_contribution on orders; never written by the app.';
+COMMENT ON TABLE performer_stats IS 'Counters of a performer''s work: orders done and in progress, the sum and count of the ratings staff have not hidden, and the average derived from them. Kept exact by the trigger orders_count_contribution on orders; never written by the app.';
+COMMENT ON TABLE orders IS 'Orders. status moves only open -> in_progress | cancelled and in_progress -> done | cancelled | open; only an open order is edited; a done order takes one rating, never changed. Every move is appended to order_history, and the counters of customers, performers and categories follow it.';
+COMMENT ON TABLE order_history IS 'Append-only: every transition of every order (who, when, from, to, note), written by the trigger orders_record_history on orders; rows are never updated or deleted, except by the cascades from deleting their order or their actor.';
+COMMENT ON TRIGGER orders_guard_transition ON orders IS 'Lets status move only open -> in_progress | cancelled and in_progress -> done | cancelled | open, a done order take one rating, and an open order be edited; refuses every other change, and any statement that writes a transition time.';
