@@ -47,6 +47,83 @@ def test_only_the_transitions_of_the_spec_pass_a_direct_update(db, people, make_
     assert after["status"] == (source if was_refused else target)
 
 
+def test_an_open_order_cannot_be_cancelled_with_a_performer(db, people, make_order):
+    """A cancelled order keeps the performer who had it; an open order has none to keep."""
+    customer, performer = people["customer"], people["performer"]
+    order = make_order(customer)
+    assert refused(db, "UPDATE orders SET status = 'cancelled', performer_id = %s WHERE status = 'open'",
+                   (performer["id"],))
+    assert refused(db, "UPDATE orders SET status = 'cancelled', performer_id = %s WHERE id = %s",
+                   (performer["id"], order["id"]))
+    row = db.execute("SELECT status, performer_id FROM orders WHERE id = %s", (order["id"],)).fetchone()
+    assert row == {"status": "open", "performer_id": None}
+    assert not refused(db, "UPDATE orders SET status = 'cancelled' WHERE id = %s", (order["id"],))
+    # An order cancelled while in progress keeps its performer, and only that one.
+    taken = make_order(customer, performer=performer, status="in_progress")
+    assert refused(db, "UPDATE orders SET status = 'cancelled', performer_id = %s WHERE id = %s",
+                   (people["other_performer"]["id"], taken["id"]))
+    assert not refused(db, "UPDATE orders SET status = 'cancelled' WHERE id = %s", (taken["id"],))
+    counts = db.execute("SELECT orders_in_progress, orders_completed FROM performer_stats "
+                        "WHERE performer_id = %s", (performer["id"],)).fetchone()
+    assert counts == {"orders_in_progress": 0, "orders_completed": 0}
+
+
+def test_the_rating_time_and_the_cancel_reason_never_change_once_set(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    rated = make_order(customer, performer=performer, status="done", rating=8)
+    assert refused(db, "UPDATE orders SET rated_at = rated_at - interval '1 day' WHERE id = %s", (rated["id"],))
+    assert refused(db, "UPDATE orders SET rated_at = now() WHERE id = %s", (rated["id"],))
+    unrated = make_order(customer, performer=performer, status="done")
+    assert refused(db, "UPDATE orders SET rating = 5, rated_at = '2001-01-01' WHERE id = %s", (unrated["id"],))
+
+    # The reason is written by the cancel itself, then never again.
+    with_reason = make_order(customer)
+    assert not refused(db, "UPDATE orders SET status = 'cancelled', cancel_reason = 'Found someone' WHERE id = %s",
+                       (with_reason["id"],))
+    without_reason = make_order(customer, performer=performer, status="cancelled")
+    for order, reason in ((with_reason, "Another story"), (with_reason, None), (without_reason, "Added later")):
+        assert refused(db, "UPDATE orders SET cancel_reason = %s WHERE id = %s", (reason, order["id"]))
+    # An order that is not cancelled has no reason to give, with a transition or without one.
+    for status in ("open", "in_progress", "done"):
+        order = make_order(customer, performer=performer, status=status)
+        assert refused(db, "UPDATE orders SET cancel_reason = 'Not cancelled' WHERE id = %s", (order["id"],))
+    taken = make_order(customer, performer=performer, status="in_progress")
+    assert refused(db, "UPDATE orders SET status = 'done', cancel_reason = 'Not cancelled' WHERE id = %s",
+                   (taken["id"],))
+    rows = db.execute("SELECT id, cancel_reason, rated_at FROM orders WHERE id = ANY(%s) ORDER BY id",
+                      ([rated["id"], with_reason["id"], without_reason["id"]],)).fetchall()
+    assert [(r["id"], r["cancel_reason"], r["rated_at"]) for r in rows] == [
+        (rated["id"], None, rated["rated_at"]), (with_reason["id"], "Found someone", None),
+        (without_reason["id"], None, None)]
+
+
+def test_transition_times_are_stamped_by_the_database_and_never_written_by_a_statement(db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    open_order = make_order(customer)
+    taken = make_order(customer, performer=performer, status="in_progress")
+    long_ago = "2001-01-01"
+    # Together with a transition ...
+    for sql, order in (
+            ("UPDATE orders SET status = 'cancelled', taken_at = %s WHERE id = %s", open_order),
+            ("UPDATE orders SET status = 'in_progress', performer_id = {p}, taken_at = %s WHERE id = %s", open_order),
+            ("UPDATE orders SET status = 'done', taken_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'done', completed_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'cancelled', taken_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'cancelled', cancelled_at = %s WHERE id = %s", taken),
+            ("UPDATE orders SET status = 'open', performer_id = NULL, taken_at = %s WHERE id = %s", taken)):
+        assert refused(db, sql.format(p=performer["id"]), (long_ago, order["id"])), sql
+    # ... or without one.
+    done = make_order(customer, performer=performer, status="done", rating=9)
+    cancelled = make_order(customer, performer=performer, status="cancelled")
+    for column, order in (("taken_at", taken), ("taken_at", done), ("completed_at", done), ("rated_at", done),
+                          ("taken_at", cancelled), ("cancelled_at", cancelled)):
+        assert refused(db, f"UPDATE orders SET {column} = %s WHERE id = %s", (long_ago, order["id"])), column
+    # The transitions themselves stamp them, and leave the earlier ones as they were.
+    db.execute("UPDATE orders SET status = 'done' WHERE id = %s", (taken["id"],))
+    row = db.execute("SELECT taken_at, completed_at FROM orders WHERE id = %s", (taken["id"],)).fetchone()
+    assert row["taken_at"] == taken["taken_at"] and row["completed_at"] > row["taken_at"]
+
+
 def test_transition_times_and_history_are_recorded_with_the_actor(db, people, make_order):
     customer, performer = people["customer"], people["performer"]
     order = make_order(customer)
@@ -126,6 +203,25 @@ def test_rows_that_cannot_exist_are_refused(db, people, make_order):
                    (customer["id"], category))
 
 
+@pytest.mark.parametrize("statement", ["TRUNCATE orders CASCADE", "TRUNCATE order_history, orders",
+                                       "TRUNCATE users CASCADE", "TRUNCATE categories CASCADE"])
+def test_truncating_orders_is_refused_even_by_cascade_so_the_counters_stay_exact(db, people, make_order, statement):
+    """TRUNCATE fires no row triggers; the orders must go by DELETE, whose triggers keep the counts."""
+    customer, performer = people["customer"], people["performer"]
+    make_order(customer)
+    make_order(customer, performer=performer, status="done", rating=6)
+    before = db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"]
+    with pytest.raises(psycopg.Error, match="use DELETE"):
+        with db.transaction():
+            db.execute(statement)
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == before == 2
+    # DELETE is the way, and leaves every counter exact (checked after each test).
+    db.execute("DELETE FROM orders")
+    counts = db.execute("SELECT orders_placed, orders_open, orders_done FROM customer_stats "
+                        "WHERE customer_id = %s", (customer["id"],)).fetchone()
+    assert counts == {"orders_placed": 0, "orders_open": 0, "orders_done": 0}
+
+
 def test_concurrent_block_and_new_order_keep_category_counts_exact(db, people, make_order):
     """Blocking hides open orders from category counts; unblocking restores them."""
     customer = people["customer"]
@@ -137,6 +233,43 @@ def test_concurrent_block_and_new_order_keep_category_counts_exact(db, people, m
     assert count() == 0
     db.execute("UPDATE users SET is_blocked = false WHERE id = %s", (customer["id"],))
     assert count() == 2
+
+
+def test_only_the_counters_whose_contribution_changes_are_written(db, people, make_order):
+    """A rating or a hidden review is the performer's business: the customer's row is not written
+    (nor locked), and an update that changes no contribution writes no counter at all."""
+    customer, performer = people["customer"], people["performer"]
+    open_order = make_order(customer)
+    taken = make_order(customer, performer=performer, status="in_progress")
+    done = make_order(customer, performer=performer, status="done")
+
+    def versions():
+        """The row version (xmin) of each counters row: it changes whenever the row is written."""
+        return {
+            "customer": db.execute("SELECT xmin::text AS v FROM customer_stats WHERE customer_id = %s",
+                                   (customer["id"],)).fetchone()["v"],
+            "performer": db.execute("SELECT xmin::text AS v FROM performer_stats WHERE performer_id = %s",
+                                    (performer["id"],)).fetchone()["v"],
+            "categories": db.execute("SELECT string_agg(xmin::text, ',' ORDER BY id) AS v FROM categories").fetchone()["v"]}
+
+    def written_by(sql, order):
+        before = versions()
+        db.execute(sql, (order["id"],))
+        after = versions()
+        return {side for side in before if before[side] != after[side]}
+
+    assert written_by("UPDATE orders SET rating = 7, review = 'Good' WHERE id = %s", done) == {"performer"}
+    assert written_by("UPDATE orders SET review_hidden = true WHERE id = %s", done) == {"performer"}
+    assert written_by("UPDATE orders SET review_hidden = false WHERE id = %s", done) == {"performer"}
+    nothing = ("UPDATE orders SET status = status, performer_id = performer_id, category_id = category_id, "
+               "rating = rating, review_hidden = review_hidden WHERE id = %s")
+    for order in (open_order, taken, done):
+        assert written_by(nothing, order) == set(), order["status"]
+    assert written_by("UPDATE orders SET category_id = category_id + 1 WHERE id = %s", open_order) == {"categories"}
+    assert written_by("UPDATE orders SET status = 'done' WHERE id = %s", taken) == {"customer", "performer"}
+    stats = db.execute("SELECT rating_sum, rating_count, orders_completed FROM performer_stats "
+                       "WHERE performer_id = %s", (performer["id"],)).fetchone()
+    assert stats == {"rating_sum": 7, "rating_count": 1, "orders_completed": 2}
 
 
 def random_operations(db, rng, steps):
@@ -294,6 +427,14 @@ def test_every_table_function_and_trigger_is_commented(db):
     assert missing == []
 
 
+def test_every_comment_states_its_rule_instead_of_pointing_at_a_document(db):
+    """A DBA reading \\d+ or \\dd in psql has the database, not the spec: no "see SPEC §4"."""
+    # Objects made by the schema have oids from 16384 on (FirstNormalObjectId); below are PostgreSQL's own.
+    pointing = db.execute("SELECT description FROM pg_description "
+                          "WHERE objoid >= 16384 AND description ~* '(\\mspec\\M|§|\\msee\\M)' ORDER BY 1").fetchall()
+    assert pointing == []
+
+
 def wait_until_blocked(db, pid, timeout=10):
     """Waits until backend `pid` waits for a lock (so the interleaving under test really happens)."""
     import time
@@ -345,3 +486,55 @@ def test_two_tokens_created_at_once_never_make_an_eleventh(db, db_url, make_user
     results = run_in_parallel(db_url, [create(n) for n in range(4)])
     assert results.count(1) == 1 and all(isinstance(r, psycopg.errors.CheckViolation) for r in results if r != 1)
     assert db.execute("SELECT count(*) AS n FROM api_tokens WHERE user_id = %s", (user["id"],)).fetchone()["n"] == 10
+
+
+@pytest.mark.parametrize("counters", ["performer_stats", "categories"])
+def test_two_crossing_reassignments_at_once_never_deadlock(db, db_url, make_user, make_order, counters):
+    """Order one moves from the lower counters row to the higher while order two moves the other way.
+
+    Each move writes both rows, and one's move takes the lower row first either way. The test fixes
+    the interleaving: one has got as far as holding the lower row when two's move starts and waits,
+    then one's move goes on. Rows taken old-then-new, two holds the higher row while it waits for the
+    lower, and one's move then waits for the higher: a deadlock. Taken lowest id first, two waits for
+    the lower row holding nothing, and one's move goes through.
+    """
+    if counters == "performer_stats":
+        low, high = make_user("performer"), make_user("performer")
+        one = make_order(make_user("customer"), performer=low, status="in_progress")
+        two = make_order(make_user("customer"), performer=high, status="in_progress")
+        low, high, column = low["id"], high["id"], "performer_id"
+        take_row = "SELECT 1 FROM performer_stats WHERE performer_id = %s FOR NO KEY UPDATE"
+    else:
+        slugs = {r["id"]: r["slug"] for r in db.execute(
+            "SELECT id, slug FROM categories WHERE slug IN ('design', 'development')")}
+        low, high = sorted(slugs)
+        one = make_order(make_user("customer"), category=slugs[low])
+        two = make_order(make_user("customer"), category=slugs[high])
+        column = "category_id"
+        take_row = "SELECT 1 FROM categories WHERE id = %s FOR NO KEY UPDATE"
+    assert low < high
+    outcome = {}
+
+    def move(connection, name, order, target):
+        try:
+            connection.execute(f"UPDATE orders SET {column} = %s WHERE id = %s", (target, order["id"]))
+            connection.commit()
+            outcome[name] = "committed"
+        except psycopg.Error as err:
+            connection.rollback()
+            outcome[name] = type(err).__name__
+
+    with psycopg.connect(db_url) as first, psycopg.connect(db_url) as second:
+        first.execute(take_row, (low,))        # the lock the first move takes first, held from now on
+        pid = second.info.backend_pid
+        moves = [threading.Thread(target=move, args=(second, "two", two, low))]
+        moves[0].start()
+        wait_until_blocked(db, pid)
+        moves.append(threading.Thread(target=move, args=(first, "one", one, high)))
+        moves[1].start()
+        for thread in moves:
+            thread.join(timeout=30)
+    assert outcome == {"one": "committed", "two": "committed"}
+    rows = db.execute(f"SELECT id, {column} AS moved_to FROM orders WHERE id IN (%s, %s) ORDER BY id",
+                      (one["id"], two["id"])).fetchall()
+    assert [(r["id"], r["moved_to"]) for r in rows] == [(one["id"], high), (two["id"], low)]
