@@ -320,7 +320,7 @@ def change_order(order_id, action):
     if not form.ok:
         return render_order(order_id, status=400, action=action, form=form)
     me = staff_id()
-    act_as(me, reason)
+    act_as(me, reason, staff=True)
     cancel = action == "cancel"
     if db_one(query, order_id=order_id, staff_id=me, reason=reason):
         redirect(f"/admin/orders/{order_id}", _("The order is cancelled.") if cancel
@@ -496,7 +496,7 @@ def set_review_hidden(order_id, hidden):
                       next_url=None, first_url="/admin/reviews", action_id=order_id,
                       values=form.values, errors=form.errors)
     me = staff_id()
-    act_as(me, reason)
+    act_as(me, reason, staff=True)
     if db_one("admin_review_set_hidden", order_id=order_id, hidden=hidden, staff_id=me, reason=reason):
         redirect("/admin/reviews", _("The rating is hidden and no longer counts.") if hidden
                  else _("The rating is restored."))

@@ -19,7 +19,8 @@ PAGE_SIZE = 20  # the feed queries say LIMIT 21: one more row tells whether a ne
 SEARCH_WINDOW = 2000  # open orders a search scans in feed order before it asks the GIN index
 CABINET_PAGE_SIZE = 20
 BUDGET_MAX = 100_000_000
-STATUSES = ("open", "in_progress", "done", "cancelled")
+STATUSES = ("open", "in_progress", "delivered", "disputed", "done", "cancelled")
+MODES = ("take", "offers")
 # The first page of a keyset list starts "after" a row beyond every real one.
 END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 LAST_ID = 2**63 - 1
@@ -142,7 +143,11 @@ def read_feed_filters(form, by_slug):
 
 
 # ---------------------------------------------------------------------------------------------
-# Who may do what: for the buttons shown, and to explain a refused write
+# Who may do what: for the forms shown, and to explain a refused write
+
+CUSTOMER_ACTIONS = ("cancel", "edit", "rate", "accept", "revision", "accept_offer")
+PERFORMER_ACTIONS = ("deliver", "withdraw")
+
 
 def is_hidden_from(order, user):
     """Open orders of a blocked customer are gone for everyone but staff and that customer."""
@@ -153,24 +158,30 @@ def is_hidden_from(order, user):
 def is_allowed(order, user, action):
     """Whether this person may do `action` to this order at all, whatever its state."""
     me = user["id"]
-    if action == "take":
+    if action in ("take", "offer", "withdraw_offer"):
         return user["role"] == "performer" and me != order["customer_id"]
-    if action == "complete":
+    if action in PERFORMER_ACTIONS:
         return me == order["performer_id"]
-    return me == order["customer_id"]  # cancel, edit, rate: staff act on others' orders only in /admin
+    if action == "dispute":
+        return me in (order["customer_id"], order["performer_id"])
+    return me == order["customer_id"]  # staff act on others' orders only in /admin
 
 
 def forbidden_message(action, user):
-    if action == "take":
-        return _("Only performers can take orders.")
-    if action == "complete":
-        return _("Only the performer who took this order can complete it.")
+    if action in ("take", "offer", "withdraw_offer"):
+        return _("Only performers can take orders or send offers.")
+    if action in PERFORMER_ACTIONS:
+        return _("Only the performer of this order can do this.")
+    if action == "dispute":
+        return _("Only the customer and the performer of this order can open a dispute.")
     if action == "cancel" and user["is_staff"]:
         return _("Staff cancel other people's orders in the admin area, with a reason for the audit log.")
     if action == "cancel":
         return _("Only the order's customer can cancel it.")
     if action == "rate":
         return _("Only the order's customer can rate it.")
+    if action in ("accept", "revision", "accept_offer"):
+        return _("Only the order's customer can do this.")
     return _("Only the order's customer can edit it.")
 
 
@@ -182,17 +193,39 @@ def conflict_message(order, user, action):
             return _("You have already taken this order.")
         if status == "cancelled":
             return _("This order was cancelled and can no longer be taken.")
+        if status == "open" and order["mode"] == "offers":
+            return _("The customer chooses among offers for this order: send an offer instead.")
         return _("This order was already taken by someone else.")
-    if action == "complete":
-        return _("This order is not in progress any more.")
+    if action in ("offer", "withdraw_offer"):
+        if status == "open" and order["mode"] != "offers":
+            return _("This order takes no offers: it goes to the first performer who takes it.")
+        if action == "withdraw_offer" and status == "open":
+            return _("You have no active offer on this order.")
+        return _("This order is no longer open for offers.")
+    if action == "accept_offer":
+        if status == "open":
+            return _("This offer is no longer active.")
+        return _("This order is no longer open: an offer was already accepted.")
+    if action == "deliver":
+        return _("Only an order in progress can be delivered.")
+    if action == "withdraw":
+        return _("Only an order in progress can be given back.")
+    if action in ("accept", "revision"):
+        return _("There is no delivered work waiting for your answer.")
+    if action == "dispute":
+        return _("A dispute can be opened only on an order in progress or delivered.")
     if action == "cancel":
-        if status == "done":
-            return _("A done order cannot be cancelled.")
+        if status == "in_progress":
+            return _("An order in progress can be cancelled only once its deadline has passed. Until then, open a dispute if something is wrong.")
+        if status in ("done", "delivered", "disputed"):
+            return _("This order can no longer be cancelled.")
         return _("This order is already cancelled.")
     if action == "rate":
         if order["is_rated"]:
             return _("This order has already been rated.")
         return _("Only a done order can be rated.")
+    if action == "edit" and status == "open":
+        return _("The mode can change only while the order has no active offers.")
     return _("Only an open order can be edited.")
 
 
@@ -204,26 +237,39 @@ def refuse(order_id, action):
         raise not_found(_("There is no such order."))
     if not is_allowed(order, user, action):
         raise error_response(403, forbidden_message(action, user))
-    if action == "take" and order["status"] == "open":  # still open: the taker was refused (blocked)
+    if action in ("take", "offer") and order["status"] == "open" and (
+            action == "offer") == (order["mode"] == "offers"):
+        # still open and of the right mode: the performer (or the customer) is blocked
         raise error_response(403, _("Your account cannot take orders right now."))
     raise error_response(409, conflict_message(order, user, action))
 
 
 def permissions(order, user):
-    """The buttons this viewer sees on the order page (the SQL decides for real)."""
+    """The forms this viewer sees on the order page (the SQL decides for real)."""
+    can = dict.fromkeys(("take", "offer", "accept_offer", "edit", "cancel", "deliver", "withdraw",
+                         "accept", "revision", "dispute", "rate", "staff"), False)
     if user is None:
-        return {"take": False, "edit": False, "cancel": False, "complete": False, "rate": False,
-                "staff": False}
+        return can
     status = order["status"]
     is_customer = user["id"] == order["customer_id"]
-    return {
-        "take": user["role"] == "performer" and status == "open" and not order["customer_blocked"],
-        "edit": is_customer and status == "open",
-        "cancel": is_customer and status in ("open", "in_progress"),
-        "complete": user["id"] == order["performer_id"] and status == "in_progress",
-        "rate": is_customer and status == "done" and not order["is_rated"],
-        "staff": bool(user["is_staff"]),
-    }
+    is_performer = user["id"] == order["performer_id"]
+    open_for_performers = (user["role"] == "performer" and status == "open"
+                           and not order["customer_blocked"])
+    can.update(
+        take=open_for_performers and order["mode"] == "take",
+        offer=open_for_performers and order["mode"] == "offers",
+        accept_offer=is_customer and status == "open" and order["mode"] == "offers",
+        edit=is_customer and status == "open",
+        cancel=is_customer and (status == "open" or (status == "in_progress" and bool(order["overdue"]))),
+        deliver=is_performer and status == "in_progress",
+        withdraw=is_performer and status == "in_progress",
+        accept=is_customer and status == "delivered",
+        revision=is_customer and status == "delivered",
+        dispute=(is_customer or is_performer) and status in ("in_progress", "delivered"),
+        rate=is_customer and status == "done" and not order["is_rated"],
+        staff=bool(user["is_staff"]),
+    )
+    return can
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,13 +284,28 @@ def load_order(order_id):
     return order
 
 
-def render_order(order, status=200, values=None, errors=None):
-    """The order page; the timeline shows the notes staff wrote (their reasons) to staff only."""
+def order_offers(order, user):
+    """What the viewer sees of the offers: the customer (and staff) every active offer, a
+    performer their own; everyone the count."""
+    if user and (user["id"] == order["customer_id"] or user["is_staff"]):
+        return {"all": db_all("offers_of_order", order_id=order["id"]), "mine": None}
+    if user and user["role"] == "performer":
+        return {"all": None, "mine": db_one("offer_of_performer", order_id=order["id"], performer_id=user["id"])}
+    return {"all": None, "mine": None}
+
+
+def render_order(order, status=200, values=None, errors=None, form_name=None):
+    """The order page; the timeline shows the notes staff wrote (their reasons) to staff only.
+    After a 400, `form_name` says which form the values and errors belong to."""
     user = current_user()
+    parties = user and (user["is_staff"] or user["id"] in (order["customer_id"], order["performer_id"]))
     return render("order.html", status=status, order=order, rating_options=RATING_OPTIONS,
                   history=db_all("order_history_list", order_id=order["id"],
                                  staff=bool(user and user["is_staff"])),
-                  can=permissions(order, user), values=values or {}, errors=errors or {})
+                  deliveries=db_all("order_deliveries_list", order_id=order["id"]) if parties else [],
+                  offers=order_offers(order, user),
+                  can=permissions(order, user), values=values or {}, errors=errors or {},
+                  form_name=form_name)
 
 
 @routes.get("/orders/<order_id:id>")
@@ -252,9 +313,9 @@ def order_page(order_id):
     return render_order(load_order(order_id))
 
 
-@routes.get("/orders/<order_id:id>/<action:re:take|complete|cancel|rate>")
+@routes.get("/orders/<order_id:id>/<action:re:take|complete|deliver|cancel|rate|accept|revision|withdraw|dispute|offers>")
 def order_action_page(order_id, action):
-    """A GET of an action's URL (after signing in, say) shows the order and its buttons."""
+    """A GET of an action's URL (after signing in, say) shows the order and its forms."""
     redirect(f"/orders/{order_id}")
 
 
@@ -266,7 +327,7 @@ def reshow_order_form(order_id, action, form):
         raise error_response(403, forbidden_message(action, user))
     if not permissions(order, user)[action]:  # the form is not on the page any more
         raise error_response(409, conflict_message(order, user, action))
-    return render_order(order, status=400, values=form.values, errors=form.errors)
+    return render_order(order, status=400, values=form.values, errors=form.errors, form_name=action)
 
 
 def back_to(order_id):
@@ -276,81 +337,185 @@ def back_to(order_id):
 
 # ---------------------------------------------------------------------------------------------
 # Transitions (SPEC §4): one conditional statement each. The functions below are shared by the
-# HTML routes and the JSON API (api.py): each makes its write and raises 404/403/409 if refused.
+# HTML routes and the JSON API (api.py): each reads its fields from a Form (errors go into
+# form.errors), or makes its write and raises 404/403/409 if refused.
+
+def transition(query, order_id, user, action, note="", **params):
+    """Runs one transition statement as `user`; when it touches nothing, explains why (raises)."""
+    act_as(user["id"], note)
+    if db_one(query, order_id=order_id, **params) is None:
+        refuse(order_id, action)
+
 
 def take_order(order_id, user):
-    act_as(user["id"])
-    if db_one("order_take", order_id=order_id, performer_id=user["id"]) is None:
-        refuse(order_id, "take")
+    transition("order_take", order_id, user, "take", performer_id=user["id"])
 
 
-def complete_order(order_id, user):
-    act_as(user["id"])
-    if db_one("order_complete", order_id=order_id, performer_id=user["id"]) is None:
-        refuse(order_id, "complete")
+def read_reason(form, required):
+    return form.text("reason", required=required, max_len=1000, multiline=True).strip()
 
 
 def read_cancel_fields(form):
-    """The cancel form's fields: {"reason": ...}; errors go into form.errors."""
-    return {"reason": form.text("reason", required=False, max_len=1000, multiline=True).strip()}
+    return {"reason": read_reason(form, required=False)}
 
 
 def cancel_order(order_id, user, reason):
-    act_as(user["id"], reason)
-    if db_one("order_cancel", order_id=order_id, actor_id=user["id"], reason=reason) is None:
-        refuse(order_id, "cancel")
+    transition("order_cancel", order_id, user, "cancel", note=reason, actor_id=user["id"], reason=reason)
 
 
 def read_rate_fields(form):
-    """The rating form's fields: {"rating": ..., "review": ...}; errors go into form.errors."""
+    """The rating form's fields: {"rating": ..., "review": ...}."""
     return {"rating": form.integer("rating", min_value=1, max_value=10),
             "review": form.text("review", required=False, max_len=5000, multiline=True).strip()}
 
 
 def rate_order(order_id, user, rating, review):
+    transition("order_rate", order_id, user, "rate", customer_id=user["id"], rating=rating, review=review)
+
+
+def read_deliver_fields(form):
+    return {"message": form.text("message", max_len=5000, multiline=True).strip()}
+
+
+def deliver_order(order_id, user, message):
+    transition("order_deliver", order_id, user, "deliver", performer_id=user["id"], message=message)
+
+
+def read_accept_fields(form):
+    """Accepting the work: the rating is optional here, the review goes only with a rating."""
+    fields = {"rating": form.integer("rating", required=False, min_value=1, max_value=10),
+              "review": form.text("review", required=False, max_len=5000, multiline=True).strip()}
+    if fields["review"] and fields["rating"] is None and "rating" not in form.errors:
+        form.errors["rating"] = _("A review goes with a rating: choose one, or leave the review empty.")
+    return fields
+
+
+def accept_work(order_id, user, rating, review):
+    transition("order_accept", order_id, user, "accept", customer_id=user["id"], rating=rating, review=review)
+
+
+def read_reason_fields(form):
+    """A required reason: a revision, a dispute, giving an order back."""
+    return {"reason": read_reason(form, required=True)}
+
+
+def ask_revision(order_id, user, reason):
+    transition("order_revision", order_id, user, "revision", note=reason, customer_id=user["id"])
+
+
+def withdraw_order(order_id, user, reason):
+    transition("order_withdraw", order_id, user, "withdraw", note=reason, performer_id=user["id"])
+
+
+def open_dispute(order_id, user, reason):
+    transition("order_dispute", order_id, user, "dispute", note=reason, user_id=user["id"])
+
+
+def read_offer_fields(form):
+    return {"price": form.integer("price", min_value=1, max_value=BUDGET_MAX),
+            "days": form.integer("days", min_value=1, max_value=365),
+            "message": form.text("message", max_len=2000, multiline=True).strip()}
+
+
+def send_offer(order_id, user, price, days, message):
+    """Sends or changes the performer's offer; True when it is a new one."""
     act_as(user["id"])
-    if db_one("order_rate", order_id=order_id, customer_id=user["id"], rating=rating, review=review) is None:
-        refuse(order_id, "rate")
+    row = db_one("offer_submit", order_id=order_id, performer_id=user["id"], price=price, days=days,
+                 message=message)
+    if row is None:
+        refuse(order_id, "offer")
+    return row["created"]
 
 
-@routes.post("/orders/<order_id:id>/take")
-@csrf_protect
-@role_required("performer")
-def order_take(order_id):
-    take_order(order_id, current_user())
-    redirect(back_to(order_id), _("The order is yours. Good luck with the work!"))
+def withdraw_offer(order_id, user):
+    act_as(user["id"])
+    if db_one("offer_withdraw", order_id=order_id, performer_id=user["id"]) is None:
+        refuse(order_id, "withdraw_offer")
 
 
-@routes.post("/orders/<order_id:id>/complete")
-@csrf_protect
-@role_required("performer")
-def order_complete(order_id):
-    complete_order(order_id, current_user())
-    redirect(back_to(order_id), _("The order is done. The customer can now rate your work."))
+def accept_offer(order_id, offer_id, user):
+    act_as(user["id"])
+    if db_one("offer_accept", order_id=order_id, offer_id=offer_id, customer_id=user["id"])["id"] is None:
+        if db_one("offer_state_read", order_id=order_id, offer_id=offer_id) is None:
+            order = db_one("order_state_read", order_id=order_id)
+            if order is not None and not is_hidden_from(order, user) and is_allowed(order, user, "accept_offer"):
+                raise not_found(_("There is no such offer on this order."))
+        refuse(order_id, "accept_offer")
 
 
-@routes.post("/orders/<order_id:id>/cancel")
-@csrf_protect
-@login_required
-def order_cancel(order_id):
+# The HTML routes: read the form, make the transition, go back with a message.
+FORM_TRANSITIONS = {
+    # action: (reader of the form's fields, transition, role, success message)
+    "take": (None, take_order, "performer", lambda: _("The order is yours. Good luck with the work!")),
+    "deliver": (read_deliver_fields, deliver_order, "performer",
+                lambda: _("The work is handed in. The customer will accept it or ask for a revision.")),
+    "withdraw": (read_reason_fields, withdraw_order, "performer",
+                 lambda: _("You gave the order back. It is open to other performers again.")),
+    "cancel": (read_cancel_fields, cancel_order, None, lambda: _("The order is cancelled.")),
+    "rate": (read_rate_fields, rate_order, "customer", lambda: _("Thank you! Your rating is saved.")),
+    "accept": (read_accept_fields, accept_work, "customer", lambda: _("The work is accepted and the order is done.")),
+    "revision": (read_reason_fields, ask_revision, "customer",
+                 lambda: _("The work is sent back for a revision with your reason.")),
+    "dispute": (read_reason_fields, open_dispute, None,
+                lambda: _("A dispute is opened. Birzha staff will look into it and settle it.")),
+}
+
+
+def run_form_transition(order_id, action):
+    reader, make, role, message = FORM_TRANSITIONS[action]
+    user = current_user()
+    if role and user["role"] != role:
+        raise error_response(403, _("This action is not available for your account."))
     form = Form()
-    fields = read_cancel_fields(form)
+    fields = reader(form) if reader else {}
     if not form.ok:
-        return reshow_order_form(order_id, "cancel", form)
-    cancel_order(order_id, current_user(), **fields)
-    redirect(back_to(order_id), _("The order is cancelled."))
+        return reshow_order_form(order_id, action, form)
+    make(order_id, user, **fields)
+    redirect(back_to(order_id), message())
 
 
-@routes.post("/orders/<order_id:id>/rate")
+def form_route(action, path=None):
+    """POST /orders/<id>/<action>: signed in, CSRF-checked, one transition."""
+    @csrf_protect
+    @login_required
+    def route(order_id):
+        return run_form_transition(order_id, action)
+    route.__name__ = f"order_{action}"
+    routes.post(f"/orders/<order_id:id>/{path or action}", callback=route, name=f"order_{path or action}")
+
+
+for _action in FORM_TRANSITIONS:
+    form_route(_action)
+form_route("deliver", path="complete")  # the first name of delivering, kept for old links and clients
+
+
+@routes.post("/orders/<order_id:id>/offers")
+@csrf_protect
+@role_required("performer")
+def order_offer(order_id):
+    form = Form()
+    fields = read_offer_fields(form)
+    if not form.ok:
+        return reshow_order_form(order_id, "offer", form)
+    created = send_offer(order_id, current_user(), **fields)
+    redirect(back_to(order_id), _("Your offer is sent to the customer.") if created
+             else _("Your offer is changed."))
+
+
+@routes.post("/orders/<order_id:id>/offers/withdraw")
+@csrf_protect
+@role_required("performer")
+def order_offer_withdraw(order_id):
+    withdraw_offer(order_id, current_user())
+    redirect(back_to(order_id), _("Your offer is withdrawn."))
+
+
+@routes.post("/orders/<order_id:id>/offers/<offer_id:id>/accept")
 @csrf_protect
 @role_required("customer")
-def order_rate(order_id):
-    form = Form()
-    fields = read_rate_fields(form)
-    if not form.ok:
-        return reshow_order_form(order_id, "rate", form)
-    rate_order(order_id, current_user(), **fields)
-    redirect(back_to(order_id), _("Thank you! Your rating is saved."))
+def order_offer_accept(order_id, offer_id):
+    accept_offer(order_id, offer_id, current_user())
+    redirect(back_to(order_id), _("The offer is accepted: the performer starts the work."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +534,7 @@ def read_order_form(form, slugs, today, unchanged_deadline=None):
         "category": form.choice("category", slugs),
         "budget": form.integer("budget", min_value=1, max_value=BUDGET_MAX),
         "deadline": form.date("deadline", not_before=today, unchanged=unchanged_deadline),
+        "mode": form.choice("mode", MODES, required=False) or "take",
     }
 
 
@@ -437,7 +603,8 @@ def order_edit(order_id):
     order = order_to_edit(order_id)
     values = {"title": order["title"], "description": order["description"],
               "category": order["category_slug"], "budget": str(order["budget"]),
-              "deadline": order["deadline"].isoformat() if order["deadline"] else ""}
+              "deadline": order["deadline"].isoformat() if order["deadline"] else "",
+              "mode": order["mode"]}
     return render_order_form(values, {}, order=order, options=edit_options(order))
 
 

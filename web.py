@@ -135,9 +135,10 @@ def db_stream(name, /, **params):
     return cur
 
 
-def act_as(user_id, note=""):
-    """Names the acting user (and a note) for the history and audit triggers of this transaction."""
-    db_one("actor_set", actor_id=str(user_id or ""), note=note or "")
+def act_as(user_id, note="", staff=False):
+    """Names the acting user (and a note) for the history and audit triggers of this transaction;
+    staff=True marks the note as a staff member's reason, shown in the timeline to staff only."""
+    db_one("actor_set", actor_id=str(user_id or ""), note=note or "", staff=staff)
 
 
 # Two transactions that got in each other's way: PostgreSQL rolled one back, and running it again

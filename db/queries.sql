@@ -29,9 +29,11 @@ WHERE schemaname = 'public'
 SELECT 1 AS ok
 
 -- name: actor_set
--- Who acts and why, for the history and audit triggers, until the end of this transaction.
+-- Who acts and why, for the history and audit triggers, until the end of this transaction;
+-- staff marks the note as a staff member's reason, shown to staff only.
 SELECT set_config('birzha.actor_id', %(actor_id)s, true),
-       set_config('birzha.note', %(note)s, true)
+       set_config('birzha.note', %(note)s, true),
+       set_config('birzha.staff', CASE WHEN %(staff)s THEN 'on' ELSE '' END, true)
 
 -- name: tick_lock
 -- One tick at a time across every machine, held until the tick's transaction ends; a second
@@ -343,7 +345,7 @@ ORDER BY o.rated_at DESC, o.id DESC
 LIMIT %(limit)s
 
 -- name: performer_stats_read
-SELECT orders_completed, orders_in_progress, rating_avg, rating_count
+SELECT orders_completed, orders_in_progress, orders_delivered, orders_disputed, rating_avg, rating_count
 FROM performer_stats
 WHERE performer_id = %(performer_id)s
 
@@ -361,7 +363,8 @@ LIMIT %(limit)s
 -- Customers
 
 -- name: customer_stats_read
-SELECT orders_placed, orders_open, orders_in_progress, orders_done, orders_cancelled
+SELECT orders_placed, orders_open, orders_in_progress, orders_delivered, orders_disputed,
+       orders_done, orders_cancelled
 FROM customer_stats
 WHERE customer_id = %(customer_id)s
 
@@ -383,8 +386,8 @@ LIMIT %(limit)s
 -- Orders: create, edit and every transition
 
 -- name: order_create
-INSERT INTO orders (customer_id, category_id, title, description, budget, deadline)
-SELECT u.id, c.id, %(title)s, %(description)s, %(budget)s, %(deadline)s
+INSERT INTO orders (customer_id, category_id, title, description, budget, deadline, mode)
+SELECT u.id, c.id, %(title)s, %(description)s, %(budget)s, %(deadline)s, %(mode)s
 FROM users u, categories c
 WHERE u.id = %(customer_id)s
   AND u.role = 'customer'
@@ -394,28 +397,34 @@ WHERE u.id = %(customer_id)s
 RETURNING id
 
 -- name: order_update
--- The customer edits an open order; a hidden category is refused unless the order is already in it.
+-- The customer edits an open order; a hidden category is refused unless the order is already in
+-- it, and the mode changes only while no offer is active.
 UPDATE orders o
 SET title = %(title)s,
     description = %(description)s,
     category_id = c.id,
     budget = %(budget)s,
-    deadline = %(deadline)s
+    deadline = %(deadline)s,
+    mode = %(mode)s
 FROM categories c
 WHERE o.id = %(order_id)s
   AND o.customer_id = %(customer_id)s
   AND o.status = 'open'
+  AND (o.mode = %(mode)s OR o.offers_active = 0)
   AND c.slug = %(category)s
   AND (NOT c.is_hidden OR c.id = o.category_id)
 RETURNING o.id
 
 -- name: order_take
+-- Take mode: the first performer gets the order, at its budget.
 UPDATE orders o
 SET status = 'in_progress',
-    performer_id = p.id
+    performer_id = p.id,
+    agreed_price = o.budget
 FROM users p
 WHERE o.id = %(order_id)s
   AND o.status = 'open'
+  AND o.mode = 'take'
   AND p.id = %(performer_id)s
   AND p.role = 'performer'
   AND NOT p.is_blocked
@@ -423,23 +432,75 @@ WHERE o.id = %(order_id)s
   AND NOT EXISTS (SELECT 1 FROM users c WHERE c.id = o.customer_id AND c.is_blocked)
 RETURNING o.id
 
--- name: order_complete
+-- name: order_deliver
+-- The performer hands the work in: the order becomes delivered and the delivery (its message)
+-- is recorded, in one statement.
+WITH delivered AS (
+    UPDATE orders
+    SET status = 'delivered'
+    WHERE id = %(order_id)s
+      AND status = 'in_progress'
+      AND performer_id = %(performer_id)s
+    RETURNING id, performer_id
+)
+INSERT INTO order_deliveries (order_id, performer_id, message)
+SELECT id, performer_id, %(message)s
+FROM delivered
+RETURNING order_id AS id
+
+-- name: order_accept
+-- The customer accepts the work handed in, with an optional rating and review.
 UPDATE orders
-SET status = 'done'
+SET status = 'done',
+    rating = %(rating)s,
+    review = CASE WHEN %(rating)s::smallint IS NOT NULL THEN nullif(%(review)s, '') END
+WHERE id = %(order_id)s
+  AND status = 'delivered'
+  AND customer_id = %(customer_id)s
+RETURNING id
+
+-- name: order_revision
+-- The customer sends the work back; the reason goes into the history through actor_set.
+UPDATE orders
+SET status = 'in_progress'
+WHERE id = %(order_id)s
+  AND status = 'delivered'
+  AND customer_id = %(customer_id)s
+RETURNING id
+
+-- name: order_withdraw
+-- The performer gives an order in progress back: it returns to the feed with no performer.
+UPDATE orders
+SET status = 'open',
+    performer_id = NULL,
+    agreed_price = NULL
 WHERE id = %(order_id)s
   AND status = 'in_progress'
   AND performer_id = %(performer_id)s
 RETURNING id
 
+-- name: order_dispute
+-- The customer or the performer calls in staff on an order in progress or delivered.
+UPDATE orders
+SET status = 'disputed'
+WHERE id = %(order_id)s
+  AND status IN ('in_progress', 'delivered')
+  AND %(user_id)s IN (customer_id, performer_id)
+RETURNING id
+
+-- name: orders_auto_accept
+-- The tick: delivered orders the customer left unanswered for %(days)s days become done.
+SELECT orders_auto_accept(make_interval(days => %(days)s)) AS accepted
+
 -- name: order_cancel
--- By the order's customer only; staff cancel other people's orders in the admin area, where
--- admin_order_cancel logs it with its reason.
+-- By the order's customer only, while open, or in progress once its deadline has passed (before
+-- that there is the dispute); staff cancel in the admin area, where it is logged with a reason.
 UPDATE orders o
 SET status = 'cancelled',
     cancel_reason = nullif(%(reason)s, '')
 FROM users actor
 WHERE o.id = %(order_id)s
-  AND o.status IN ('open', 'in_progress')
+  AND (o.status = 'open' OR (o.status = 'in_progress' AND o.deadline < current_date))
   AND actor.id = %(actor_id)s
   AND NOT actor.is_blocked
   AND o.customer_id = actor.id
@@ -460,23 +521,110 @@ RETURNING id
 SELECT current_date AS today
 
 -- =============================================================================================
+-- Offers and deliveries
+
+-- name: offer_submit
+-- A performer's offer on an open order in offers mode: the first, or a change of their active
+-- one. The order is locked first (FOR SHARE), as every offer write does, then the offer.
+WITH target AS (
+    SELECT o.id
+    FROM orders o
+    JOIN users c ON c.id = o.customer_id
+    WHERE o.id = %(order_id)s
+      AND o.status = 'open'
+      AND o.mode = 'offers'
+      AND NOT c.is_blocked
+    FOR SHARE OF o
+)
+INSERT INTO offers (order_id, performer_id, price, days, message)
+SELECT t.id, p.id, %(price)s, %(days)s, %(message)s
+FROM target t
+JOIN users p ON p.id = %(performer_id)s
+WHERE p.role = 'performer'
+  AND NOT p.is_blocked
+ON CONFLICT (order_id, performer_id) WHERE status = 'active'
+DO UPDATE SET price = excluded.price,
+              days = excluded.days,
+              message = excluded.message
+RETURNING id, (xmax = 0) AS created
+
+-- name: offer_withdraw
+WITH target AS (
+    SELECT id
+    FROM orders
+    WHERE id = %(order_id)s
+      AND status = 'open'
+    FOR SHARE
+)
+UPDATE offers f
+SET status = 'withdrawn'
+FROM target t
+WHERE f.order_id = t.id
+  AND f.performer_id = %(performer_id)s
+  AND f.status = 'active'
+RETURNING f.id
+
+-- name: offer_accept
+-- The customer accepts an offer: one step in order_accept_offer() (order, then offer, locked).
+SELECT order_accept_offer(%(order_id)s, %(offer_id)s, %(customer_id)s) AS id
+
+-- name: offer_state_read
+-- After a refused accept: the offer as it is now (none, or not active).
+SELECT id, order_id, performer_id, status
+FROM offers
+WHERE id = %(offer_id)s
+  AND order_id = %(order_id)s
+
+-- name: offers_of_order
+-- The active offers of an order, oldest first, with each performer's rating and completed count
+-- (for its customer and staff); blocked performers' offers are left out.
+SELECT f.id, f.performer_id, f.price, f.days, f.message, f.created_at, f.updated_at,
+       p.name AS performer_name, ps.rating_avg, ps.rating_count, ps.orders_completed
+FROM offers f
+JOIN users p ON p.id = f.performer_id
+LEFT JOIN performer_stats ps ON ps.performer_id = f.performer_id
+WHERE f.order_id = %(order_id)s
+  AND f.status = 'active'
+  AND NOT p.is_blocked
+ORDER BY f.created_at, f.id
+
+-- name: offer_of_performer
+-- A performer's own offer on an order: the active one, else the latest.
+SELECT id, price, days, message, status, created_at, updated_at
+FROM offers
+WHERE order_id = %(order_id)s
+  AND performer_id = %(performer_id)s
+ORDER BY status = 'active' DESC, id DESC
+LIMIT 1
+
+-- name: performer_offers_page
+-- "My offers": a performer's offers, newest first, with their orders; keyset page after (created_at, id).
+SELECT f.id, f.order_id, f.price, f.days, f.status, f.created_at,
+       o.title, o.status AS order_status, o.budget
+FROM offers f
+JOIN orders o ON o.id = f.order_id
+WHERE f.performer_id = %(performer_id)s
+  AND (f.created_at, f.id) < (%(after_at)s, %(after_id)s)
+ORDER BY f.created_at DESC, f.id DESC
+LIMIT 21
+
+-- name: order_deliveries_list
+-- The work handed in, every round, oldest first.
+SELECT d.id, d.message, d.created_at, d.performer_id, p.name AS performer_name
+FROM order_deliveries d
+JOIN users p ON p.id = d.performer_id
+WHERE d.order_id = %(order_id)s
+ORDER BY d.id
+
+-- =============================================================================================
 -- Orders: pages, history, the feed and its search, cabinets, the API's view
 
 -- name: order_page_read
--- An order with everything its page shows; the rating and review of a hidden review only for
--- staff, and so is the reason of a cancel made by staff (the one admin_log holds as cancel_order).
-SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_id, o.performer_id,
-       o.review_hidden, o.created_at, o.taken_at, o.completed_at,
+-- An order with everything its page shows; the rating and review of a hidden review only for staff.
+SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.mode, o.customer_id,
+       o.performer_id, o.agreed_price, o.offers_active, o.review_hidden, o.cancel_reason,
+       o.created_at, o.taken_at, o.delivered_at, o.disputed_at, o.completed_at,
        o.cancelled_at, o.rated_at, o.category_id,
-       CASE
-           WHEN %(staff)s OR NOT EXISTS (
-               SELECT 1
-               FROM admin_log l
-               WHERE l.target_type = 'order'
-                 AND l.target_id = o.id
-                 AND l.action = 'cancel_order')
-           THEN o.cancel_reason
-       END AS cancel_reason,
        o.rating IS NOT NULL AS is_rated,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.rating END AS rating,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.review END AS review,
@@ -484,7 +632,8 @@ SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_
        cu.name AS customer_name, cu.is_blocked AS customer_blocked,
        cs.orders_placed AS customer_orders_placed,
        pu.name AS performer_name, ps.rating_avg AS performer_rating_avg,
-       ps.rating_count AS performer_rating_count, ps.orders_completed AS performer_orders_completed
+       ps.rating_count AS performer_rating_count, ps.orders_completed AS performer_orders_completed,
+       o.deadline < current_date AS overdue
 FROM orders o
 JOIN categories c ON c.id = o.category_id
 JOIN users cu ON cu.id = o.customer_id
@@ -495,26 +644,16 @@ WHERE o.id = %(order_id)s
 
 -- name: order_state_read
 -- After a refused transition: what the order looks like now, to answer 404, 403 or 409.
-SELECT o.id, o.status, o.customer_id, o.performer_id, o.rating IS NOT NULL AS is_rated,
-       cu.is_blocked AS customer_blocked
+SELECT o.id, o.status, o.mode, o.customer_id, o.performer_id, o.rating IS NOT NULL AS is_rated,
+       o.offers_active, cu.is_blocked AS customer_blocked, o.deadline < current_date AS overdue
 FROM orders o
 JOIN users cu ON cu.id = o.customer_id
 WHERE o.id = %(order_id)s
 
 -- name: order_history_list
--- The timeline of the order page. A staff note (the reason of a staff action on this order or its
--- review, which admin_log keeps with the action) is given only when %(staff)s.
+-- The timeline of the order page; a staff member's note (staff_only) only when %(staff)s.
 SELECT h.id, h.at, h.action, h.from_status, h.to_status, h.actor_id,
-       CASE
-           WHEN %(staff)s OR NOT EXISTS (
-               SELECT 1
-               FROM admin_log l
-               WHERE l.target_type IN ('order', 'review')
-                 AND l.target_id = h.order_id
-                 AND l.at <= h.at
-                 AND l.reason = h.note)
-           THEN h.note
-       END AS note,
+       CASE WHEN %(staff)s OR NOT h.staff_only THEN h.note END AS note,
        a.name AS actor_name, h.performer_id, p.name AS performer_name
 FROM order_history h
 LEFT JOIN users a ON a.id = h.actor_id
@@ -523,7 +662,7 @@ WHERE h.order_id = %(order_id)s
 ORDER BY h.id
 
 -- name: orders_latest_open
-SELECT o.id, o.title, o.budget, o.deadline, o.created_at,
+SELECT o.id, o.title, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id
@@ -542,7 +681,7 @@ LIMIT %(limit)s
 -- page costs what the first one does. The cursor is always given (the first page starts after the
 -- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
 -- The edge (optional) stops the walk at a window edge: searches use it, see orders_feed_search_older.
-SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
+SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id
@@ -607,7 +746,7 @@ WITH matches AS MATERIALIZED (
                ELSE (o.created_at, o.id) < (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
           END
 )
-SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at,
+SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM matches m
 JOIN orders o ON o.id = m.id
@@ -641,8 +780,9 @@ LIMIT %(limit)s
 -- name: api_orders_by_ids
 -- Orders as the API shows them, in the order of %(ids)s; the rating and review of a hidden review
 -- only for staff.
-SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.customer_id, o.performer_id,
-       o.cancel_reason, o.created_at, o.taken_at, o.completed_at, o.cancelled_at, o.rated_at,
+SELECT o.id, o.title, o.description, o.budget, o.deadline, o.status, o.mode, o.customer_id, o.performer_id,
+       o.agreed_price, o.offers_active, o.cancel_reason, o.created_at, o.taken_at, o.delivered_at,
+       o.disputed_at, o.completed_at, o.cancelled_at, o.rated_at,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.rating END AS rating,
        CASE WHEN NOT o.review_hidden OR %(staff)s THEN o.review END AS review,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en,
@@ -947,19 +1087,19 @@ WHERE h.order_id = %(order_id)s
 ORDER BY h.id
 
 -- name: admin_order_cancel
--- Staff cancel an open or in-progress order (SPEC §4); call act_as() first for order_history.
+-- Staff cancel an open or in-progress order; the reason goes to the audit log and, through
+-- act_as(staff=True), to the history as a staff-only note (not to the public cancel_reason).
 WITH before AS (
-    SELECT id, status, performer_id, cancel_reason
+    SELECT id, status, performer_id
     FROM orders
     WHERE id = %(order_id)s
 ), changed AS (
     UPDATE orders
-    SET status = 'cancelled',
-        cancel_reason = %(reason)s
+    SET status = 'cancelled'
     WHERE id = %(order_id)s
       AND status IN ('open', 'in_progress')
       AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
-    RETURNING id, status, performer_id, cancel_reason
+    RETURNING id, status, performer_id
 )
 INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
 SELECT %(staff_id)s, 'cancel_order', 'order', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
@@ -968,7 +1108,7 @@ JOIN before b USING (id)
 RETURNING id
 
 -- name: admin_order_reopen
--- Staff put an in-progress order back in the feed and unassign its performer (SPEC §4).
+-- Staff put an in-progress order back in the feed and unassign its performer.
 WITH before AS (
     SELECT id, status, performer_id
     FROM orders
@@ -976,7 +1116,8 @@ WITH before AS (
 ), changed AS (
     UPDATE orders
     SET status = 'open',
-        performer_id = NULL
+        performer_id = NULL,
+        agreed_price = NULL
     WHERE id = %(order_id)s
       AND status = 'in_progress'
       AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
@@ -987,6 +1128,52 @@ SELECT %(staff_id)s, 'reopen_order', 'order', c.id, %(reason)s, to_jsonb(b), to_
 FROM changed c
 JOIN before b USING (id)
 RETURNING id
+
+-- name: admin_order_resolve
+-- Staff settle a dispute: the order becomes done or cancelled, logged with the reason.
+WITH before AS (
+    SELECT id, status, performer_id
+    FROM orders
+    WHERE id = %(order_id)s
+), changed AS (
+    UPDATE orders
+    SET status = %(outcome)s::order_status
+    WHERE id = %(order_id)s
+      AND status = 'disputed'
+      AND %(outcome)s IN ('done', 'cancelled')
+      AND EXISTS (SELECT 1 FROM users s WHERE s.id = %(staff_id)s AND s.is_staff AND NOT s.is_blocked)
+    RETURNING id, status, performer_id
+)
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, before, after)
+SELECT %(staff_id)s, 'resolve_dispute', 'order', c.id, %(reason)s, to_jsonb(b), to_jsonb(c)
+FROM changed c
+JOIN before b USING (id)
+RETURNING id
+
+-- name: admin_disputes_queue
+-- Disputed orders, the longest waiting first, with both sides' names.
+SELECT o.id, o.title, o.disputed_at, o.agreed_price, o.customer_id, cu.name AS customer_name,
+       o.performer_id, pu.name AS performer_name,
+       (SELECT h.note
+        FROM order_history h
+        WHERE h.order_id = o.id
+          AND h.action = 'dispute'
+        ORDER BY h.id DESC
+        LIMIT 1) AS reason,
+       (SELECT a.name
+        FROM order_history h
+        JOIN users a ON a.id = h.actor_id
+        WHERE h.order_id = o.id
+          AND h.action = 'dispute'
+        ORDER BY h.id DESC
+        LIMIT 1) AS opened_by
+FROM orders o
+JOIN users cu ON cu.id = o.customer_id
+JOIN users pu ON pu.id = o.performer_id
+WHERE o.status = 'disputed'
+  AND (o.disputed_at, o.id) > (%(after_at)s, %(after_id)s)
+ORDER BY o.disputed_at, o.id
+LIMIT 51
 
 -- name: admin_categories_all
 -- Hidden ones included (categories_list shows only the visible ones).

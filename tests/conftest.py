@@ -166,21 +166,32 @@ def make_user(db):
 
 @pytest.fixture
 def make_order(db):
-    """Creates an order in SQL and moves it to `status` (open, in_progress, done, cancelled)."""
+    """Creates an order in SQL and moves it to `status` (open, in_progress, delivered, disputed,
+    done, cancelled) along the transitions of SPEC §4."""
     def factory(customer, *, performer=None, status="open", title="A test order", description="Do it well",
-                category="design", budget=1000, deadline=None, rating=None, review=None):
+                category="design", budget=1000, deadline=None, rating=None, review=None, mode="take"):
         order = db.execute(Q["order_create"], {
-            "customer_id": customer["id"], "category": category, "title": title,
+            "customer_id": customer["id"], "category": category, "title": title, "mode": mode,
             "description": description, "budget": budget, "deadline": deadline}).fetchone()
         oid = order["id"]
-        if status in ("in_progress", "done") or (status == "cancelled" and performer):
-            assert db.execute(Q["order_take"], {"order_id": oid, "performer_id": performer["id"]}).rowcount == 1
+        if status in ("in_progress", "delivered", "disputed", "done") or (status == "cancelled" and performer):
+            if mode == "offers":
+                offer = db.execute(Q["offer_submit"], {"order_id": oid, "performer_id": performer["id"], "price": budget,
+                                                       "days": 7, "message": "I can do it"}).fetchone()
+                assert db.execute(Q["offer_accept"], {"order_id": oid, "offer_id": offer["id"],
+                                                      "customer_id": customer["id"]}).fetchone()["id"] == oid
+            else:
+                assert db.execute(Q["order_take"], {"order_id": oid, "performer_id": performer["id"]}).rowcount == 1
+        if status in ("delivered", "done"):
+            db.execute(Q["order_deliver"], {"order_id": oid, "performer_id": performer["id"], "message": "Here it is"})
         if status == "done":
-            db.execute(Q["order_complete"], {"order_id": oid, "performer_id": performer["id"]})
-            if rating:
-                db.execute(Q["order_rate"], {"order_id": oid, "customer_id": customer["id"],
-                                                    "rating": rating, "review": review or ""})
-        if status == "cancelled":
+            db.execute(Q["order_accept"], {"order_id": oid, "customer_id": customer["id"],
+                                           "rating": rating, "review": review or ""})
+        if status == "disputed":
+            db.execute(Q["order_dispute"], {"order_id": oid, "user_id": customer["id"]})
+        if status == "cancelled" and performer:
+            db.execute("UPDATE orders SET status = 'cancelled' WHERE id = %s", (oid,))  # as staff would
+        elif status == "cancelled":
             db.execute(Q["order_cancel"], {"order_id": oid, "actor_id": customer["id"], "reason": ""})
         return db.execute("SELECT * FROM orders WHERE id = %s", (oid,)).fetchone()
     return factory
