@@ -19,20 +19,26 @@ PEOPLE = [
 ]
 STAFF = ("admin@demo.birzha", "Админ Биржи")
 
-# (customer, category, title, description, budget, days to deadline, fate, performer, rating, review)
+# (customer, category, title, description, budget, days to deadline, mode, fate, performer, rating, review)
 ORDERS = [
-    ("anna", "design", "Логотип для кофейни", "Нужен логотип для небольшой кофейни в Казани: тёплые цвета, узнаваемый знак.", 5000, 14, "open", None, None, None),
-    ("anna", "development", "Landing page for a bakery", "A one-page site with a menu, a map and a contact form. Static HTML is fine.", 25000, 30, "open", None, None, None),
-    ("boris", "texts", "Перевод инструкции на английский", "Инструкция к кофемашине, 6 страниц, технический перевод.", 4000, 7, "open", None, None, None),
-    ("boris", "seo", "SEO audit of an online shop", "Audit of 200 product pages, a list of fixes ranked by impact.", 15000, None, "open", None, None, None),
-    ("anna", "marketing", "Контент-план для соцсетей на месяц", "30 постов для ВКонтакте и Telegram, тема: домашняя выпечка.", 8000, 20, "in_progress", "dina", None, None),
-    ("boris", "development", "Telegram bot for table bookings", "Bot in Python: pick a date, a time and a table; notify the manager.", 30000, 21, "in_progress", "gleb", None, None),
-    ("anna", "design", "Баннер для распродажи", "Три баннера разных размеров для сайта и соцсетей.", 3000, None, "done", "vera", None, None),
-    ("boris", "design", "Business cards", "Two-sided business cards for three employees.", 2500, None, "done", "vera", 9, "Fast and careful, thank you!"),
-    ("anna", "texts", "Тексты для карточек товаров", "20 описаний товаров для маркетплейса, по 500 знаков.", 6000, None, "done", "dina", 10, "Отличные тексты, всё в срок."),
-    ("boris", "development", "Fix a bug in a Django form", "The signup form loses the phone number on validation errors.", 7000, None, "done", "gleb", 7, "Fixed, but took a day longer than agreed."),
-    ("anna", "audio-video", "Монтаж ролика для YouTube", "Ролик 10 минут, простой монтаж и титры.", 5000, None, "cancelled", None, None, None),
-    ("boris", "marketing", "Ad campaign setup", "Set up search ads for a furniture shop.", 12000, None, "cancelled", "gleb", None, None),
+    ("anna", "design", "Логотип для кофейни", "Нужен логотип для небольшой кофейни в Казани: тёплые цвета, узнаваемый знак.", 5000, 14, "offers", "open", None, None, None),
+    ("anna", "development", "Landing page for a bakery", "A one-page site with a menu, a map and a contact form. Static HTML is fine.", 25000, 30, "take", "open", None, None, None),
+    ("boris", "texts", "Перевод инструкции на английский", "Инструкция к кофемашине, 6 страниц, технический перевод.", 4000, 7, "take", "open", None, None, None),
+    ("boris", "seo", "SEO audit of an online shop", "Audit of 200 product pages, a list of fixes ranked by impact.", 15000, None, "offers", "open", None, None, None),
+    ("anna", "marketing", "Контент-план для соцсетей на месяц", "30 постов для ВКонтакте и Telegram, тема: домашняя выпечка.", 8000, 20, "take", "in_progress", "dina", None, None),
+    ("boris", "development", "Telegram bot for table bookings", "Bot in Python: pick a date, a time and a table; notify the manager.", 30000, 21, "offers", "delivered", "gleb", None, None),
+    ("anna", "design", "Баннер для распродажи", "Три баннера разных размеров для сайта и соцсетей.", 3000, None, "take", "done", "vera", None, None),
+    ("boris", "design", "Business cards", "Two-sided business cards for three employees.", 2500, None, "take", "done", "vera", 9, "Fast and careful, thank you!"),
+    ("anna", "texts", "Тексты для карточек товаров", "20 описаний товаров для маркетплейса, по 500 знаков.", 6000, None, "take", "done", "dina", 10, "Отличные тексты, всё в срок."),
+    ("boris", "development", "Fix a bug in a Django form", "The signup form loses the phone number on validation errors.", 7000, None, "take", "done", "gleb", 7, "Fixed, but took a day longer than agreed."),
+    ("anna", "audio-video", "Монтаж ролика для YouTube", "Ролик 10 минут, простой монтаж и титры.", 5000, None, "take", "cancelled", None, None, None),
+    ("boris", "marketing", "Ad campaign setup", "Set up search ads for a furniture shop.", 12000, None, "take", "disputed", "gleb", None, None),
+]
+# Offers on the open orders in offers mode: (order title, performer, price, days, message)
+OFFERS = [
+    ("Логотип для кофейни", "vera", 4500, 5, "Сделаю три варианта знака и фирменные цвета, правки без ограничений."),
+    ("Логотип для кофейни", "dina", 6000, 7, "Logo plus a short brand guide for the menu and the signboard."),
+    ("SEO audit of an online shop", "gleb", 14000, 10, "Audit with a crawl report and a ranked list of fixes."),
 ]
 
 
@@ -56,26 +62,39 @@ def seed(connection, only_if_empty=False):
     staff = connection.execute(Q["user_create"], {"role": "customer", "email": STAFF[0], "name": STAFF[1],
                                                   "password_hash": password_hash}).fetchone()
     connection.execute(Q["user_make_staff"], {"email": STAFF[0], "password_hash": password_hash})
+
+    def act(who, query, note="", **params):
+        """One step of the story, as the app makes it: the actor named, then the statement."""
+        connection.execute(Q["actor_set"], {"actor_id": str(who), "note": note, "staff": False})
+        return connection.execute(Q[query], params).fetchone()
+
     today = datetime.date.today()
-    for customer, category, title, description, budget, days, fate, performer, rating, review in ORDERS:
-        connection.execute(Q["actor_set"], {"actor_id": str(ids[customer]), "note": ""})
-        order_id = connection.execute(Q["order_create"], {
-            "customer_id": ids[customer], "category": category, "title": title, "description": description,
-            "budget": budget, "deadline": today + datetime.timedelta(days=days) if days else None,
-        }).fetchone()["id"]
-        if performer:
-            connection.execute(Q["actor_set"], {"actor_id": str(ids[performer]), "note": ""})
-            connection.execute(Q["order_take"], {"order_id": order_id, "performer_id": ids[performer]})
+    titles = {}
+    for customer, category, title, description, budget, days, mode, fate, performer, rating, review in ORDERS:
+        buyer = ids[customer]
+        order_id = act(buyer, "order_create", customer_id=buyer, category=category, title=title,
+                       description=description, budget=budget, mode=mode,
+                       deadline=today + datetime.timedelta(days=days) if days else None)["id"]
+        titles[title] = order_id
+        if performer and mode == "offers":
+            offer = act(ids[performer], "offer_submit", order_id=order_id, performer_id=ids[performer],
+                        price=budget - 1000, days=10, message="Готов начать сегодня. / Ready to start today.")
+            act(buyer, "offer_accept", order_id=order_id, offer_id=offer["id"], customer_id=buyer)
+        elif performer:
+            act(ids[performer], "order_take", order_id=order_id, performer_id=ids[performer])
+        if fate in ("delivered", "done"):
+            act(ids[performer], "order_deliver", order_id=order_id, performer_id=ids[performer],
+                message="Готово, файлы по ссылке в сообщении. / Done, the files are linked in the message.")
         if fate == "done":
-            connection.execute(Q["order_complete"], {"order_id": order_id, "performer_id": ids[performer]})
-            if rating:
-                connection.execute(Q["actor_set"], {"actor_id": str(ids[customer]), "note": ""})
-                connection.execute(Q["order_rate"], {"order_id": order_id, "customer_id": ids[customer],
-                                                     "rating": rating, "review": review})
+            act(buyer, "order_accept", order_id=order_id, customer_id=buyer, rating=rating, review=review or "")
+        elif fate == "disputed":
+            act(buyer, "order_dispute", "The ads stopped after two days and nobody answers.",
+                order_id=order_id, user_id=buyer)
         elif fate == "cancelled":
-            connection.execute(Q["actor_set"], {"actor_id": str(ids[customer]), "note": ""})
-            connection.execute(Q["order_cancel"], {"order_id": order_id, "actor_id": ids[customer],
-                                                   "reason": "Передумал" if performer is None else "Plans changed"})
+            act(buyer, "order_cancel", "Передумал", order_id=order_id, actor_id=buyer, reason="Передумал")
+    for title, performer, price, days, message in OFFERS:
+        act(ids[performer], "offer_submit", order_id=titles[title], performer_id=ids[performer],
+            price=price, days=days, message=message)
     connection.commit()
     print(f"Demo data loaded: {len(PEOPLE) + 1} accounts, {len(ORDERS)} orders (staff id {staff['id']}).")
     print_logins()

@@ -680,12 +680,12 @@ def test_order_page_shows_the_full_history_with_actor_names(db, staff_client, ma
     customer = make_user("customer", name="Customer Kira")
     performer = make_user("performer", name="Performer Gleb")
     with db.transaction():
-        db.execute(Q["actor_set"], {"actor_id": str(customer["id"]), "note": ""})
+        db.execute(Q["actor_set"], {"actor_id": str(customer["id"]), "note": "", "staff": False})
         order_id = db.execute(Q["order_create"], {
             "customer_id": customer["id"], "category": "design", "title": "Fix the printer",
             "description": "It jams", "budget": 900, "deadline": None}).fetchone()["id"]
     with db.transaction():
-        db.execute(Q["actor_set"], {"actor_id": str(performer["id"]), "note": "On my way"})
+        db.execute(Q["actor_set"], {"actor_id": str(performer["id"]), "note": "On my way", "staff": False})
         db.execute(Q["order_take"], {"order_id": order_id, "performer_id": performer["id"]})
     page = text_of(staff_client.get(f"/admin/orders/{order_id}"))
     assert "Fix the printer" in page and "It jams" in page

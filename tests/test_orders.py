@@ -27,13 +27,13 @@ def history(db, order_id):
 
 
 def customer_stats(db, user):
-    return db.execute("SELECT orders_placed, orders_open, orders_in_progress, orders_done, orders_cancelled "
-                      "FROM customer_stats WHERE customer_id = %s", (user["id"],)).fetchone()
+    return db.execute("SELECT orders_placed, orders_open, orders_in_progress, orders_delivered, orders_disputed, "
+                      "orders_done, orders_cancelled FROM customer_stats WHERE customer_id = %s", (user["id"],)).fetchone()
 
 
 def performer_stats(db, user):
-    return db.execute("SELECT orders_completed, orders_in_progress, rating_sum, rating_count, rating_avg "
-                      "FROM performer_stats WHERE performer_id = %s", (user["id"],)).fetchone()
+    return db.execute("SELECT orders_completed, orders_in_progress, orders_delivered, orders_disputed, rating_sum, "
+                      "rating_count, rating_avg FROM performer_stats WHERE performer_id = %s", (user["id"],)).fetchone()
 
 
 def open_in_category(db, slug):
@@ -48,13 +48,15 @@ def everything(db):
         "customers": db.execute("SELECT * FROM customer_stats ORDER BY customer_id").fetchall(),
         "performers": db.execute("SELECT * FROM performer_stats ORDER BY performer_id").fetchall(),
         "categories": db.execute("SELECT id, open_orders FROM categories ORDER BY id").fetchall(),
+        "offers": db.execute("SELECT * FROM offers ORDER BY id").fetchall(),
+        "deliveries": db.execute("SELECT * FROM order_deliveries ORDER BY id").fetchall(),
     }
 
 
 # ---------------------------------------------------------------------------------------------
 # The whole flow
 
-def test_post_take_complete_rate_updates_status_history_counters_and_both_cabinets(
+def test_take_mode_post_take_deliver_revise_accept_with_rating_through_the_forms(
         client, make_client, make_user, sign_in, db):
     anna = make_user("customer", name="Anna")
     vera = make_user("performer", name="Vera")
@@ -70,6 +72,7 @@ def test_post_take_complete_rate_updates_status_history_counters_and_both_cabine
     assert history(db, order_id) == [
         {"action": "create", "actor_id": anna["id"], "from_status": None, "to_status": "open", "note": None}]
     assert customer_stats(db, anna) == {"orders_placed": 1, "orders_open": 1, "orders_in_progress": 0,
+                                        "orders_delivered": 0, "orders_disputed": 0,
                                         "orders_done": 0, "orders_cancelled": 0}
     assert open_in_category(db, "design") == 1
     assert "Your order is published." in text_of(client.get(location(posted)))
@@ -87,38 +90,68 @@ def test_post_take_complete_rate_updates_status_history_counters_and_both_cabine
     assert performer_stats(db, vera)["orders_in_progress"] == 1
     assert customer_stats(db, anna)["orders_open"] == 0 and customer_stats(db, anna)["orders_in_progress"] == 1
     assert open_in_category(db, "design") == 0
-    work = performer.get("/cabinet")
-    assert "Logo for a coffee shop" in work.text and f'action="/orders/{order_id}/complete"' in work.text
+    assert "Logo for a coffee shop" in performer.get("/cabinet").text
+    assert f'action="/orders/{order_id}/deliver"' in performer.get(f"/orders/{order_id}").text
 
-    completed = performer.post_form(f"/orders/{order_id}/complete", {"next": "/cabinet"})
-    assert completed.status_int == 303 and location(completed) == "/cabinet"
-    assert order_row(db, order_id)["status"] == "done"
-    assert history(db, order_id)[-1]["action"] == "complete"
-    assert history(db, order_id)[-1]["actor_id"] == vera["id"]
-    assert performer_stats(db, vera)["orders_completed"] == 1
-    assert performer_stats(db, vera)["orders_in_progress"] == 0
-    assert customer_stats(db, anna)["orders_done"] == 1
-    assert f'action="/orders/{order_id}/rate"' in client.get(f"/orders/{order_id}").text
+    # Handed in, sent back for a revision, handed in again: every round in the timeline.
+    empty = performer.post_form(f"/orders/{order_id}/deliver", {"message": "  "})
+    assert empty.status_int == 400 and 'id="deliver-message-error"' in empty.text
+    delivered = performer.post_form(f"/orders/{order_id}/deliver", {"message": "Three logo drafts, see the link.",
+                                                                    "next": "/cabinet"})
+    assert delivered.status_int == 303 and location(delivered) == "/cabinet"
+    assert order_row(db, order_id)["status"] == "delivered"
+    assert history(db, order_id)[-1]["action"] == "deliver"
+    assert performer_stats(db, vera)["orders_delivered"] == 1
+    assert customer_stats(db, anna)["orders_delivered"] == 1
+    page = client.get(f"/orders/{order_id}").text
+    assert "Three logo drafts, see the link." in page
+    assert f'action="/orders/{order_id}/accept"' in page and f'action="/orders/{order_id}/revision"' in page
+    assert f'action="/orders/{order_id}/accept"' not in performer.get(f"/orders/{order_id}").text
+    no_reason = client.post_form(f"/orders/{order_id}/revision", {"reason": ""})
+    assert no_reason.status_int == 400 and 'id="revision-reason-error"' in no_reason.text
+    revision = client.post_form(f"/orders/{order_id}/revision", {"reason": "The cup should be blue."})
+    assert revision.status_int == 303 and order_row(db, order_id)["status"] == "in_progress"
+    assert history(db, order_id)[-1] == {"action": "revision", "actor_id": anna["id"], "from_status": "delivered",
+                                         "to_status": "in_progress", "note": "The cup should be blue."}
+    assert performer.post_form(f"/orders/{order_id}/complete", {"message": "Blue cup now."}).status_int == 303
+    assert order_row(db, order_id)["status"] == "delivered"  # /complete is delivering by its old name
 
-    rated = client.post_form(f"/orders/{order_id}/rate", {"rating": "9", "review": "Fast and careful."})
-    assert rated.status_int == 303
+    # Accepted with a rating in the same form.
+    accepted = client.post_form(f"/orders/{order_id}/accept", {"rating": "9", "review": "Fast and careful."})
+    assert accepted.status_int == 303
     order = order_row(db, order_id)
-    assert (order["rating"], order["review"]) == (9, "Fast and careful.")
-    assert history(db, order_id)[-1]["action"] == "rate"
+    assert (order["status"], order["rating"], order["review"]) == ("done", 9, "Fast and careful.")
+    assert history(db, order_id)[-1]["action"] == "accept"
     assert history(db, order_id)[-1]["actor_id"] == anna["id"]
+    assert performer_stats(db, vera)["orders_completed"] == 1
+    assert performer_stats(db, vera)["orders_in_progress"] == performer_stats(db, vera)["orders_delivered"] == 0
+    assert customer_stats(db, anna)["orders_done"] == 1
     stats = performer_stats(db, vera)
     assert (stats["rating_sum"], stats["rating_count"], float(stats["rating_avg"])) == (9, 1, 9.0)
     work = text_of(performer.get("/cabinet"))
     assert "9.0 average of 1 rating" in work and "Fast and careful." in work
     page = text_of(client.get(f"/orders/{order_id}"))
-    for line in ("Anna placed the order", "Vera took the order", "Vera completed the order",
-                 "Anna rated the work", "Rating: 9 / 10", "Fast and careful."):
+    for line in ("Anna placed the order", "Vera took the order", "Vera handed in the work",
+                 "Anna asked for a revision", "The cup should be blue.", "Anna accepted the work",
+                 "Rating: 9 / 10", "Blue cup now."):
         assert line in page
     assert "Send the rating" not in page
 
     again = client.post_form(f"/orders/{order_id}/rate", {"rating": "1", "review": "Changed my mind"})
     assert again.status_int == 409 and "already been rated" in again.text
     assert order_row(db, order_id)["rating"] == 9
+
+
+def test_work_accepted_without_a_rating_is_rated_later(client, make_user, make_order, sign_in, db):
+    anna, vera = make_user("customer"), make_user("performer")
+    order = make_order(anna, performer=vera, status="delivered")
+    sign_in(client, anna)
+    assert client.post_form(f"/orders/{order['id']}/accept", {"review": "Nice"}).status_int == 400  # a review needs a rating
+    assert client.post_form(f"/orders/{order['id']}/accept").status_int == 303
+    assert order_row(db, order["id"])["status"] == "done" and order_row(db, order["id"])["rating"] is None
+    assert f'action="/orders/{order["id"]}/rate"' in client.get(f"/orders/{order['id']}").text
+    assert client.post_form(f"/orders/{order['id']}/rate", {"rating": "7"}).status_int == 303
+    assert history(db, order["id"])[-1]["action"] == "rate"
 
 
 def test_customer_posts_and_cancels_with_a_reason(client, make_user, sign_in, db):
@@ -134,20 +167,36 @@ def test_customer_posts_and_cancels_with_a_reason(client, make_user, sign_in, db
     assert history(db, order_id)[-1] == {"action": "cancel", "actor_id": anna["id"], "from_status": "open",
                                          "to_status": "cancelled", "note": "Found someone offline"}
     assert customer_stats(db, anna) == {"orders_placed": 1, "orders_open": 0, "orders_in_progress": 0,
+                                        "orders_delivered": 0, "orders_disputed": 0,
                                         "orders_done": 0, "orders_cancelled": 1}
     assert open_in_category(db, "texts") == 0
     assert "1 placed 0 open 0 in progress 0 done 1 cancelled" in text_of(client.get("/cabinet"))
     assert "Found someone offline" in text_of(client.get(f"/orders/{order_id}"))
 
 
-def test_customer_cancels_an_order_a_performer_has_taken(client, make_client, make_user, sign_in, db):
+def make_overdue(db, order_id):
+    """Time passes: the order's deadline is yesterday (the guard refuses a past deadline from anyone,
+    so the test steps around it as the calendar would)."""
+    db.execute("ALTER TABLE orders DISABLE TRIGGER orders_guard_transition")
+    db.execute("UPDATE orders SET deadline = current_date - 1 WHERE id = %s", (order_id,))
+    db.execute("ALTER TABLE orders ENABLE TRIGGER orders_guard_transition")
+
+
+def test_customer_cancels_a_taken_order_only_once_its_deadline_has_passed(
+        client, make_client, make_user, sign_in, db):
     anna, gleb = make_user("customer"), make_user("performer", name="Gleb")
     sign_in(client, anna)
     performer = sign_in(make_client(), gleb)
-    order_id = int(location(client.post_form("/orders", VALID_ORDER)).rsplit("/", 1)[1])
+    tomorrow = (datetime.date.today() + datetime.timedelta(days=1)).isoformat()
+    order_id = int(location(client.post_form("/orders", dict(VALID_ORDER, deadline=tomorrow))).rsplit("/", 1)[1])
     assert performer.post_form(f"/orders/{order_id}/take").status_int == 303
     assert performer_stats(db, gleb)["orders_in_progress"] == 1
+    assert f'action="/orders/{order_id}/cancel"' not in client.get(f"/orders/{order_id}").text
+    early = client.post_form(f"/orders/{order_id}/cancel", {"reason": ""})
+    assert early.status_int == 409 and "open a dispute" in early.text
 
+    make_overdue(db, order_id)
+    assert f'action="/orders/{order_id}/cancel"' in client.get(f"/orders/{order_id}").text
     cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": ""})
     assert cancelled.status_int == 303
     order = order_row(db, order_id)
@@ -157,7 +206,6 @@ def test_customer_cancels_an_order_a_performer_has_taken(client, make_client, ma
     assert performer_stats(db, gleb)["orders_in_progress"] == 0
     assert customer_stats(db, anna)["orders_cancelled"] == 1
     assert "cancelled" in text_of(performer.get("/cabinet?status=cancelled"))
-    assert f'action="/orders/{order_id}/complete"' not in performer.get("/cabinet").text
 
 
 @pytest.mark.parametrize("status", ["open", "in_progress"])
@@ -253,6 +301,9 @@ def marketplace(make_user, make_order, make_client, sign_in):
         "done": make_order(owner, performer=assigned, status="done"),
         "rated": make_order(owner, performer=assigned, status="done", rating=7, review="ok"),
         "cancelled": make_order(owner, status="cancelled"),
+        "delivered": make_order(owner, performer=assigned, status="delivered"),
+        "disputed": make_order(owner, performer=assigned, status="disputed"),
+        "offers": make_order(owner, mode="offers"),
     }
     clients = {"guest": make_client()}
     for key, person in people.items():
@@ -267,15 +318,32 @@ REFUSALS = [
     ("other_performer", "take", "in_progress", 409, "already taken by someone else"),
     ("assigned_performer", "take", "in_progress", 409, "already taken this order"),
     ("other_performer", "take", "cancelled", 409, "cancelled"),
-    ("other_performer", "complete", "in_progress", 403, "Only the performer who took"),
-    ("other_performer", "complete", "open", 403, "Only the performer who took"),
-    ("owner", "complete", "in_progress", 403, "not available for your account"),
-    ("assigned_performer", "complete", "done", 409, "not in progress"),
+    ("other_performer", "take", "offers", 409, "send an offer instead"),
+    ("other_performer", "complete", "in_progress", 403, "Only the performer of this order"),
+    ("other_performer", "deliver", "open", 403, "Only the performer of this order"),
+    ("owner", "deliver", "in_progress", 403, "not available for your account"),
+    ("assigned_performer", "complete", "done", 409, "Only an order in progress can be delivered"),
+    ("assigned_performer", "deliver", "delivered", 409, "Only an order in progress can be delivered"),
+    ("assigned_performer", "withdraw", "delivered", 409, "Only an order in progress can be given back"),
+    ("other_performer", "withdraw", "in_progress", 403, "Only the performer of this order"),
+    ("other_customer", "accept", "delivered", 403, "Only the order's customer can do this"),
+    ("assigned_performer", "accept", "delivered", 403, "not available for your account"),
+    ("owner", "accept", "in_progress", 409, "no delivered work"),
+    ("owner", "revision", "done", 409, "no delivered work"),
+    ("other_customer", "dispute", "in_progress", 403, "Only the customer and the performer"),
+    ("other_performer", "dispute", "delivered", 403, "Only the customer and the performer"),
+    ("owner", "dispute", "done", 409, "in progress or delivered"),
+    ("assigned_performer", "dispute", "disputed", 409, "in progress or delivered"),
+    ("other_performer", "offers", "open", 409, "takes no offers"),
+    ("other_performer", "offers", "in_progress", 409, "no longer open for offers"),
+    ("owner", "offers", "offers", 403, "not available for your account"),
     ("other_customer", "cancel", "open", 403, "Only the order's customer can cancel it"),
     ("other_customer", "cancel", "in_progress", 403, "Only the order's customer can cancel it"),
     ("assigned_performer", "cancel", "in_progress", 403, "Only the order's customer can cancel it"),
     ("other_performer", "cancel", "open", 403, "Only the order's customer can cancel it"),
-    ("owner", "cancel", "done", 409, "A done order cannot be cancelled"),
+    ("owner", "cancel", "in_progress", 409, "only once its deadline has passed"),
+    ("owner", "cancel", "delivered", 409, "can no longer be cancelled"),
+    ("owner", "cancel", "done", 409, "can no longer be cancelled"),
     ("owner", "cancel", "cancelled", 409, "already cancelled"),
     ("other_customer", "rate", "done", 403, "Only the order's customer can rate"),
     ("assigned_performer", "rate", "done", 403, "not available for your account"),
@@ -293,7 +361,8 @@ def test_refused_actions_answer_the_right_status_and_change_nothing(marketplace,
                                                                    status, words):
     client = marketplace["clients"][who]
     order_id = marketplace["orders"][which]["id"]
-    fields = {"rating": "8", "review": "x", "reason": "x", **VALID_ORDER}
+    fields = {"rating": "8", "review": "x", "reason": "x", "message": "x", "price": "900", "days": "3",
+              **VALID_ORDER}
     before = everything(db)
     resp = client.post_form(f"/orders/{order_id}/{action}", fields)
     assert resp.status_int == status
@@ -352,7 +421,7 @@ def test_a_blocked_performer_loses_the_session_and_the_database_refuses_the_take
     assert location(client.get("/cabinet", status=303)) == "/login?next=/cabinet"
     assert everything(db) == before
 
-    db.execute(Q["actor_set"], {"actor_id": str(blocked["id"]), "note": ""})
+    db.execute(Q["actor_set"], {"actor_id": str(blocked["id"]), "note": "", "staff": False})
     taken = db.execute(Q["order_take"], {"order_id": order_id, "performer_id": blocked["id"]})
     assert taken.rowcount == 0
     assert everything(db) == before
@@ -389,12 +458,20 @@ def test_the_order_page_shows_each_viewer_only_their_buttons(marketplace, make_u
     assert forms("owner", open_id) == {"cancel"}
     assert f'href="/orders/{open_id}/edit"' in clients["owner"].get(f"/orders/{open_id}").text
     assert f'href="/orders/{busy_id}/edit"' not in clients["owner"].get(f"/orders/{busy_id}").text
-    assert forms("owner", busy_id) == {"cancel"}
-    assert forms("assigned_performer", busy_id) == {"complete"}
+    assert forms("owner", busy_id) == {"dispute"}  # cancel comes only past the deadline
+    assert forms("assigned_performer", busy_id) == {"deliver", "withdraw", "dispute"}
     assert forms("other_performer", busy_id) == set()
+    delivered_id, disputed_id, offers_id = (orders[k]["id"] for k in ("delivered", "disputed", "offers"))
+    assert forms("owner", delivered_id) == {"accept", "revision", "dispute"}
+    assert forms("assigned_performer", delivered_id) == {"dispute"}
+    assert forms("other_customer", delivered_id) == forms("guest", delivered_id) == set()
+    assert forms("owner", disputed_id) == forms("assigned_performer", disputed_id) == set()
     assert forms("owner", done_id) == {"rate"}
     assert forms("owner", orders["rated"]["id"]) == set()
     assert forms("assigned_performer", done_id) == set()
+    assert forms("other_performer", offers_id) == {"offers"}  # send an offer, no take
+    assert forms("owner", offers_id) == {"cancel"}
+    assert "Log in to send an offer" in clients["guest"].get(f"/orders/{offers_id}").text
     staff = sign_in(make_client(), make_user("performer", staff=True))
     page = staff.get(f"/orders/{busy_id}").text
     assert f'action="/orders/{busy_id}/cancel"' not in page and f'href="/admin/orders/{busy_id}"' in page
@@ -487,7 +564,7 @@ def test_bad_ratings_are_400_and_no_rating_is_stored(client, make_user, make_ord
     sign_in(client, anna)
     before = everything(db)
     resp = client.post_form(f"/orders/{order['id']}/rate", {"rating": rating, "review": "Great"})
-    assert resp.status_int == 400 and 'id="rating-error"' in resp.text
+    assert resp.status_int == 400 and 'id="rate-rating-error"' in resp.text
     assert 'Great</textarea>' in resp.text  # the review typed so far is kept
     assert everything(db) == before
 
@@ -510,7 +587,7 @@ def test_bad_reviews_are_400(client, make_user, make_order, sign_in, db, fields)
     sign_in(client, anna)
     before = everything(db)
     resp = client.post_form(f"/orders/{order['id']}/rate", fields)
-    assert resp.status_int == 400 and 'id="review-error"' in resp.text
+    assert resp.status_int == 400 and 'id="rate-review-error"' in resp.text
     assert everything(db) == before
 
 
@@ -521,7 +598,7 @@ def test_bad_cancel_reasons_are_400_and_the_order_stays_open(client, make_user, 
     sign_in(client, anna)
     before = everything(db)
     resp = client.post_form(f"/orders/{order['id']}/cancel", {"reason": reason})
-    assert resp.status_int == 400 and 'id="reason-error"' in resp.text
+    assert resp.status_int == 400 and 'id="cancel-reason-error"' in resp.text
     assert everything(db) == before
 
 
@@ -583,3 +660,103 @@ def test_bad_input_on_a_form_that_no_longer_applies_is_409(client, make_user, ma
     assert client.post_form(f"/orders/{rated['id']}/rate", {"rating": "abc"}).status_int == 409
     assert client.post_form(f"/orders/{done['id']}/cancel", {"reason": "x" * 2000}).status_int == 409
     assert everything(db) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Offers mode, giving an order back, disputes: through the forms
+
+def offer_rows(db, order_id):
+    return {row["performer_id"]: row for row in db.execute(
+        "SELECT * FROM offers WHERE order_id = %s ORDER BY id", (order_id,)).fetchall()}
+
+
+def test_offers_mode_offer_change_withdraw_accept_through_the_forms(client, make_client, make_user, sign_in, db):
+    anna = make_user("customer", name="Anna")
+    vera, gleb = make_user("performer", name="Vera"), make_user("performer", name="Gleb")
+    sign_in(client, anna)
+    v, g, guest = sign_in(make_client(), vera), sign_in(make_client(), gleb), make_client()
+    posted = client.post_form("/orders", dict(VALID_ORDER, mode="offers"))
+    order_id = int(location(posted).rsplit("/", 1)[1])
+    assert order_row(db, order_id)["mode"] == "offers"
+    assert f'action="/orders/{order_id}/take"' not in v.get(f"/orders/{order_id}").text
+
+    bad = v.post_form(f"/orders/{order_id}/offers", {"price": "0", "days": "400", "message": ""})
+    assert bad.status_int == 400
+    for field in ("price", "days", "message"):
+        assert f'id="offer-{field}-error"' in bad.text
+    assert offer_rows(db, order_id) == {}
+    assert v.post_form(f"/orders/{order_id}/offers", {"price": "4500", "days": "5", "message": "Three drafts"}).status_int == 303
+    assert g.post_form(f"/orders/{order_id}/offers", {"price": "3900", "days": "9", "message": "Cheaper"}).status_int == 303
+    changed = v.post_form(f"/orders/{order_id}/offers", {"price": "4200", "days": "4", "message": "Three drafts, faster"})
+    assert changed.status_int == 303 and "Your offer is changed." in text_of(v.get(location(changed)))
+    assert g.post_form(f"/orders/{order_id}/offers/withdraw").status_int == 303
+    assert g.post_form(f"/orders/{order_id}/offers/withdraw").status_int == 409  # nothing active left
+    assert g.post_form(f"/orders/{order_id}/offers", {"price": "3800", "days": "8", "message": "Again"}).status_int == 303
+    assert order_row(db, order_id)["offers_active"] == 2
+    assert db.execute("SELECT status, count(*) AS n FROM offers WHERE order_id = %s GROUP BY status ORDER BY status",
+                      (order_id,)).fetchall() == [{"status": "active", "n": 2}, {"status": "withdrawn", "n": 1}]
+
+    # Who sees what: the customer every offer; a performer their own; everyone the count.
+    mine = text_of(client.get(f"/orders/{order_id}"))
+    assert "Vera" in mine and "Three drafts, faster" in mine and "Again" in mine and "no ratings yet" in mine
+    for viewer in (guest, v):
+        page = text_of(viewer.get(f"/orders/{order_id}"))
+        assert "2 offers" in page and "Again" not in page
+    assert "Three drafts, faster" in v.get(f"/orders/{order_id}").text  # in Vera's own form
+    assert "2 offers" in text_of(guest.get("/orders"))
+    edit = client.post_form(f"/orders/{order_id}/edit", dict(VALID_ORDER, mode="take"))
+    assert edit.status_int == 409 and "no active offers" in edit.text
+
+    vera_offer = offer_rows(db, order_id)[vera["id"]]
+    assert f'action="/orders/{order_id}/offers/{vera_offer["id"]}/accept"' in client.get(f"/orders/{order_id}").text
+    assert v.post_form(f"/orders/{order_id}/offers/{vera_offer['id']}/accept").status_int == 403
+    accepted = client.post_form(f"/orders/{order_id}/offers/{vera_offer['id']}/accept")
+    assert accepted.status_int == 303
+    order = order_row(db, order_id)
+    assert (order["status"], order["performer_id"], order["agreed_price"], order["offers_active"]) == (
+        "in_progress", vera["id"], 4200, 0)
+    assert order["deadline"] == db.execute("SELECT current_date + 4 AS d").fetchone()["d"]
+    offers = offer_rows(db, order_id)
+    assert offers[vera["id"]]["status"] == "accepted"
+    assert db.execute("SELECT status FROM offers WHERE order_id = %s AND performer_id = %s ORDER BY id DESC LIMIT 1",
+                      (order_id, gleb["id"])).fetchone()["status"] == "declined"
+    assert history(db, order_id)[-1]["action"] == "accept_offer"
+    again = client.post_form(f"/orders/{order_id}/offers/{vera_offer['id']}/accept")
+    assert again.status_int == 409 and "already accepted" in again.text
+    assert client.post_form(f"/orders/{order_id}/offers/999999/accept").status_int in (404, 409)
+    assert "Your offer" in text_of(g.get(f"/orders/{order_id}")) and "declined" in text_of(g.get(f"/orders/{order_id}"))
+    assert "agreed at" in text_of(client.get(f"/orders/{order_id}"))
+
+
+def test_the_performer_gives_an_order_back_with_a_reason_and_it_is_open_again(
+        client, make_client, make_user, make_order, sign_in, db):
+    anna, vera = make_user("customer", name="Anna"), make_user("performer", name="Vera")
+    order = make_order(anna, performer=vera, status="in_progress")
+    v = sign_in(make_client(), vera)
+    assert v.post_form(f"/orders/{order['id']}/withdraw", {"reason": ""}).status_int == 400
+    assert v.post_form(f"/orders/{order['id']}/withdraw", {"reason": "I fell ill"}).status_int == 303
+    row = order_row(db, order["id"])
+    assert (row["status"], row["performer_id"], row["agreed_price"]) == ("open", None, None)
+    assert history(db, order["id"])[-1] == {"action": "withdraw", "actor_id": vera["id"], "from_status": "in_progress",
+                                             "to_status": "open", "note": "I fell ill"}
+    assert performer_stats(db, vera)["orders_in_progress"] == 0
+    assert open_in_category(db, "design") == 1
+    page = text_of(client.get(f"/orders/{order['id']}"))
+    assert "Vera gave the order back" in page and "I fell ill" in page
+
+
+@pytest.mark.parametrize("opener", ["customer", "performer"])
+def test_either_side_opens_a_dispute_with_a_reason(client, make_client, make_user, make_order, sign_in, db, opener):
+    anna, vera = make_user("customer", name="Anna"), make_user("performer", name="Vera")
+    order = make_order(anna, performer=vera, status="delivered")
+    sign_in(client, anna)
+    who = client if opener == "customer" else sign_in(make_client(), vera)
+    assert who.post_form(f"/orders/{order['id']}/dispute", {"reason": " "}).status_int == 400
+    opened = who.post_form(f"/orders/{order['id']}/dispute", {"reason": "The files are empty"})
+    assert opened.status_int == 303
+    row = order_row(db, order["id"])
+    assert row["status"] == "disputed" and row["disputed_at"] is not None
+    assert history(db, order["id"])[-1]["action"] == "dispute"
+    assert performer_stats(db, vera)["orders_disputed"] == 1 and customer_stats(db, anna)["orders_disputed"] == 1
+    assert client.post_form(f"/orders/{order['id']}/accept").status_int == 409
+    assert "The files are empty" in text_of(client.get(f"/orders/{order['id']}"))
