@@ -136,7 +136,7 @@ def test_customer_posts_and_cancels_with_a_reason(client, make_user, sign_in, db
     assert customer_stats(db, anna) == {"orders_placed": 1, "orders_open": 0, "orders_in_progress": 0,
                                         "orders_done": 0, "orders_cancelled": 1}
     assert open_in_category(db, "texts") == 0
-    assert "1 placed 0 open 0 in progress 0 done 1 cancelled" in text_of(client.get("/cabinet"))
+    assert "1 placed 0 open 0 in progress 0 delivered 0 disputed 0 done 1 cancelled" in text_of(client.get("/cabinet"))
     assert "Found someone offline" in text_of(client.get(f"/orders/{order_id}"))
 
 
