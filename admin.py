@@ -1,4 +1,5 @@
-"""The admin area for staff (SPEC §7): dashboard, users, orders, categories, reviews, audit log, CSV.
+"""The admin area for staff (SPEC §7): dashboard, users, orders, disputes, categories, reviews,
+audit log, CSV.
 
 Every route is for staff only (role_required(staff=True)). Every action is one named query that
 makes the change and writes its admin_log row together, and re-checks in SQL that the actor is
@@ -13,8 +14,10 @@ from urllib.parse import urlencode
 
 from bottle import request, response
 
+from orders import cursor_after, parse_time_cursor
 from web import (Form, Routes, _, act_as, csrf_protect, current_user, db_all, db_one, db_stream,
-                 error_response, ngettext, not_found, redirect, render, role_required, templates)
+                 error_response, ngettext, not_found, redirect, role_required, templates)
+from web import render as render_page
 
 routes = Routes()
 
@@ -22,18 +25,30 @@ PAGE_SIZE = 50
 staff_only = role_required(staff=True)
 
 ROLES = ("customer", "performer")
-STATUSES = ("open", "in_progress", "done", "cancelled")
+STATUSES = ("open", "in_progress", "delivered", "disputed", "done", "cancelled")
+OUTCOMES = ("done", "cancelled")  # how staff settle a dispute
 YES_NO = {"yes": True, "no": False}
 LOG_ACTIONS = ("block", "unblock", "grant_staff", "revoke_staff", "cancel_order", "reopen_order",
                "add_category", "rename_category", "hide_category", "unhide_category",
-               "hide_review", "restore_review", "recalc_counters")
+               "hide_review", "restore_review", "recalc_counters", "resolve_dispute")
 LOG_TARGETS = ("user", "order", "category", "review", "counters")
 SLUG_PATTERN = r"[a-z0-9]+(-[a-z0-9]+)*"
 REASON_MAX = 1000
 
 
+# The first page of the disputes queue starts after a moment before any dispute.
+BEGINNING_OF_TIME = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+
 # ---------------------------------------------------------------------------------------------
-# Helpers: filters, keyset pages, the reason field
+# Helpers: rendering, filters, keyset pages, the reason field
+
+def render(name, status=200, **context):
+    """web.render with what every admin page shows: the number of open disputes in the navigation
+    (an index-only count on a partial index)."""
+    context.setdefault("disputes_open", db_one("admin_disputes_open")["n"])
+    return render_page(name, status=status, **context)
+
 
 def yes_no(form, name):
     """A yes/no/any filter: True, False or None."""
@@ -288,12 +303,14 @@ def orders_list():
 
 
 def render_order(order_id, status=200, action=None, form=None):
-    """The order page with its history; after a 400, `action` names the form to show again."""
+    """The order page with its whole timeline (staff notes included) and the work handed in;
+    after a 400, `action` names the form to show again."""
     order = db_one("admin_order_get", order_id=order_id)
     if order is None:
         raise not_found(_("There is no such order."))
-    return render("admin_order.html", status=status, section="orders", order=order,
+    return render("admin_order.html", status=status, section="orders", order=order, outcomes=OUTCOMES,
                   history=db_all("admin_order_history", order_id=order_id),
+                  deliveries=db_all("order_deliveries_list", order_id=order_id),
                   log=db_all("admin_log_list", limit=20,
                              **log_filters(target_types=["order", "review"], target_id=order_id)),
                   action=action, values=form.values if form else {}, errors=form.errors if form else {})
@@ -346,6 +363,61 @@ def order_cancel(order_id):
 @staff_only
 def order_reopen(order_id):
     return change_order(order_id, "reopen")
+
+
+@routes.post("/admin/orders/<order_id:id>/resolve")
+@csrf_protect
+@staff_only
+def order_resolve(order_id):
+    """Settles a dispute: the order becomes done or cancelled, with the reason in the audit log and,
+    staff-only, in the timeline."""
+    form = Form()
+    outcome = form.choice("outcome", OUTCOMES)
+    reason = reason_of(form)
+    if not form.ok:
+        return render_order(order_id, status=400, action="resolve", form=form)
+    me = staff_id()
+    act_as(me, reason, staff=True)
+    if db_one("admin_order_resolve", order_id=order_id, outcome=outcome, staff_id=me, reason=reason):
+        redirect("/admin/disputes", _("The dispute is settled: the order is done.") if outcome == "done"
+                 else _("The dispute is settled: the order is cancelled."))
+    order = db_one("admin_order_get", order_id=order_id)
+    if order is None:
+        raise not_found(_("There is no such order."))
+    if order["status"] != "disputed":
+        raise error_response(409, _("This order is no longer disputed: someone has settled it already."))
+    raise lost_rights()
+
+
+# ---------------------------------------------------------------------------------------------
+# Disputes: the queue, the longest waiting first
+
+def parse_queue_cursor(form):
+    """(disputed_at, id) to continue the queue after; the first page when none. An error in form."""
+    after = form.text("after", required=False, max_len=100)
+    if not after or "after" in form.errors:
+        return BEGINNING_OF_TIME, 0
+    cursor = parse_time_cursor(after)
+    if cursor is None:
+        form.errors["after"] = _("This page link is broken. Start again from the first page.")
+        return BEGINNING_OF_TIME, 0
+    return cursor
+
+
+@routes.get("/admin/disputes")
+@staff_only
+def disputes_queue():
+    form = Form(request.query)
+    after_at, after_id = parse_queue_cursor(form)
+    if not form.ok:
+        return render("admin_disputes.html", status=400, section="disputes", disputes=[], next_url=None,
+                      first_url="/admin/disputes", errors=form.errors)
+    rows = db_all("admin_disputes_queue", after_at=after_at, after_id=after_id, limit=PAGE_SIZE + 1)
+    disputes = rows[:PAGE_SIZE]
+    next_url = ("?" + urlencode({"after": cursor_after(disputes[-1], "disputed_at")})
+                if len(rows) > PAGE_SIZE else None)
+    return render("admin_disputes.html", section="disputes", disputes=disputes, next_url=next_url,
+                  first_url="/admin/disputes" if form.values.get("after") else None, errors={})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The operators' commands behind `python app.py …`. Each is given the database URL (app.py finds
 it: DATABASE_URL, or the project-local server) and returns the process's exit code."""
+import os
 import re
 import secrets
 import subprocess
@@ -59,17 +60,42 @@ def audit(url):
     return 1 if drift else 0
 
 
+AUTO_ACCEPT_DAYS_DEFAULT = 3
+AUTO_ACCEPT_DAYS_MAX = 3650
+
+
+def auto_accept_days(text):
+    """AUTO_ACCEPT_DAYS: whole days a delivery waits for the customer's answer before the tick
+    accepts it (0: at the next tick); unset or empty is the default. None when it is not valid."""
+    text = (text or "").strip()
+    if not text:
+        return AUTO_ACCEPT_DAYS_DEFAULT
+    if not re.fullmatch(r"[0-9]{1,4}", text) or int(text) > AUTO_ACCEPT_DAYS_MAX:
+        return None
+    return int(text)
+
+
 def tick(url):
     """The periodic work, in one transaction under an advisory lock: a tick that finds another
-    one running does nothing, so any number of machines may run it from cron."""
+    one running does nothing, so any number of machines may run it from cron. It accepts the
+    deliveries left unanswered for AUTO_ACCEPT_DAYS (the database's orders_auto_accept), purges,
+    then stores the counter audit."""
+    days = auto_accept_days(os.environ.get("AUTO_ACCEPT_DAYS"))
+    if days is None:
+        print(f"AUTO_ACCEPT_DAYS={os.environ.get('AUTO_ACCEPT_DAYS')!r} is not valid: give a whole number "
+              f"of days from 0 (accept at the next tick) to {AUTO_ACCEPT_DAYS_MAX}; unset, it is "
+              f"{AUTO_ACCEPT_DAYS_DEFAULT}.", file=sys.stderr)
+        return 2
     with connect(url) as connection:
         if not connection.execute(db.Q["tick_lock"]).fetchone()["locked"]:
             print("tick: another tick is running; nothing to do.")
             return 0
+        accepted = connection.execute(db.Q["orders_auto_accept"], {"days": days}).fetchone()["accepted"]
         sessions = connection.execute(db.Q["sessions_delete_expired"]).rowcount
         attempts = connection.execute(db.Q["login_attempts_delete_old"]).rowcount
         drifted = connection.execute(db.Q["counter_audit_refresh"]).fetchone()["drifted"]
-    print(f"tick: {sessions} expired sessions and {attempts} old sign-in attempts purged; "
+    print(f"tick: {accepted} delivered orders accepted automatically (unanswered for {days} days); "
+          f"{sessions} expired sessions and {attempts} old sign-in attempts purged; "
           f"counters: {'consistent' if not drifted else f'{drifted} drifted'}.")
     return 0
 

@@ -628,6 +628,28 @@ def order_edit_save(order_id):
 # ---------------------------------------------------------------------------------------------
 # The cabinets
 
+def read_cabinet_cursor(form):
+    """(created_at, id) of the row to continue after, from `after`; 400 when the link is broken."""
+    after = form.text("after", required=False, max_len=100)
+    cursor = parse_time_cursor(after) if after and form.ok else (END_OF_TIME, LAST_ID)
+    if not form.ok or cursor is None:
+        raise error_response(400, _("This page link is broken. Start again from the first page."))
+    return cursor
+
+
+def keyset_links(base, params, rows, key):
+    """The rows of one page, and the links to the next and the first pages."""
+    shown = rows[:CABINET_PAGE_SIZE]
+    more = len(rows) > CABINET_PAGE_SIZE
+    return {"next_url": link(base, params, after=cursor_after(shown[-1], key)) if more else None,
+            "first_url": link(base, params) if request.query.get("after") else None}, shown
+
+
+def render_performer_cabinet(user, **page):
+    return render("cabinet_performer.html", stats=db_one("performer_stats_read", performer_id=user["id"]),
+                  reviews=db_all("performer_reviews_latest", performer_id=user["id"], limit=20), **page)
+
+
 @routes.get("/cabinet")
 @login_required
 def cabinet():
@@ -635,28 +657,30 @@ def cabinet():
     user = current_user()
     form = Form(request.query)
     status = form.choice("status", STATUSES, required=False)
-    after = form.text("after", required=False, max_len=100)
-    cursor = parse_time_cursor(after) if after and form.ok else (END_OF_TIME, LAST_ID)
-    if not form.ok or cursor is None:
-        raise error_response(400, _("This page link is broken. Start again from the first page."))
-    after_time, after_id = cursor
+    after_time, after_id = read_cabinet_cursor(form)
     if user["role"] == "customer":
         rows = db_all("customer_orders_page", customer_id=user["id"], status=status,
                       after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
     else:
         rows = db_all("performer_orders_page", performer_id=user["id"], status=status,
                       after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
-    orders = rows[:CABINET_PAGE_SIZE]
     params = {"status": status}
-    page = {
-        "orders": orders, "tab": status,
-        "next_url": link("/cabinet", params, after=cursor_after(orders[-1], "created_at"))
-                    if len(rows) > CABINET_PAGE_SIZE else None,
-        "first_url": link("/cabinet", params) if after else None,
-        "here": link("/cabinet", {**params, "after": after}),
-    }
+    links, orders = keyset_links("/cabinet", params, rows, "created_at")
+    page = {"orders": orders, "offers": None, "tab": status, **links}
     if user["role"] == "customer":
         return render("cabinet_customer.html", stats=db_one("customer_stats_read", customer_id=user["id"]),
                       values={}, errors={}, category_options=category_options(), **page)
-    return render("cabinet_performer.html", stats=db_one("performer_stats_read", performer_id=user["id"]),
-                  reviews=db_all("performer_reviews_latest", performer_id=user["id"], limit=20), **page)
+    return render_performer_cabinet(user, **page)
+
+
+@routes.get("/cabinet/offers")
+@role_required("performer")
+def cabinet_offers():
+    """My offers: the performer's offers, newest first, each with its order and status."""
+    user = current_user()
+    form = Form(request.query)
+    after_at, after_id = read_cabinet_cursor(form)
+    # performer_offers_page says LIMIT 21: a page of CABINET_PAGE_SIZE and one more
+    rows = db_all("performer_offers_page", performer_id=user["id"], after_at=after_at, after_id=after_id)
+    links, offers = keyset_links("/cabinet/offers", {}, rows, "created_at")
+    return render_performer_cabinet(user, orders=[], offers=offers, tab="offers", **links)

@@ -370,8 +370,8 @@ WHERE customer_id = %(customer_id)s
 
 -- name: customer_orders_page
 -- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
-SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at, o.performer_id,
-       o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
+SELECT o.id, o.title, o.budget, o.deadline, o.status, o.mode, o.offers_active, o.created_at,
+       o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id
@@ -765,7 +765,7 @@ LIMIT %(limit)s
 
 -- name: performer_orders_page
 -- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
-SELECT o.id, o.title, o.budget, o.deadline, o.status, o.created_at,
+SELECT o.id, o.title, o.budget, o.agreed_price, o.deadline, o.status, o.created_at, o.delivered_at,
        CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
@@ -818,11 +818,15 @@ SELECT s.status,
        s.total
 FROM (SELECT coalesce(sum(orders_open), 0) AS open,
              coalesce(sum(orders_in_progress), 0) AS in_progress,
+             coalesce(sum(orders_delivered), 0) AS delivered,
+             coalesce(sum(orders_disputed), 0) AS disputed,
              coalesce(sum(orders_done), 0) AS done,
              coalesce(sum(orders_cancelled), 0) AS cancelled
       FROM customer_stats) AS t
 CROSS JOIN LATERAL (VALUES ('open'::order_status, t.open),
                            ('in_progress'::order_status, t.in_progress),
+                           ('delivered'::order_status, t.delivered),
+                           ('disputed'::order_status, t.disputed),
                            ('done'::order_status, t.done),
                            ('cancelled'::order_status, t.cancelled)) AS s (status, total)
 ORDER BY s.status
@@ -928,10 +932,14 @@ SELECT u.id,
        cs.orders_placed,
        cs.orders_open,
        cs.orders_in_progress AS customer_in_progress,
+       cs.orders_delivered AS customer_delivered,
+       cs.orders_disputed AS customer_disputed,
        cs.orders_done,
        cs.orders_cancelled,
        ps.orders_completed,
        ps.orders_in_progress AS performer_in_progress,
+       ps.orders_delivered AS performer_delivered,
+       ps.orders_disputed AS performer_disputed,
        ps.rating_sum,
        ps.rating_count,
        ps.rating_avg
@@ -1041,7 +1049,10 @@ SELECT o.id,
        o.title,
        o.description,
        o.status,
+       o.mode,
        o.budget,
+       o.agreed_price,
+       o.offers_active,
        o.deadline,
        o.rating,
        o.review,
@@ -1049,6 +1060,8 @@ SELECT o.id,
        o.cancel_reason,
        o.created_at,
        o.taken_at,
+       o.delivered_at,
+       o.disputed_at,
        o.completed_at,
        o.cancelled_at,
        o.rated_at,
@@ -1151,29 +1164,31 @@ JOIN before b USING (id)
 RETURNING id
 
 -- name: admin_disputes_queue
--- Disputed orders, the longest waiting first, with both sides' names.
+-- Disputed orders, the longest waiting first (keyset page after (disputed_at, id), on the partial
+-- index orders_disputed_idx), with both sides' names, who opened the dispute and why.
 SELECT o.id, o.title, o.disputed_at, o.agreed_price, o.customer_id, cu.name AS customer_name,
        o.performer_id, pu.name AS performer_name,
-       (SELECT h.note
-        FROM order_history h
-        WHERE h.order_id = o.id
-          AND h.action = 'dispute'
-        ORDER BY h.id DESC
-        LIMIT 1) AS reason,
-       (SELECT a.name
-        FROM order_history h
-        JOIN users a ON a.id = h.actor_id
-        WHERE h.order_id = o.id
-          AND h.action = 'dispute'
-        ORDER BY h.id DESC
-        LIMIT 1) AS opened_by
+       d.note AS reason, d.actor_id AS opened_by_id, a.name AS opened_by
 FROM orders o
 JOIN users cu ON cu.id = o.customer_id
 JOIN users pu ON pu.id = o.performer_id
+LEFT JOIN LATERAL (SELECT h.note, h.actor_id
+                   FROM order_history h
+                   WHERE h.order_id = o.id
+                     AND h.action = 'dispute'
+                   ORDER BY h.id DESC
+                   LIMIT 1) AS d ON true
+LEFT JOIN users a ON a.id = d.actor_id
 WHERE o.status = 'disputed'
-  AND (o.disputed_at, o.id) > (%(after_at)s, %(after_id)s)
+  AND (o.disputed_at, o.id) > (%(after_at)s::timestamptz, %(after_id)s::bigint)
 ORDER BY o.disputed_at, o.id
-LIMIT 51
+LIMIT %(limit)s
+
+-- name: admin_disputes_open
+-- For the admin area's navigation: an index-only count on the partial index orders_disputed_idx.
+SELECT count(*) AS n
+FROM orders
+WHERE status = 'disputed'
 
 -- name: admin_categories_all
 -- Hidden ones included (categories_list shows only the visible ones).

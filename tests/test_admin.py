@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -19,6 +20,7 @@ import db as database
 from db import Q
 import web
 from conftest import PASSWORD, text_of
+from web import format_date
 
 ROOT = Path(birzha.__file__).parent
 
@@ -76,6 +78,7 @@ def test_every_admin_route_is_for_staff_only(app, client, make_client, sign_in, 
     rules = {route.rule for route in routes}
     # the walk must see the whole area, actions included
     assert {"/admin", "/admin/users/<user_id:id>/block", "/admin/orders/<order_id:id>/reopen",
+            "/admin/orders/<order_id:id>/resolve", "/admin/disputes",
             "/admin/categories/<category_id:id>/hide", "/admin/reviews/<order_id:id>/hide",
             "/admin/counters/recalc", "/admin/export/orders.csv", "/admin/log"} <= rules
     guest = client
@@ -86,7 +89,7 @@ def test_every_admin_route_is_for_staff_only(app, client, make_client, sign_in, 
         url = concrete_url(route.rule, ids)
         if route.method == "POST":
             assert getattr(route.callback, "csrf_protected", False), f"{route.rule}: @csrf_protect first"
-            data = {"reason": "walk", "slug": "walk", "name_ru": "Обход", "name_en": "Walk"}
+            data = {"reason": "walk", "slug": "walk", "name_ru": "Обход", "name_en": "Walk", "outcome": "done"}
             answer = guest.post_form(url, data)
             assert answer.status_int == 303, route.rule
             assert answer.headers["Location"].endswith("/login?next=" + url), route.rule
@@ -141,6 +144,7 @@ def world(db, staff, make_user, make_order):
         "in_progress": make_order(customer, performer=performer, status="in_progress"),
         "rated": make_order(customer, performer=performer, status="done", rating=6, review="Fine"),
         "hidden": make_order(customer, performer=performer, status="done", rating=2, review="Bad"),
+        "disputed": make_order(customer, performer=performer, status="disputed", title="Disputed order"),
     }
 
 
@@ -189,14 +193,13 @@ ACTIONS = {
                        {"id": w["colleague"]["id"], "is_staff": True},
                        {"id": w["colleague"]["id"], "is_staff": False})),
     "cancel_order": dict(
+        # the staff reason goes to the audit log and the staff-only timeline, not the public cancel_reason
         url=lambda w: f"/admin/orders/{w['in_progress']['id']}/cancel",
         check=lambda db, w: order_row(db, w["in_progress"]["id"])["status"] == "cancelled"
-        and order_row(db, w["in_progress"]["id"])["cancel_reason"] == "Spam, see ticket 7",
+        and order_row(db, w["in_progress"]["id"])["cancel_reason"] is None,
         log=lambda w: ("cancel_order", "order", w["in_progress"]["id"],
-                       {"id": w["in_progress"]["id"], "status": "in_progress",
-                        "performer_id": w["performer"]["id"], "cancel_reason": None},
-                       {"id": w["in_progress"]["id"], "status": "cancelled",
-                        "performer_id": w["performer"]["id"], "cancel_reason": "Spam, see ticket 7"})),
+                       {"id": w["in_progress"]["id"], "status": "in_progress", "performer_id": w["performer"]["id"]},
+                       {"id": w["in_progress"]["id"], "status": "cancelled", "performer_id": w["performer"]["id"]})),
     "reopen_order": dict(
         url=lambda w: f"/admin/orders/{w['in_progress']['id']}/reopen",
         check=lambda db, w: order_row(db, w["in_progress"]["id"])["status"] == "open"
@@ -204,6 +207,13 @@ ACTIONS = {
         log=lambda w: ("reopen_order", "order", w["in_progress"]["id"],
                        {"id": w["in_progress"]["id"], "status": "in_progress", "performer_id": w["performer"]["id"]},
                        {"id": w["in_progress"]["id"], "status": "open", "performer_id": None})),
+    "resolve_dispute": dict(
+        url=lambda w: f"/admin/orders/{w['disputed']['id']}/resolve",
+        form={"outcome": "done"},
+        check=lambda db, w: order_row(db, w["disputed"]["id"])["status"] == "done",
+        log=lambda w: ("resolve_dispute", "order", w["disputed"]["id"],
+                       {"id": w["disputed"]["id"], "status": "disputed", "performer_id": w["performer"]["id"]},
+                       {"id": w["disputed"]["id"], "status": "done", "performer_id": w["performer"]["id"]})),
     "add_category": dict(
         url=lambda w: "/admin/categories",
         form={"slug": "3d-modeling", "name_ru": "3D-моделирование", "name_en": "3D modelling"},
@@ -287,16 +297,17 @@ def test_staff_action_changes_state_and_logs_one_row_in_the_same_transaction(nam
     assert 'class="flash flash-ok"' in staff_client.get(done.headers["Location"]).text
 
 
-@pytest.mark.parametrize("name", ["cancel_order", "reopen_order", "hide_review", "restore_review"])
+@pytest.mark.parametrize("name", ["cancel_order", "reopen_order", "resolve_dispute", "hide_review", "restore_review"])
 def test_order_history_names_the_staff_member_and_the_reason(name, db, staff_client, world):
     case = ACTIONS[name]
     if "setup" in case:
         case["setup"](db, world)
-    assert staff_client.post_form(case["url"](world), {"reason": "Spam, see ticket 7"}).status_int == 303
+    form = dict(case.get("form", {}), reason="Spam, see ticket 7")
+    assert staff_client.post_form(case["url"](world), form).status_int == 303
     order_id = case["log"](world)[2]
-    last = db.execute("SELECT actor_id, note, action FROM order_history WHERE order_id = %s "
+    last = db.execute("SELECT actor_id, note, staff_only, action FROM order_history WHERE order_id = %s "
                       "ORDER BY id DESC LIMIT 1", (order_id,)).fetchone()
-    assert (last["actor_id"], last["note"]) == (world["staff"]["id"], "Spam, see ticket 7")
+    assert (last["actor_id"], last["note"], last["staff_only"]) == (world["staff"]["id"], "Spam, see ticket 7", True)
     page = staff_client.get(f"/admin/orders/{order_id}")
     assert "Staff Sveta" in text_of(page) and "Spam, see ticket 7" in text_of(page)
 
@@ -344,6 +355,10 @@ def test_a_former_staff_member_is_refused_by_the_statement(db, make_user, world)
     ("/admin/orders/{rated}/cancel", 409),        # done: SPEC §4 has no way out
     ("/admin/orders/{open}/reopen", 409),         # only in_progress -> open
     ("/admin/orders/999999/cancel", 404),
+    ("/admin/orders/{disputed}/cancel", 409),     # a dispute is settled, not cancelled
+    ("/admin/orders/{in_progress}/resolve", 409), # no dispute to settle
+    ("/admin/orders/{rated}/resolve", 409),
+    ("/admin/orders/999999/resolve", 404),
     ("/admin/reviews/{open}/hide", 404),          # no rating to hide
     ("/admin/reviews/{rated}/restore", 409),      # not hidden
     ("/admin/categories/999/hide", 404),
@@ -352,13 +367,14 @@ def test_a_former_staff_member_is_refused_by_the_statement(db, make_user, world)
 def test_actions_that_change_nothing_answer_404_or_409_and_log_nothing(url, status, db, staff_client, world):
     ids = {key: value["id"] for key, value in world.items()}
     before = world_state(db)
-    answer = staff_client.post_form(url.format(design=1, **ids), {"reason": "Because"})
+    answer = staff_client.post_form(url.format(design=1, **ids), {"reason": "Because", "outcome": "done"})
     assert answer.status_int == status
     assert world_state(db) == before
 
 
 @pytest.mark.parametrize("url", ["/admin/users/{customer}/block", "/admin/orders/{open}/cancel",
-                                 "/admin/orders/{in_progress}/reopen", "/admin/reviews/{rated}/hide"])
+                                 "/admin/orders/{in_progress}/reopen", "/admin/orders/{disputed}/resolve",
+                                 "/admin/reviews/{rated}/hide"])
 def test_an_empty_reason_is_refused_with_the_form_shown_again(url, db, staff_client, world):
     ids = {key: value["id"] for key, value in world.items()}
     before = world_state(db)
@@ -384,7 +400,7 @@ def test_a_hidden_category_takes_no_new_orders_and_leaves_the_list(db, staff_cli
     customer = make_user("customer")
     assert staff_client.post_form("/admin/categories/1/hide", {}).status_int == 303
     new_order = {"customer_id": customer["id"], "category": "design", "title": "Poster",
-                 "description": "A poster", "budget": 500, "deadline": None}
+                 "description": "A poster", "budget": 500, "deadline": None, "mode": "take"}
     assert db.execute(Q["order_create"], new_order).fetchone() is None
     assert "design" not in [c["slug"] for c in db.execute(Q["categories_list"]).fetchall()]
     assert staff_client.post_form("/admin/categories/1/unhide", {}).status_int == 303
@@ -454,6 +470,185 @@ def test_reopening_puts_the_order_back_in_the_feed_without_its_performer(
     stats = db.execute("SELECT orders_in_progress FROM performer_stats WHERE performer_id = %s",
                        (performer["id"],)).fetchone()
     assert stats["orders_in_progress"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Disputes: the queue, settling one, what it leaves behind
+
+def open_dispute(db, order, by, reason):
+    """The order's customer or performer opens a dispute with a reason, as the order page does."""
+    with db.transaction():
+        db.execute(Q["actor_set"], {"actor_id": str(by["id"]), "note": reason, "staff": False})
+        assert db.execute(Q["order_dispute"], {"order_id": order["id"], "user_id": by["id"]}).fetchone()
+
+
+def stats(db, user):
+    """The counters of a customer or a performer that a dispute moves."""
+    if user["role"] == "customer":
+        return db.execute("SELECT orders_in_progress, orders_delivered, orders_disputed, orders_done, "
+                          "orders_cancelled FROM customer_stats WHERE customer_id = %s", (user["id"],)).fetchone()
+    return db.execute("SELECT orders_in_progress, orders_delivered, orders_disputed, orders_completed "
+                      "FROM performer_stats WHERE performer_id = %s", (user["id"],)).fetchone()
+
+
+def queue_ids(page):
+    return [int(n) for n in re.findall(r'href="/admin/orders/(\d+)"', page.text)]
+
+
+def test_the_disputes_queue_lists_disputed_orders_oldest_first_with_both_sides_and_the_reason(
+        db, staff_client, make_user, make_order, monkeypatch):
+    kira = make_user("customer", name="Customer Kira")
+    gleb = make_user("performer", name="Performer Gleb")
+    first, second, third = (make_order(kira, performer=gleb, status=status, title=title) for status, title in
+                            [("in_progress", "Menu translation"), ("delivered", "Shop logo"), ("in_progress", "Bot")])
+    calm = make_order(kira, performer=gleb, status="delivered", title="Calm delivered order")
+    open_dispute(db, third, kira, "Nothing happened for a week")
+    open_dispute(db, first, gleb, "The customer does not answer")
+    open_dispute(db, second, kira, "Not what I asked for")
+
+    page = staff_client.get("/admin/disputes")
+    assert queue_ids(page) == [third["id"], first["id"], second["id"]]  # by the moment disputed, not by id
+    assert calm["id"] not in queue_ids(page)
+    rows = re.findall(r"<tr>.*?</tr>", page.text, flags=re.S)[1:]
+    assert [text_of(SimpleNamespace(text=row)) for row in rows] == [
+        f"#{third['id']} Bot 1 000 ₽ {format_date(order_at(db, third, 'disputed_at'))} "
+        "Customer Kira Performer Gleb Customer Kira · customer Nothing happened for a week",
+        f"#{first['id']} Menu translation 1 000 ₽ {format_date(order_at(db, first, 'disputed_at'))} "
+        "Customer Kira Performer Gleb Performer Gleb · performer The customer does not answer",
+        f"#{second['id']} Shop logo 1 000 ₽ {format_date(order_at(db, second, 'disputed_at'))} "
+        "Customer Kira Performer Gleb Customer Kira · customer Not what I asked for"]
+    assert f'href="/admin/users/{kira["id"]}"' in page.text and f'href="/admin/users/{gleb["id"]}"' in page.text
+    # the navigation of every admin page counts the open disputes; the dashboard counts them by status
+    for url in ("/admin/disputes", "/admin", "/admin/users"):
+        assert re.search(r'href="/admin/disputes"[^>]*>Disputes <span[^>]*>3</span>', staff_client.get(url).text), url
+    dashboard = staff_client.get("/admin").text
+    assert re.search(r'href="/admin/orders\?status=disputed"><b>3</b>', dashboard)
+    assert re.search(r'href="/admin/orders\?status=delivered"><b>1</b>', dashboard)
+
+    # keyset pages, oldest first, without gaps or repeats
+    monkeypatch.setattr(admin, "PAGE_SIZE", 2)
+    first_page = staff_client.get("/admin/disputes")
+    assert queue_ids(first_page) == [third["id"], first["id"]]
+    next_url = re.search(r'href="(\?after=[^"]+)">Next page', first_page.text).group(1).replace("&amp;", "&")
+    second_page = staff_client.get("/admin/disputes" + next_url)
+    assert queue_ids(second_page) == [second["id"]]
+    assert "Next page" not in second_page.text and 'href="/admin/disputes">← First page' in second_page.text
+    assert staff_client.get("/admin/disputes?after=garbage", status=400)
+    assert staff_client.get("/admin/disputes?after=2026-01-01T00:00:00_5", status=400)  # no time zone
+
+    # a settled dispute leaves the queue and the count
+    assert staff_client.post_form(f"/admin/orders/{first['id']}/resolve",
+                                  {"outcome": "cancelled", "reason": "Customer gone"}).status_int == 303
+    monkeypatch.setattr(admin, "PAGE_SIZE", 50)
+    page = staff_client.get("/admin/disputes")
+    assert queue_ids(page) == [third["id"], second["id"]]
+    assert re.search(r'>Disputes <span[^>]*>2</span>', page.text)
+
+
+def order_at(db, order, column):
+    return db.execute(f"SELECT {column} FROM orders WHERE id = %s", (order["id"],)).fetchone()[column]
+
+
+def test_no_disputes_no_count_in_the_navigation(staff_client):
+    page = staff_client.get("/admin/disputes")
+    assert "No open disputes." in text_of(page)
+    assert re.search(r'href="/admin/disputes"[^>]*>Disputes</a>', page.text)
+
+
+@pytest.mark.parametrize("outcome", ["done", "cancelled"])
+def test_settling_a_dispute_moves_the_counters_logs_it_and_keeps_the_reason_for_staff(
+        outcome, db, staff_client, staff, make_user, make_order, make_client, sign_in):
+    kira = make_user("customer", name="Customer Kira")
+    gleb = make_user("performer", name="Performer Gleb")
+    order = make_order(kira, performer=gleb, status="delivered", title="Shop logo")
+    open_dispute(db, order, kira, "Not what I asked for")
+    assert stats(db, kira) == {"orders_in_progress": 0, "orders_delivered": 0, "orders_disputed": 1,
+                               "orders_done": 0, "orders_cancelled": 0}
+    assert stats(db, gleb) == {"orders_in_progress": 0, "orders_delivered": 0, "orders_disputed": 1,
+                               "orders_completed": 0}
+    page = staff_client.get(f"/admin/orders/{order['id']}")
+    timeline = text_of(page)[text_of(page).index("History"):]
+    assert re.search(r"work handed in .* dispute opened .*Customer Kira.* Not what I asked for", timeline)
+    assert "Here it is" in text_of(page)  # the work handed in, for staff to judge
+    assert f'action="/admin/orders/{order["id"]}/resolve"' in page.text
+    assert f'action="/admin/orders/{order["id"]}/cancel"' not in page.text  # settled, not cancelled
+
+    reason = "Checked the files with both sides"
+    settled = staff_client.post_form(f"/admin/orders/{order['id']}/resolve", {"outcome": outcome, "reason": reason})
+    assert settled.status_int == 303 and settled.headers["Location"].endswith("/admin/disputes")
+    assert f"The dispute is settled: the order is {outcome}." in text_of(staff_client.get(settled.headers["Location"]))
+    assert order_at(db, order, "status") == outcome
+    assert stats(db, kira) == {"orders_in_progress": 0, "orders_delivered": 0, "orders_disputed": 0,
+                               "orders_done": int(outcome == "done"), "orders_cancelled": int(outcome == "cancelled")}
+    assert stats(db, gleb) == {"orders_in_progress": 0, "orders_delivered": 0, "orders_disputed": 0,
+                               "orders_completed": int(outcome == "done")}
+    last = db.execute("SELECT action, actor_id, from_status, to_status, note, staff_only FROM order_history "
+                      "WHERE order_id = %s ORDER BY id DESC LIMIT 1", (order["id"],)).fetchone()
+    assert last == {"action": "resolve", "actor_id": staff["id"], "from_status": "disputed", "to_status": outcome,
+                    "note": reason, "staff_only": True}
+    # the reason: in the audit log under a readable label, to staff in the timeline, to no one else
+    log = staff_client.get("/admin/log?action=resolve_dispute")
+    assert re.findall(r"<td>(Dispute settled)</td>", log.text) == ["Dispute settled"] and reason in log.text
+    assert reason in text_of(staff_client.get(f"/orders/{order['id']}"))
+    for person in (kira, gleb):
+        public = text_of(sign_in(make_client(), person).get(f"/orders/{order['id']}"))
+        assert "Staff Sveta" in public and reason not in public and "Not what I asked for" in public
+    # settled once: a second answer (a colleague's stale page) is refused and logs nothing
+    again = staff_client.post_form(f"/admin/orders/{order['id']}/resolve", {"outcome": "done", "reason": "Me too"})
+    assert again.status_int == 409 and "no longer disputed" in text_of(again)
+    assert len(log_rows(db)) == 1 and order_at(db, order, "status") == outcome
+    assert f'action="/admin/orders/{order["id"]}/resolve"' not in staff_client.get(f"/admin/orders/{order['id']}").text
+
+
+@pytest.mark.parametrize("form, field", [({"outcome": "maybe", "reason": "Fair"}, "outcome"),
+                                         ({"reason": "Fair"}, "outcome"),
+                                         ({"outcome": "open", "reason": "Fair"}, "outcome"),
+                                         ({"outcome": "done", "reason": "x" * 1001}, "reason"),
+                                         ({"outcome": "done", "reason": "one\ntwo"}, "reason")])
+def test_a_resolve_with_a_bad_outcome_or_reason_is_400_with_the_form_shown_again(form, field, db, staff_client, world):
+    before = world_state(db)
+    answer = staff_client.post_form(f"/admin/orders/{world['disputed']['id']}/resolve", form)
+    assert answer.status_int == 400
+    assert world_state(db) == before
+    assert f'id="{field}-resolve-error"' in answer.text
+    if field == "outcome":
+        assert 'value="Fair"' in answer.text  # what was typed stays
+
+
+def test_a_former_staff_member_cannot_settle_a_dispute(db, make_user, world):
+    former = make_user("customer")
+    row = db.execute(Q["admin_order_resolve"], {"order_id": world["disputed"]["id"], "outcome": "done",
+                                                 "staff_id": former["id"], "reason": "x"}).fetchone()
+    assert row is None and log_rows(db) == []
+    assert order_row(db, world["disputed"]["id"])["status"] == "disputed"
+    # and no other outcome passes the statement, whoever asks
+    for outcome in ("open", "in_progress", "delivered"):
+        assert db.execute(Q["admin_order_resolve"], {"order_id": world["disputed"]["id"], "outcome": outcome,
+                                                      "staff_id": world["staff"]["id"], "reason": "x"}).fetchone() is None
+    assert order_row(db, world["disputed"]["id"])["status"] == "disputed" and log_rows(db) == []
+
+
+def test_order_list_filters_and_shows_the_new_statuses(db, staff_client, make_user, make_order):
+    kira, gleb = make_user("customer"), make_user("performer")
+    delivered = make_order(kira, performer=gleb, status="delivered")
+    disputed = make_order(kira, performer=gleb, status="disputed")
+    make_order(kira, performer=gleb, status="in_progress")
+    page = staff_client.get("/admin/orders?status=delivered")
+    assert listed_ids(page, "/admin/orders/") == [delivered["id"]]
+    assert 'class="status status-delivered">delivered<' in page.text
+    assert '<option value="delivered" selected>' in page.text
+    page = staff_client.get("/admin/orders?status=disputed")
+    assert listed_ids(page, "/admin/orders/") == [disputed["id"]]
+    assert 'class="status status-disputed">disputed<' in page.text
+    person = text_of(staff_client.get(f"/admin/users/{kira['id']}"))
+    assert "1 in progress 1 delivered 1 disputed" in person
+
+
+def test_the_admin_order_page_names_the_system_for_an_automatic_accept(db, staff_client, make_user, make_order):
+    order = make_order(make_user("customer"), performer=make_user("performer"), status="delivered")
+    assert db.execute(Q["orders_auto_accept"], {"days": 0}).fetchone()["accepted"] == 1
+    page = text_of(staff_client.get(f"/admin/orders/{order['id']}"))
+    assert re.search(r"work accepted automatically delivered → done \S+ \S+ UTC · the system", page)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,7 +878,7 @@ def test_order_page_shows_the_full_history_with_actor_names(db, staff_client, ma
         db.execute(Q["actor_set"], {"actor_id": str(customer["id"]), "note": "", "staff": False})
         order_id = db.execute(Q["order_create"], {
             "customer_id": customer["id"], "category": "design", "title": "Fix the printer",
-            "description": "It jams", "budget": 900, "deadline": None}).fetchone()["id"]
+            "description": "It jams", "budget": 900, "deadline": None, "mode": "take"}).fetchone()["id"]
     with db.transaction():
         db.execute(Q["actor_set"], {"actor_id": str(performer["id"]), "note": "On my way", "staff": False})
         db.execute(Q["order_take"], {"order_id": order_id, "performer_id": performer["id"]})

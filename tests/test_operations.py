@@ -170,6 +170,86 @@ def test_two_ticks_at_once_do_the_work_once(db_url, db):
     assert sorted("another tick is running" in output for output in outputs) == [False, True], outputs
 
 
+def delivered_ago(db, order, age):
+    """Moves an order's delivery back in time (the guard refuses any statement that writes it)."""
+    with db.transaction():
+        db.execute("ALTER TABLE orders DISABLE TRIGGER orders_guard_transition")
+        db.execute("UPDATE orders SET delivered_at = now() - %s::interval WHERE id = %s", (age, order["id"]))
+        db.execute("ALTER TABLE orders ENABLE TRIGGER orders_guard_transition")
+
+
+def exchange_counters(db, customer, performer):
+    return (db.execute("SELECT orders_delivered, orders_done FROM customer_stats WHERE customer_id = %s",
+                       (customer["id"],)).fetchone(),
+            db.execute("SELECT orders_delivered, orders_completed FROM performer_stats WHERE performer_id = %s",
+                       (performer["id"],)).fetchone())
+
+
+def status_of(db, order):
+    return db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()["status"]
+
+
+def test_the_tick_accepts_deliveries_unanswered_for_auto_accept_days_as_the_system(
+        db_url, db, make_user, make_order, monkeypatch, capsys):
+    monkeypatch.delenv("AUTO_ACCEPT_DAYS", raising=False)  # the default: 3 days
+    customer, performer = make_user("customer"), make_user("performer")
+    old = make_order(customer, performer=performer, status="delivered", title="Waited too long")
+    new = make_order(customer, performer=performer, status="delivered", title="Still in time")
+    delivered_ago(db, old, "3 days 1 minute")
+    delivered_ago(db, new, "2 days 23 hours")
+    with psycopg.connect(db_url) as other:  # a tick running elsewhere: this one accepts nothing
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('birzha.tick'))")
+        assert commands.tick(db_url) == 0
+    assert status_of(db, old) == "delivered"
+    capsys.readouterr()
+
+    assert commands.tick(db_url) == 0
+    assert "1 delivered orders accepted automatically (unanswered for 3 days)" in capsys.readouterr().out
+    assert (status_of(db, old), status_of(db, new)) == ("done", "delivered")
+    last = db.execute("SELECT action, actor_id, from_status, to_status, note FROM order_history "
+                      "WHERE order_id = %s ORDER BY id DESC LIMIT 1", (old["id"],)).fetchone()
+    assert last == {"action": "auto_accept", "actor_id": None, "from_status": "delivered", "to_status": "done",
+                    "note": None}
+    assert exchange_counters(db, customer, performer) == ({"orders_delivered": 1, "orders_done": 1},
+                                                          {"orders_delivered": 1, "orders_completed": 1})
+    assert db.execute("SELECT drifted FROM counter_audit").fetchone()["drifted"] == 0
+    assert commands.tick(db_url) == 0  # nothing more to accept
+    assert "0 delivered orders accepted" in capsys.readouterr().out
+    assert status_of(db, new) == "delivered"
+
+
+def test_with_auto_accept_days_0_the_next_tick_accepts_a_delivery(db_url, db, make_user, make_order, monkeypatch,
+                                                                  capsys):
+    monkeypatch.setenv("AUTO_ACCEPT_DAYS", "0")
+    customer, performer = make_user("customer"), make_user("performer")
+    order = make_order(customer, performer=performer, status="delivered")
+    assert commands.tick(db_url) == 0
+    assert "1 delivered orders accepted automatically (unanswered for 0 days)" in capsys.readouterr().out
+    assert status_of(db, order) == "done"
+    assert exchange_counters(db, customer, performer) == ({"orders_delivered": 0, "orders_done": 1},
+                                                          {"orders_delivered": 0, "orders_completed": 1})
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5", "3 days", "3651", "٣"])
+def test_a_bad_auto_accept_days_is_a_clear_error_and_the_tick_does_nothing(
+        db_url, db, make_user, make_order, monkeypatch, capsys, value):
+    monkeypatch.setenv("AUTO_ACCEPT_DAYS", value)
+    order = make_order(make_user("customer"), performer=make_user("performer"), status="delivered")
+    delivered_ago(db, order, "30 days")
+    assert commands.tick(db_url) == 2
+    err = capsys.readouterr().err
+    assert f"AUTO_ACCEPT_DAYS={value!r} is not valid" in err and "from 0" in err
+    assert status_of(db, order) == "delivered"
+    assert db.execute("SELECT count(*) AS n FROM counter_audit").fetchone()["n"] == 0
+
+
+def test_python_app_py_tick_exits_2_on_a_bad_auto_accept_days(db_url):
+    env = dict(os.environ, DATABASE_URL=db_url, AUTO_ACCEPT_DAYS="three")
+    result = subprocess.run([sys.executable, "app.py", "tick"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "AUTO_ACCEPT_DAYS='three' is not valid" in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands with no DATABASE_URL: the project-local server
 

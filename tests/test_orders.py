@@ -170,7 +170,7 @@ def test_customer_posts_and_cancels_with_a_reason(client, make_user, sign_in, db
                                         "orders_delivered": 0, "orders_disputed": 0,
                                         "orders_done": 0, "orders_cancelled": 1}
     assert open_in_category(db, "texts") == 0
-    assert "1 placed 0 open 0 in progress 0 done 1 cancelled" in text_of(client.get("/cabinet"))
+    assert "1 placed 0 open 0 in progress 0 delivered 0 disputed 0 done 1 cancelled" in text_of(client.get("/cabinet"))
     assert "Found someone offline" in text_of(client.get(f"/orders/{order_id}"))
 
 
