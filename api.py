@@ -187,6 +187,14 @@ def my_offer_reply(order_id, user, status=200):
 # ---------------------------------------------------------------------------------------------
 # Orders
 
+def require_role(role):
+    """The signed-in user, if of this role (None: any); else 403, as the HTML routes answer."""
+    user = current_user()
+    if role and user["role"] != role:
+        raise error_response(403, _("This action is not available for your account."))
+    return user
+
+
 ORDER_FIELDS = {"title": str, "description": str, "category": str, "budget": int, "deadline": str, "mode": str}
 
 
@@ -214,9 +222,7 @@ def api_order(order_id):
 @routes.post("/api/v1/orders")
 @authenticate(required=True)
 def api_order_create():
-    user = current_user()
-    if user["role"] != "customer":
-        raise error_response(403, _("This action is not available for your account."))
+    user = require_role("customer")
     form = json_form(ORDER_FIELDS)
     options = orders.category_options()
     fields = orders.read_new_order(form, options)
@@ -242,14 +248,6 @@ def api_order_edit(order_id):
         raise invalid(form)
     orders.update_order(order_id, current_user(), fields)
     return order_reply(order_id)
-
-
-def require_role(role):
-    """The signed-in user, if of this role (None: any); else 403, as the HTML routes answer."""
-    user = current_user()
-    if role and user["role"] != role:
-        raise error_response(403, _("This action is not available for your account."))
-    return user
 
 
 def read_body(order_id, action, types, reader):
