@@ -73,8 +73,9 @@ class JsonFields(dict):
         return self.get(name)
 
 
-def json_form(types):
-    """The JSON body as a Form; `types` maps each field to str or int (null means absent)."""
+def json_form(types, defaults=None):
+    """The JSON body as a Form; `types` maps each field to str or int (null means absent).
+    A field the body leaves out takes its text in `defaults`, if any (an edit keeps it)."""
     if request.content_type.split(";")[0].strip().lower() != "application/json":
         raise error_response(415, _("Send the request body as JSON (Content-Type: application/json)."))
     raw = request.body.read()
@@ -84,10 +85,13 @@ def json_form(types):
         raise error_response(400, _("The request body is not valid JSON."))
     if not isinstance(data, dict):
         raise error_response(400, _("The request body must be a JSON object."))
-    form = Form(JsonFields())
+    form = Form(JsonFields(defaults or {}))
     for name, kind in types.items():
-        value = data.get(name)
+        if name not in data:
+            continue
+        value = data[name]
         if value is None:
+            form.source.pop(name, None)
             continue
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             form.errors[name] = _("Enter a whole number.")
@@ -139,8 +143,10 @@ def order_json(row):
         "budget": row["budget"], "deadline": iso(row["deadline"]), "status": row["status"],
         "customer": {"id": row["customer_id"], "name": row["customer_name"]},
         "performer": {"id": row["performer_id"], "name": row["performer_name"]} if row["performer_id"] else None,
+        "mode": row["mode"], "agreed_price": row["agreed_price"], "offers_active": row["offers_active"],
         "rating": row["rating"], "review": row["review"], "cancel_reason": row["cancel_reason"],
-        **{key: iso(row[key]) for key in ("created_at", "taken_at", "completed_at", "cancelled_at", "rated_at")},
+        **{key: iso(row[key]) for key in ("created_at", "taken_at", "delivered_at", "disputed_at",
+                                          "completed_at", "cancelled_at", "rated_at")},
     }
 
 
@@ -159,8 +165,38 @@ def order_reply(order_id, status=200):
     return reply(order_json(orders.load_order(order_id)), status)
 
 
+def offer_json(row):
+    """An active offer as the order's customer (and staff) see it (offers_of_order)."""
+    return {"id": row["id"], "price": row["price"], "days": row["days"], "message": row["message"],
+            "performer": {"id": row["performer_id"], "name": row["performer_name"],
+                          "rating_avg": number(row["rating_avg"]), "rating_count": row["rating_count"],
+                          "orders_completed": row["orders_completed"]},
+            "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}
+
+
+def my_offer_json(row):
+    """A performer's own offer (offer_of_performer): the active one, else the latest."""
+    return {"id": row["id"], "price": row["price"], "days": row["days"], "message": row["message"],
+            "status": row["status"], "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"])}
+
+
+def my_offer_reply(order_id, user, status=200):
+    return reply(my_offer_json(db_one("offer_of_performer", order_id=order_id, performer_id=user["id"])), status)
+
+
 # ---------------------------------------------------------------------------------------------
 # Orders
+
+def require_role(role):
+    """The signed-in user, if of this role (None: any); else 403, as the HTML routes answer."""
+    user = current_user()
+    if role and user["role"] != role:
+        raise error_response(403, _("This action is not available for your account."))
+    return user
+
+
+ORDER_FIELDS = {"title": str, "description": str, "category": str, "budget": int, "deadline": str, "mode": str}
+
 
 @routes.get("/api/v1/orders")
 @authenticate(required=False)
@@ -186,10 +222,8 @@ def api_order(order_id):
 @routes.post("/api/v1/orders")
 @authenticate(required=True)
 def api_order_create():
-    user = current_user()
-    if user["role"] != "customer":
-        raise error_response(403, _("This action is not available for your account."))
-    form = json_form({"title": str, "description": str, "category": str, "budget": int, "deadline": str})
+    user = require_role("customer")
+    form = json_form(ORDER_FIELDS)
     options = orders.category_options()
     fields = orders.read_new_order(form, options)
     order_id = orders.create_order(user, fields, form) if form.ok else None
@@ -199,41 +233,116 @@ def api_order_create():
     return order_reply(order_id, 201)
 
 
-@routes.post("/api/v1/orders/<order_id:id>/take")
+@routes.post("/api/v1/orders/<order_id:id>/edit")
 @authenticate(required=True)
-def api_order_take(order_id):
-    json_form({})
-    orders.take_order(order_id, current_user())
-    return order_reply(order_id)
-
-
-@routes.post("/api/v1/orders/<order_id:id>/complete")
-@authenticate(required=True)
-def api_order_complete(order_id):
-    json_form({})
-    orders.complete_order(order_id, current_user())
-    return order_reply(order_id)
-
-
-@routes.post("/api/v1/orders/<order_id:id>/cancel")
-@authenticate(required=True)
-def api_order_cancel(order_id):
-    form = json_form({"reason": str})
-    fields = orders.read_cancel_fields(form)
+def api_order_edit(order_id):
+    """The customer edits an open order; the fields left out keep their values (null clears the
+    deadline), and the mode changes only while no offer is active."""
+    order = orders.order_to_edit(order_id)
+    options = orders.edit_options(order)
+    current = {"title": order["title"], "description": order["description"], "category": order["category_slug"],
+               "budget": str(order["budget"]), "deadline": iso(order["deadline"]) or "", "mode": order["mode"]}
+    form = json_form(ORDER_FIELDS, defaults=current)
+    fields = orders.read_edit_fields(form, order, options)
     if not form.ok:
         raise invalid(form)
-    orders.cancel_order(order_id, current_user(), **fields)
+    orders.update_order(order_id, current_user(), fields)
     return order_reply(order_id)
 
 
-@routes.post("/api/v1/orders/<order_id:id>/rate")
-@authenticate(required=True)
-def api_order_rate(order_id):
-    form = json_form({"rating": int, "review": str})
-    fields = orders.read_rate_fields(form)
+def read_body(order_id, action, types, reader):
+    """The body's fields for `action`. Bad input is answered as the HTML form's is: 404, 403 or
+    409 when the write would be refused anyway, else 400 with each field's error."""
+    form = json_form(types)
+    fields = reader(form) if reader else {}
     if not form.ok:
+        orders.refuse_bad_input(order_id, action)
         raise invalid(form)
-    orders.rate_order(order_id, current_user(), **fields)
+    return fields
+
+
+# The fields each transition's body takes; the readers, transitions and roles are the HTML forms'.
+TRANSITION_BODIES = {
+    "take": {}, "deliver": {"message": str}, "withdraw": {"reason": str}, "cancel": {"reason": str},
+    "rate": {"rating": int, "review": str}, "accept": {"rating": int, "review": str},
+    "revision": {"reason": str}, "dispute": {"reason": str},
+}
+
+
+def api_transition(order_id, action):
+    reader, make, role, _message = orders.FORM_TRANSITIONS[action]
+    user = require_role(role)
+    make(order_id, user, **read_body(order_id, action, TRANSITION_BODIES[action], reader))
+    return order_reply(order_id)
+
+
+def transition_route(action, path=None):
+    """POST /api/v1/orders/<id>/<action>: one transition of SPEC §4; answers the order."""
+    @authenticate(required=True)
+    def route(order_id):
+        return api_transition(order_id, action)
+    routes.post(f"/api/v1/orders/<order_id:id>/{path or action}", callback=route,
+                name=f"api_order_{path or action}")
+
+
+for _action in TRANSITION_BODIES:
+    transition_route(_action)
+transition_route("deliver", path="complete")  # the first name of delivering, kept for old clients
+
+
+@routes.get("/api/v1/orders/<order_id:id>/deliveries")
+@authenticate(required=True)
+def api_order_deliveries(order_id):
+    """The work handed in, every round: for the order's two parties and staff."""
+    order = orders.load_order(order_id)
+    user = current_user()
+    if not (user["is_staff"] or user["id"] in (order["customer_id"], order["performer_id"])):
+        raise error_response(403, _("Only the customer and the performer of this order can see the work handed in."))
+    return reply({"items": [{"id": row["id"], "message": row["message"], "created_at": iso(row["created_at"]),
+                             "performer": {"id": row["performer_id"], "name": row["performer_name"]}}
+                            for row in db_all("order_deliveries_list", order_id=order_id)]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Offers
+
+@routes.get("/api/v1/orders/<order_id:id>/offers")
+@authenticate(required=False)
+def api_order_offers(order_id):
+    """As on the order page: the customer and staff see every active offer, a performer their
+    own; everyone sees how many there are."""
+    order = orders.load_order(order_id)
+    seen = orders.order_offers(order, current_user())
+    return reply({"count": order["offers_active"],
+                  "items": None if seen["all"] is None else [offer_json(row) for row in seen["all"]],
+                  "mine": my_offer_json(seen["mine"]) if seen["mine"] else None})
+
+
+@routes.post("/api/v1/orders/<order_id:id>/offers")
+@authenticate(required=True)
+def api_offer_send(order_id):
+    """Sends the performer's offer (201) or changes their active one (200)."""
+    user = require_role("performer")
+    fields = read_body(order_id, "offer", {"price": int, "days": int, "message": str}, orders.read_offer_fields)
+    created = orders.send_offer(order_id, user, **fields)
+    return my_offer_reply(order_id, user, 201 if created else 200)
+
+
+@routes.post("/api/v1/orders/<order_id:id>/offers/withdraw")
+@authenticate(required=True)
+def api_offer_withdraw(order_id):
+    user = require_role("performer")
+    json_form({})
+    orders.withdraw_offer(order_id, user)
+    return my_offer_reply(order_id, user)
+
+
+@routes.post("/api/v1/orders/<order_id:id>/offers/<offer_id:id>/accept")
+@authenticate(required=True)
+def api_offer_accept(order_id, offer_id):
+    user = require_role("customer")
+    json_form({})
+    orders.accept_offer(order_id, offer_id, user)
     return order_reply(order_id)
 
 
@@ -329,11 +438,14 @@ def json_content(schema):
     return {"application/json": {"schema": schema}}
 
 
-def operation(summary, status, schema, *, problems=(), secured=False, body=None, parameters=(), headers=None):
-    """One path/method: its success response, the problems it may answer, its credentials."""
+def operation(summary, status, schema, *, problems=(), secured=False, body=None, parameters=(), headers=None,
+              also=None):
+    """One path/method: its success response (and `also` {status: description} answered with the
+    same schema), the problems it may answer, its credentials."""
     success = {"description": summary, "content": json_content(schema), **({"headers": headers} if headers else {})}
+    others = {str(code): {"description": text, "content": json_content(schema)} for code, text in (also or {}).items()}
     op = {"summary": summary, "parameters": list(parameters),
-          "responses": {str(status): success,
+          "responses": {str(status): success, **others,
                         **{str(code): UNAUTHORIZED if code == 401 else PROBLEM for code in problems},
                         "default": PROBLEM},
           "security": [{"bearer": []}, {"cookie": []}] + ([] if secured else [{}])}
@@ -348,6 +460,7 @@ def parameter(name, where, schema, description=""):
 
 
 ORDER_ID = parameter("order_id", "path", {"type": "integer", "minimum": 1})
+OFFER_ID = parameter("offer_id", "path", {"type": "integer", "minimum": 1})
 TRANSITION_PROBLEMS = (400, 401, 403, 404, 409, 415)
 FEED_PARAMETERS = [
     parameter("q", "query", TEXT, "full-text search"),
@@ -362,6 +475,12 @@ PERSON = closed({"id": INTEGER, "name": TEXT})
 PERFORMER = {"id": INTEGER, "name": TEXT, "rating_avg": nullable({"type": "number"}),
              "rating_count": INTEGER, "orders_completed": INTEGER,
              "categories": {"type": "array", "items": ref("Category")}}
+PRICE = {"type": "integer", "minimum": 1, "maximum": 100000000}
+RATING = {"type": "integer", "minimum": 1, "maximum": 10}
+MODE = {"enum": ["take", "offers"]}
+REASON = closed({"reason": TEXT})
+ORDER_FIELDS_SCHEMA = {"title": TEXT, "description": TEXT, "category": TEXT, "budget": INTEGER,
+                       "deadline": nullable(DATE), "mode": MODE}
 REVIEW = closed({"order_id": INTEGER, "title": TEXT, "rating": {"type": "integer", "minimum": 1, "maximum": 10},
                  "review": nullable(TEXT), "rated_at": MOMENT})
 
@@ -381,27 +500,90 @@ OPENAPI = {
         "/api/v1/orders/{order_id}": {
             "get": operation("An order", 200, ref("Order"), problems=(401, 404), parameters=[ORDER_ID]),
         },
+        "/api/v1/orders/{order_id}/edit": {
+            "post": operation("Edit an open order (its customer): the fields left out keep their values, a null "
+                              "deadline clears it; the mode changes only while the order has no active offer",
+                              200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
+                              body=closed(ORDER_FIELDS_SCHEMA, optional=list(ORDER_FIELDS_SCHEMA)),
+                              parameters=[ORDER_ID]),
+        },
         "/api/v1/orders/{order_id}/take": {
-            "post": operation("Take an open order (performers)", 200, ref("Order"),
+            "post": operation("Take an open order in take mode (performers)", 200, ref("Order"),
                               problems=TRANSITION_PROBLEMS, secured=True, body=closed({}),
                               parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/deliver": {
+            "post": operation("Hand in the work of an order in progress (its performer): it becomes delivered",
+                              200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
+                              body=closed({"message": TEXT}), parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/complete": {
-            "post": operation("Complete the order you took", 200, ref("Order"),
-                              problems=TRANSITION_PROBLEMS, secured=True, body=closed({}),
+            "post": operation("The first name of /deliver, kept for old clients: the same body and answer", 200,
+                              ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
+                              body=closed({"message": TEXT}), parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/withdraw": {
+            "post": operation("Give an order in progress back, with a reason (its performer): it is open again",
+                              200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True, body=REASON,
                               parameters=[ORDER_ID]),
         },
+        "/api/v1/orders/{order_id}/accept": {
+            "post": operation("Accept the delivered work (its customer), with an optional rating and review: done",
+                              200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
+                              body=closed({"rating": nullable(RATING), "review": TEXT},
+                                          optional=("rating", "review")),
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/revision": {
+            "post": operation("Send the delivered work back with a reason (its customer): in progress again",
+                              200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True, body=REASON,
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/dispute": {
+            "post": operation("Open a dispute on an order in progress or delivered, with a reason (its customer "
+                              "or performer); staff settle it", 200, ref("Order"), problems=TRANSITION_PROBLEMS,
+                              secured=True, body=REASON, parameters=[ORDER_ID]),
+        },
         "/api/v1/orders/{order_id}/cancel": {
-            "post": operation("Cancel an open or in-progress order (its customer; staff use the admin area)", 200,
+            "post": operation("Cancel an order (its customer): an open one, or one in progress past its deadline; "
+                              "staff use the admin area", 200,
                               ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
                               body=closed({"reason": TEXT}, optional=("reason",)), parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/rate": {
             "post": operation("Rate a done order once (its customer)", 200, ref("Order"),
                               problems=TRANSITION_PROBLEMS, secured=True,
-                              body=closed({"rating": {"type": "integer", "minimum": 1, "maximum": 10},
-                                           "review": TEXT}, optional=("review",)),
+                              body=closed({"rating": RATING, "review": TEXT}, optional=("review",)),
                               parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/deliveries": {
+            "get": operation("The work handed in, every round, oldest first (the order's customer and "
+                             "performer, and staff)", 200, ref("DeliveryList"), problems=(401, 403, 404),
+                             secured=True, parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/offers": {
+            "get": operation("The offers as the viewer may see them: `items` every active offer for the "
+                             "customer and staff (null for others), `mine` a performer's own offer, `count` "
+                             "for everyone", 200, ref("OfferList"), problems=(401, 404), parameters=[ORDER_ID]),
+            "post": operation("Send an offer on an open order in offers mode (performers): 201 for a new one, "
+                              "200 when it changes your active one", 201, ref("MyOffer"),
+                              also={200: "Your active offer is changed"}, problems=TRANSITION_PROBLEMS,
+                              secured=True, body=closed({"price": PRICE,
+                                                         "days": {"type": "integer", "minimum": 1, "maximum": 365},
+                                                         "message": TEXT}),
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/offers/withdraw": {
+            "post": operation("Withdraw your active offer while the order is open (performers)", 200,
+                              ref("MyOffer"), problems=TRANSITION_PROBLEMS, secured=True, body=closed({}),
+                              parameters=[ORDER_ID]),
+        },
+        "/api/v1/orders/{order_id}/offers/{offer_id}/accept": {
+            "post": operation("Accept an active offer (the order's customer): the order goes in progress to its "
+                              "performer at its price, due today plus its days; the other offers are declined; "
+                              "of two accepts at once the second gets 409", 200, ref("Order"),
+                              problems=TRANSITION_PROBLEMS, secured=True, body=closed({}),
+                              parameters=[ORDER_ID, OFFER_ID]),
         },
         "/api/v1/me": {"get": operation("The signed-in user", 200, ref("Me"), problems=(401,), secured=True)},
         "/api/v1/performers": {
@@ -445,15 +627,30 @@ OPENAPI = {
             "Order": closed({
                 "id": INTEGER, "title": TEXT, "description": TEXT, "category": ref("Category"),
                 "budget": {"type": "integer", "minimum": 1}, "deadline": nullable(DATE),
-                "status": {"enum": ["open", "in_progress", "done", "cancelled"]},
+                "status": {"enum": ["open", "in_progress", "delivered", "disputed", "done", "cancelled"]},
+                "mode": MODE, "agreed_price": nullable(PRICE), "offers_active": {"type": "integer", "minimum": 0},
                 "customer": ref("Person"), "performer": nullable(ref("Person")),
-                "rating": nullable({"type": "integer", "minimum": 1, "maximum": 10}),
+                "rating": nullable(RATING),
                 "review": nullable(TEXT), "cancel_reason": nullable(TEXT), "created_at": MOMENT,
-                "taken_at": nullable(MOMENT), "completed_at": nullable(MOMENT),
-                "cancelled_at": nullable(MOMENT), "rated_at": nullable(MOMENT)}),
+                "taken_at": nullable(MOMENT), "delivered_at": nullable(MOMENT), "disputed_at": nullable(MOMENT),
+                "completed_at": nullable(MOMENT), "cancelled_at": nullable(MOMENT), "rated_at": nullable(MOMENT)}),
             "OrderList": closed({"items": {"type": "array", "items": ref("Order")}, "next": nullable(TEXT)}),
-            "NewOrder": closed({"title": TEXT, "description": TEXT, "category": TEXT, "budget": INTEGER,
-                                "deadline": nullable(DATE)}, optional=("deadline",)),
+            "NewOrder": closed(ORDER_FIELDS_SCHEMA, optional=("deadline", "mode")),
+            "Offer": closed({
+                "id": INTEGER, "price": PRICE, "days": INTEGER, "message": TEXT,
+                "performer": closed({"id": INTEGER, "name": TEXT, "rating_avg": nullable({"type": "number"}),
+                                     "rating_count": INTEGER, "orders_completed": INTEGER}),
+                "created_at": MOMENT, "updated_at": MOMENT}),
+            "MyOffer": closed({
+                "id": INTEGER, "price": PRICE, "days": INTEGER, "message": TEXT,
+                "status": {"enum": ["active", "withdrawn", "accepted", "declined"]},
+                "created_at": MOMENT, "updated_at": MOMENT}),
+            "OfferList": closed({
+                "count": {"type": "integer", "minimum": 0},
+                "items": nullable({"type": "array", "items": ref("Offer")}),
+                "mine": nullable(ref("MyOffer"))}),
+            "Delivery": closed({"id": INTEGER, "message": TEXT, "created_at": MOMENT, "performer": ref("Person")}),
+            "DeliveryList": closed({"items": {"type": "array", "items": ref("Delivery")}}),
             "Performer": closed(PERFORMER),
             "PerformerList": closed({"items": {"type": "array", "items": ref("Performer")},
                                      "next": nullable(TEXT)}),
@@ -467,8 +664,10 @@ OPENAPI = {
                 "bio": TEXT, "is_staff": {"type": "boolean"}, "is_blocked": {"type": "boolean"},
                 "counters": {"oneOf": [
                     closed({"orders_placed": INTEGER, "orders_open": INTEGER, "orders_in_progress": INTEGER,
+                            "orders_delivered": INTEGER, "orders_disputed": INTEGER,
                             "orders_done": INTEGER, "orders_cancelled": INTEGER}),
                     closed({"orders_completed": INTEGER, "orders_in_progress": INTEGER,
+                            "orders_delivered": INTEGER, "orders_disputed": INTEGER,
                             "rating_avg": nullable({"type": "number"}), "rating_count": INTEGER})]}}),
         },
     },

@@ -319,14 +319,21 @@ def order_action_page(order_id, action):
     redirect(f"/orders/{order_id}")
 
 
-def reshow_order_form(order_id, action, form):
-    """Bad input on an order-page form: 404 / 403 / 409 as the write would, else the page with 400."""
+def refuse_bad_input(order_id, action):
+    """Bad input for `action` (a form, or an API body): raises 404 / 403 / 409 as the write would;
+    otherwise returns the order, and the answer is a 400 with each field's error."""
     order = load_order(order_id)
     user = current_user()
     if not is_allowed(order, user, action):
         raise error_response(403, forbidden_message(action, user))
     if not permissions(order, user)[action]:  # the form is not on the page any more
         raise error_response(409, conflict_message(order, user, action))
+    return order
+
+
+def reshow_order_form(order_id, action, form):
+    """Bad input on an order-page form: 404 / 403 / 409 as the write would, else the page with 400."""
+    order = refuse_bad_input(order_id, action)
     return render_order(order, status=400, values=form.values, errors=form.errors, form_name=action)
 
 
@@ -608,20 +615,30 @@ def order_edit(order_id):
     return render_order_form(values, {}, order=order, options=edit_options(order))
 
 
+def read_edit_fields(form, order, options):
+    """The fields of an edit of `order` (a deadline since passed may stay); errors in form.errors."""
+    return read_order_form(form, [slug for slug, _name in options], db_one("date_today")["today"],
+                           unchanged_deadline=order["deadline"])
+
+
+def update_order(order_id, user, fields):
+    """Saves an edit by the order's customer (a mode change is recorded as theirs); raises if refused."""
+    act_as(user["id"])
+    if db_one("order_update", order_id=order_id, customer_id=user["id"], **fields) is None:
+        refuse(order_id, "edit")
+
+
 @routes.post("/orders/<order_id:id>/edit")
 @csrf_protect
 @login_required
 def order_edit_save(order_id):
-    user = current_user()
     order = order_to_edit(order_id)
     options = edit_options(order)
     form = Form()
-    fields = read_order_form(form, [slug for slug, _name in options], db_one("date_today")["today"],
-                             unchanged_deadline=order["deadline"])
+    fields = read_edit_fields(form, order, options)
     if not form.ok:
         return render_order_form(form.values, form.errors, status=400, order=order, options=options)
-    if db_one("order_update", order_id=order_id, customer_id=user["id"], **fields) is None:
-        refuse(order_id, "edit")
+    update_order(order_id, current_user(), fields)
     redirect(f"/orders/{order_id}", _("The order is saved."))
 
 

@@ -3,6 +3,7 @@
 Every API response these tests receive goes through Api.request, which checks it against the
 schema that the OpenAPI document gives for its path, method and status.
 """
+import datetime
 import html
 import json
 import re
@@ -125,25 +126,37 @@ def history(db, order_id):
 
 
 def run_flow(db, customer, performer, customer_id, performer_id):
-    """Create, take, complete, rate through the API; checks each answer and the database."""
+    """Create, take, complete (the old name of deliver), accept, rate through the API; checks each
+    answer and the database."""
     resp = customer.post("/api/v1/orders", NEW_ORDER, status=201)
     order = resp.json
     assert resp.headers["Location"].endswith(f"/api/v1/orders/{order['id']}")
-    assert order["status"] == "open" and order["customer"]["id"] == customer_id
+    assert order["status"] == "open" and order["customer"]["id"] == customer_id and order["mode"] == "take"
     assert order["performer"] is None and order["budget"] == 15000 and order["category"]["slug"] == "design"
+    assert order["agreed_price"] is None and order["offers_active"] == 0
     oid = order["id"]
     taken = performer.post(f"/api/v1/orders/{oid}/take").json
     assert taken["status"] == "in_progress" and taken["performer"]["id"] == performer_id and taken["taken_at"]
-    assert performer.post(f"/api/v1/orders/{oid}/complete").json["status"] == "done"
+    assert taken["agreed_price"] == 15000
+    delivered = performer.post(f"/api/v1/orders/{oid}/complete", {"message": "The logo, in three sizes"}).json
+    assert delivered["status"] == "delivered" and delivered["delivered_at"]
+    assert customer.post(f"/api/v1/orders/{oid}/accept").json["status"] == "done"
     rated = customer.post(f"/api/v1/orders/{oid}/rate", {"rating": 9, "review": "Lovely"}).json
     assert rated["rating"] == 9 and rated["review"] == "Lovely" and rated["rated_at"]
     row = db.execute("SELECT status, performer_id, rating, review FROM orders WHERE id = %s", (oid,)).fetchone()
     assert row == {"status": "done", "performer_id": performer_id, "rating": 9, "review": "Lovely"}
+    assert deliveries(db, oid) == [(performer_id, "The logo, in three sizes")]
     assert history(db, oid) == [("create", None, "open", customer_id),
                                 ("take", "open", "in_progress", performer_id),
-                                ("complete", "in_progress", "done", performer_id),
+                                ("deliver", "in_progress", "delivered", performer_id),
+                                ("accept", "delivered", "done", customer_id),
                                 ("rate", "done", "done", customer_id)]
     return oid
+
+
+def deliveries(db, order_id):
+    return [(row["performer_id"], row["message"]) for row in db.execute(
+        "SELECT performer_id, message FROM order_deliveries WHERE order_id = %s ORDER BY id", (order_id,))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +175,8 @@ def test_full_flow_with_bearer_tokens_moves_the_order_and_the_counters(db, make_
     assert me["id"] == cid and me["role"] == "customer" and me["counters"]["orders_done"] == 1
     me = performer.get("/api/v1/me").json
     assert me["role"] == "performer" and me["counters"] == {
-        "orders_completed": 1, "orders_in_progress": 0, "rating_avg": 9.0, "rating_count": 1}
+        "orders_completed": 1, "orders_in_progress": 0, "orders_delivered": 0, "orders_disputed": 0,
+        "rating_avg": 9.0, "rating_count": 1}
     used = db.execute("SELECT count(*) AS n FROM api_tokens WHERE last_used_at IS NOT NULL").fetchone()
     assert used["n"] == 2
 
@@ -211,7 +225,7 @@ def test_every_refusal_has_its_status_and_changes_nothing(db, app, make_client, 
     performer.post("/api/v1/orders", NEW_ORDER, status=403)
     performer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 5}, status=403)
     with_stranger.post(f"/api/v1/orders/{open_order['id']}/cancel", {"reason": "mine now"}, status=403)
-    with_stranger.post(f"/api/v1/orders/{taken['id']}/complete", status=403)
+    with_stranger.post(f"/api/v1/orders/{taken['id']}/complete", {"message": "Mine"}, status=403)
     customer.post(f"/api/v1/orders/{open_order['id']}/take", status=403)
     # 404: unknown ids and routes
     performer.post("/api/v1/orders/999999/take", status=404)
@@ -227,7 +241,10 @@ def test_every_refusal_has_its_status_and_changes_nothing(db, app, make_client, 
     performer.post(f"/api/v1/orders/{taken['id']}/take", status=409)
     customer.post(f"/api/v1/orders/{open_order['id']}/rate", {"rating": 5}, status=409)
     customer.post(f"/api/v1/orders/{done['id']}/cancel", status=409)
+    performer.post(f"/api/v1/orders/{done['id']}/complete", {"message": "Again"}, status=409)
+    # bad input on an order whose state refuses the write anyway: 409, as the HTML form answers
     performer.post(f"/api/v1/orders/{done['id']}/complete", status=409)
+    customer.post(f"/api/v1/orders/{done['id']}/cancel", {"reason": "x" * 1001}, status=409)
     # 400: bad input, each field with its message
     errors = customer.post("/api/v1/orders", {"title": "x", "description": "", "category": "nope",
                                               "budget": "5000", "deadline": "2001-01-01"}, status=400).json["errors"]
@@ -241,7 +258,9 @@ def test_every_refusal_has_its_status_and_changes_nothing(db, app, make_client, 
     assert customer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 11}, status=400).json["errors"] == {
         "rating": "The largest allowed value is 10."}
     customer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 9.5}, status=400)
-    customer.post(f"/api/v1/orders/{done['id']}/cancel", {"reason": "x" * 1001}, status=400)
+    customer.post(f"/api/v1/orders/{open_order['id']}/cancel", {"reason": "x" * 1001}, status=400)
+    assert performer.post(f"/api/v1/orders/{taken['id']}/deliver", {"message": "  "}, status=400).json["errors"] == {
+        "message": "This field is required."}
     customer.post("/api/v1/orders", raw=b'{"title": ', status=400)
     customer.post("/api/v1/orders", raw=b"[1, 2]", status=400)
     customer.post("/api/v1/orders", raw=b"[" * 100000, status=400)
@@ -282,11 +301,13 @@ def test_staff_see_a_hidden_review_but_cancel_only_through_the_admin_area(
     assert snapshot(db) == before
     assert db.execute("SELECT count(*) AS n FROM admin_log").fetchone()["n"] == 0
 
-    # The admin area does it, logged; the reason is the staff's, not shown to the people of the order.
+    # The admin area does it, logged; the reason is the staff's (the audit log and a staff-only
+    # note in the timeline), never the order's public cancel_reason.
     admin = sign_in(make_client("198.51.100.65"), boss)
     assert admin.post_form(f"/admin/orders/{order['id']}/cancel", {"reason": "Fraud"}).status_int == 303
-    assert db.execute("SELECT action FROM admin_log").fetchone()["action"] == "cancel_order"
-    assert staff.get(f"/api/v1/orders/{order['id']}").json["cancel_reason"] == "Fraud"
+    assert db.execute("SELECT action, reason FROM admin_log").fetchone() == {"action": "cancel_order",
+                                                                             "reason": "Fraud"}
+    assert staff.get(f"/api/v1/orders/{order['id']}").json["cancel_reason"] is None
     for token in (people["customer"]["token"], people["performer"]["token"]):
         seen = bearer(make_client, token).get(f"/api/v1/orders/{order['id']}").json
         assert seen["status"] == "cancelled" and seen["cancel_reason"] is None
@@ -534,3 +555,281 @@ def test_the_api_answers_a_problem_while_the_database_is_down(app, client, monke
     resp = Api(client).get("/api/v1/categories", status=503)
     assert resp.json["title"] == "Service unavailable" and "database" in resp.json["detail"]
     database.close_pool()
+
+
+# ---------------------------------------------------------------------------------------------
+# The exchange (SPEC §4): both modes through the API, step by step, with the database checked
+
+def order_row(db, order_id):
+    return db.execute("SELECT status, mode, performer_id, agreed_price, offers_active, deadline, rating, review, "
+                      "delivered_at IS NOT NULL AS delivered, disputed_at IS NOT NULL AS disputed "
+                      "FROM orders WHERE id = %s", (order_id,)).fetchone()
+
+
+def offer_rows(db, order_id):
+    """(performer, price, days, status) of every offer of the order, oldest first."""
+    return [(row["performer_id"], row["price"], row["days"], row["status"]) for row in db.execute(
+        "SELECT performer_id, price, days, status FROM offers WHERE order_id = %s ORDER BY id", (order_id,))]
+
+
+def counters(db, customer_id, performer_id):
+    customer = db.execute("SELECT orders_open, orders_in_progress, orders_delivered, orders_disputed, orders_done "
+                          "FROM customer_stats WHERE customer_id = %s", (customer_id,)).fetchone()
+    performer = db.execute("SELECT orders_in_progress, orders_delivered, orders_disputed, orders_completed "
+                           "FROM performer_stats WHERE performer_id = %s", (performer_id,)).fetchone()
+    return tuple(customer.values()), tuple(performer.values())
+
+
+def test_take_mode_through_the_api_take_deliver_revision_deliver_again_accept_with_a_rating(
+        db, make_client, make_user, people):
+    cid, pid = people["customer"]["user"]["id"], people["performer"]["user"]["id"]
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    order = customer.post("/api/v1/orders", dict(NEW_ORDER, mode="take"), status=201).json
+    oid = order["id"]
+    assert order["mode"] == "take" and order_row(db, oid)["mode"] == "take"
+
+    assert performer.post(f"/api/v1/orders/{oid}/take").json["status"] == "in_progress"
+    assert order_row(db, oid)["performer_id"] == pid and order_row(db, oid)["agreed_price"] == 15000
+    assert counters(db, cid, pid) == ((0, 1, 0, 0, 0), (1, 0, 0, 0))
+
+    first = performer.post(f"/api/v1/orders/{oid}/deliver", {"message": "Version one"}).json
+    assert first["status"] == "delivered" and first["delivered_at"]
+    assert order_row(db, oid)["status"] == "delivered" and deliveries(db, oid) == [(pid, "Version one")]
+    assert counters(db, cid, pid) == ((0, 0, 1, 0, 0), (0, 1, 0, 0))
+
+    back = customer.post(f"/api/v1/orders/{oid}/revision", {"reason": "Make the croissant bigger"}).json
+    assert back["status"] == "in_progress" and back["performer"]["id"] == pid
+    assert order_row(db, oid)["status"] == "in_progress"
+    assert counters(db, cid, pid) == ((0, 1, 0, 0, 0), (1, 0, 0, 0))
+
+    assert performer.post(f"/api/v1/orders/{oid}/deliver", {"message": "Version two"}).json["status"] == "delivered"
+    assert deliveries(db, oid) == [(pid, "Version one"), (pid, "Version two")]
+
+    done = customer.post(f"/api/v1/orders/{oid}/accept", {"rating": 8, "review": "Worth the wait"}).json
+    assert done["status"] == "done" and done["rating"] == 8 and done["completed_at"] and done["rated_at"]
+    row = order_row(db, oid)
+    assert (row["status"], row["rating"], row["review"]) == ("done", 8, "Worth the wait")
+    assert counters(db, cid, pid) == ((0, 0, 0, 0, 1), (0, 0, 0, 1))
+    assert history(db, oid) == [("create", None, "open", cid), ("take", "open", "in_progress", pid),
+                                ("deliver", "in_progress", "delivered", pid),
+                                ("revision", "delivered", "in_progress", cid),
+                                ("deliver", "in_progress", "delivered", pid),
+                                ("accept", "delivered", "done", cid)]
+    note = db.execute("SELECT note FROM order_history WHERE order_id = %s AND action = 'revision'", (oid,)).fetchone()
+    assert note["note"] == "Make the croissant bigger"
+    stats = db.execute("SELECT rating_sum, rating_count FROM performer_stats WHERE performer_id = %s",
+                       (pid,)).fetchone()
+    assert stats == {"rating_sum": 8, "rating_count": 1}
+    customer.post(f"/api/v1/orders/{oid}/rate", {"rating": 3}, status=409)  # rated once, with the accept
+
+    # The work handed in: both parties and staff read every round; others may not.
+    for api in (customer, performer, sign_in_api(make_client, make_user("customer", staff=True))):
+        items = api.get(f"/api/v1/orders/{oid}/deliveries").json["items"]
+        assert [(item["performer"]["id"], item["message"]) for item in items] == deliveries(db, oid)
+    other = sign_in_api(make_client, make_user("performer"), address="198.51.100.66")
+    assert "handed in" in other.get(f"/api/v1/orders/{oid}/deliveries", status=403).json["detail"]
+    Api(make_client("198.51.100.67")).get(f"/api/v1/orders/{oid}/deliveries", status=401)
+    customer.get("/api/v1/orders/999999/deliveries", status=404)
+
+
+def test_offers_mode_through_the_api_offers_changed_withdrawn_one_accepted_delivered_disputed(
+        db, make_client, make_user, make_order, people):
+    cid = people["customer"]["user"]["id"]
+    customer = bearer(make_client, people["customer"]["token"])
+    first_user, second_user = people["performer"]["user"], make_user("performer", name="Second Performer")
+    make_order(make_user("customer"), performer=first_user, status="done", rating=7)  # a record to show
+    first = bearer(make_client, people["performer"]["token"])
+    second = sign_in_api(make_client, second_user, address="198.51.100.68")
+    guest = Api(make_client("198.51.100.69"))
+
+    order = customer.post("/api/v1/orders", dict(NEW_ORDER, mode="offers"), status=201).json
+    oid = order["id"]
+    assert order["mode"] == "offers" and order_row(db, oid)["mode"] == "offers"
+    first.post(f"/api/v1/orders/{oid}/take", status=409)  # offers mode: no taking
+
+    sent = first.post(f"/api/v1/orders/{oid}/offers", {"price": 12000, "days": 5, "message": "Quick"}, status=201).json
+    assert (sent["price"], sent["days"], sent["status"]) == (12000, 5, "active")
+    second.post(f"/api/v1/orders/{oid}/offers", {"price": 9000, "days": 10, "message": "Cheap"}, status=201)
+    assert offer_rows(db, oid) == [(first_user["id"], 12000, 5, "active"), (second_user["id"], 9000, 10, "active")]
+    assert order_row(db, oid)["offers_active"] == 2
+
+    changed = first.post(f"/api/v1/orders/{oid}/offers", {"price": 11000, "days": 4, "message": "Quicker"}).json
+    assert changed["id"] == sent["id"] and (changed["price"], changed["days"]) == (11000, 4)
+    assert offer_rows(db, oid)[0] == (first_user["id"], 11000, 4, "active")
+    withdrawn = second.post(f"/api/v1/orders/{oid}/offers/withdraw").json
+    assert withdrawn["status"] == "withdrawn" and order_row(db, oid)["offers_active"] == 1
+    again = second.post(f"/api/v1/orders/{oid}/offers", {"price": 9500, "days": 6, "message": "Again"}, status=201).json
+    assert again["id"] != withdrawn["id"] and again["status"] == "active"
+    assert offer_rows(db, oid) == [(first_user["id"], 11000, 4, "active"), (second_user["id"], 9000, 10, "withdrawn"),
+                                   (second_user["id"], 9500, 6, "active")]
+    assert order_row(db, oid)["offers_active"] == 2
+
+    # Who sees what: the customer every active offer with its performer's record, a performer
+    # their own, everyone the count.
+    listed = customer.get(f"/api/v1/orders/{oid}/offers").json
+    assert listed["count"] == 2 and listed["mine"] is None
+    assert [(item["id"], item["performer"]["name"], item["price"]) for item in listed["items"]] == [
+        (sent["id"], first_user["name"], 11000), (again["id"], "Second Performer", 9500)]
+    record = listed["items"][0]["performer"]
+    assert (record["rating_avg"], record["rating_count"], record["orders_completed"]) == (7.0, 1, 1)
+    assert listed["items"][1]["performer"]["orders_completed"] == 0
+    mine = first.get(f"/api/v1/orders/{oid}/offers").json
+    assert mine == {"count": 2, "items": None, "mine": changed | {"updated_at": mine["mine"]["updated_at"]}}
+    for outsider in (guest, sign_in_api(make_client, make_user("customer"), address="198.51.100.70")):
+        assert outsider.get(f"/api/v1/orders/{oid}/offers").json == {"count": 2, "items": None, "mine": None}
+    assert guest.get(f"/api/v1/orders/{oid}").json["offers_active"] == 2
+
+    # The customer accepts the second performer's offer: theirs at its price and days, the other declined.
+    taken = customer.post(f"/api/v1/orders/{oid}/offers/{again['id']}/accept").json
+    today = db.execute("SELECT current_date AS today").fetchone()["today"]
+    assert taken["status"] == "in_progress" and taken["performer"]["id"] == second_user["id"]
+    assert taken["agreed_price"] == 9500 and taken["deadline"] == str(today + datetime.timedelta(days=6))
+    row = order_row(db, oid)
+    assert (row["status"], row["performer_id"], row["agreed_price"], row["offers_active"]) == (
+        "in_progress", second_user["id"], 9500, 0)
+    assert row["deadline"] == today + datetime.timedelta(days=6)
+    assert offer_rows(db, oid) == [(first_user["id"], 11000, 4, "declined"), (second_user["id"], 9000, 10, "withdrawn"),
+                                   (second_user["id"], 9500, 6, "accepted")]
+    assert first.get(f"/api/v1/orders/{oid}/offers").json["mine"]["status"] == "declined"
+    assert second.get(f"/api/v1/orders/{oid}/offers").json["mine"]["status"] == "accepted"
+    assert counters(db, cid, second_user["id"]) == ((0, 1, 0, 0, 0), (1, 0, 0, 0))
+
+    assert second.post(f"/api/v1/orders/{oid}/deliver", {"message": "Done, see the files"}).json["status"] == "delivered"
+    assert deliveries(db, oid) == [(second_user["id"], "Done, see the files")]
+    disputed = customer.post(f"/api/v1/orders/{oid}/dispute", {"reason": "This is not what we agreed"}).json
+    assert disputed["status"] == "disputed" and disputed["disputed_at"]
+    row = order_row(db, oid)
+    assert row["status"] == "disputed" and row["disputed"] and row["performer_id"] == second_user["id"]
+    assert counters(db, cid, second_user["id"]) == ((0, 0, 0, 1, 0), (0, 0, 1, 0))
+    assert history(db, oid) == [("create", None, "open", cid),
+                                ("accept_offer", "open", "in_progress", cid),
+                                ("deliver", "in_progress", "delivered", second_user["id"]),
+                                ("dispute", "delivered", "disputed", cid)]
+    # A dispute is for staff to settle: neither side moves the order any more.
+    customer.post(f"/api/v1/orders/{oid}/accept", status=409)
+    second.post(f"/api/v1/orders/{oid}/deliver", {"message": "Again"}, status=409)
+    second.post(f"/api/v1/orders/{oid}/dispute", {"reason": "Me too"}, status=409)
+
+
+def snapshot_with_offers(db):
+    return {**snapshot(db), "offers": db.execute("SELECT * FROM offers ORDER BY id").fetchall(),
+            "order_deliveries": db.execute("SELECT * FROM order_deliveries ORDER BY id").fetchall()}
+
+
+def test_offer_refusals_have_their_status_and_change_nothing(db, make_client, make_user, make_order, people):
+    cust, perf = people["customer"]["user"], people["performer"]["user"]
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    rival_user = make_user("performer")
+    rival = sign_in_api(make_client, rival_user, address="198.51.100.71")
+    take_mode = make_order(cust)
+    offers_mode = make_order(cust, mode="offers")
+    other_offers = make_order(cust, mode="offers")
+    ours = performer.post(f"/api/v1/orders/{offers_mode['id']}/offers",
+                          {"price": 500, "days": 3, "message": "Mine"}, status=201).json
+    theirs = rival.post(f"/api/v1/orders/{offers_mode['id']}/offers",
+                        {"price": 700, "days": 2, "message": "Theirs"}, status=201).json
+    elsewhere = rival.post(f"/api/v1/orders/{other_offers['id']}/offers",
+                           {"price": 700, "days": 2, "message": "There"}, status=201).json
+    stranger = sign_in_api(make_client, make_user("customer"), address="198.51.100.72")
+    before = snapshot_with_offers(db)
+
+    # 400: each bad field with its message
+    errors = performer.post(f"/api/v1/orders/{offers_mode['id']}/offers",
+                            {"price": 0, "days": 366, "message": " "}, status=400).json["errors"]
+    assert errors == {"price": "The smallest allowed value is 1.", "days": "The largest allowed value is 365.",
+                      "message": "This field is required."}
+    errors = performer.post(f"/api/v1/orders/{offers_mode['id']}/offers",
+                            {"price": "500", "days": 2.5, "message": "x" * 2001}, status=400).json["errors"]
+    assert set(errors) == {"price", "days", "message"}
+    assert set(performer.post(f"/api/v1/orders/{offers_mode['id']}/offers", status=400).json["errors"]) == {
+        "price", "days", "message"}
+    assert customer.post("/api/v1/orders", dict(NEW_ORDER, mode="auction"), status=400).json["errors"] == {
+        "mode": "Choose one of the options."}
+    # 403: the wrong person
+    customer.post(f"/api/v1/orders/{offers_mode['id']}/offers", {"price": 5, "days": 1, "message": "x"}, status=403)
+    customer.post(f"/api/v1/orders/{offers_mode['id']}/offers/withdraw", status=403)
+    refused = performer.post(f"/api/v1/orders/{offers_mode['id']}/offers/{theirs['id']}/accept", status=403).json
+    assert refused["detail"] == "This action is not available for your account."
+    stranger.post(f"/api/v1/orders/{offers_mode['id']}/offers/{theirs['id']}/accept", status=403)
+    # 404: unknown orders and offers, and an offer of another order
+    performer.post("/api/v1/orders/999999/offers", {"price": 5, "days": 1, "message": "x"}, status=404)
+    customer.post(f"/api/v1/orders/{offers_mode['id']}/offers/999999/accept", status=404)
+    customer.post(f"/api/v1/orders/{offers_mode['id']}/offers/{elsewhere['id']}/accept", status=404)
+    Api(make_client("198.51.100.73")).get("/api/v1/orders/999999/offers", status=404)
+    # 409: the wrong mode or state
+    conflict = performer.post(f"/api/v1/orders/{take_mode['id']}/offers",
+                              {"price": 5, "days": 1, "message": "x"}, status=409).json
+    assert "takes no offers" in conflict["detail"]
+    performer.post(f"/api/v1/orders/{take_mode['id']}/offers", {"price": 0}, status=409)  # bad input too
+    performer.post(f"/api/v1/orders/{take_mode['id']}/offers/withdraw", status=409)
+    performer.post(f"/api/v1/orders/{other_offers['id']}/offers/withdraw", status=409)  # no offer there
+    performer.post(f"/api/v1/orders/{offers_mode['id']}/take", status=409)
+    assert snapshot_with_offers(db) == before
+
+    # A second accept, of the same offer or another one, is too late.
+    customer.post(f"/api/v1/orders/{offers_mode['id']}/offers/{ours['id']}/accept")
+    after = snapshot_with_offers(db)
+    late = customer.post(f"/api/v1/orders/{offers_mode['id']}/offers/{theirs['id']}/accept", status=409).json
+    assert "already accepted" in late["detail"]
+    customer.post(f"/api/v1/orders/{offers_mode['id']}/offers/{ours['id']}/accept", status=409)
+    rival.post(f"/api/v1/orders/{offers_mode['id']}/offers", {"price": 5, "days": 1, "message": "x"}, status=409)
+    rival.post(f"/api/v1/orders/{offers_mode['id']}/offers/withdraw", status=409)
+    assert snapshot_with_offers(db) == after
+    assert offer_rows(db, offers_mode["id"]) == [(perf["id"], 500, 3, "accepted"), (rival_user["id"], 700, 2, "declined")]
+
+
+def test_the_customer_edits_the_mode_through_the_api_until_an_offer_is_active(db, make_client, people):
+    cid = people["customer"]["user"]["id"]
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    oid = customer.post("/api/v1/orders", dict(NEW_ORDER, deadline="2999-01-01"), status=201).json["id"]
+    edited = customer.post(f"/api/v1/orders/{oid}/edit", {"mode": "offers"}).json
+    assert edited["mode"] == "offers" and edited["title"] == NEW_ORDER["title"] and edited["deadline"] == "2999-01-01"
+    assert order_row(db, oid)["mode"] == "offers"
+    assert history(db, oid)[-1] == ("change_mode", "open", "open", cid)
+    renamed = customer.post(f"/api/v1/orders/{oid}/edit", {"title": "Logo, round", "deadline": None}).json
+    assert (renamed["title"], renamed["deadline"], renamed["mode"]) == ("Logo, round", None, "offers")
+    assert customer.post(f"/api/v1/orders/{oid}/edit", {"mode": "bid", "budget": 0}, status=400).json["errors"] == {
+        "mode": "Choose one of the options.", "budget": "The smallest allowed value is 1."}
+    performer.post(f"/api/v1/orders/{oid}/edit", {"mode": "take"}, status=403)
+
+    performer.post(f"/api/v1/orders/{oid}/offers", {"price": 100, "days": 1, "message": "Me"}, status=201)
+    refused = customer.post(f"/api/v1/orders/{oid}/edit", {"mode": "take"}, status=409).json
+    assert "no active offers" in refused["detail"]
+    assert order_row(db, oid)["mode"] == "offers"
+    performer.post(f"/api/v1/orders/{oid}/offers/withdraw")
+    assert customer.post(f"/api/v1/orders/{oid}/edit", {"mode": "take"}).json["mode"] == "take"
+    assert performer.post(f"/api/v1/orders/{oid}/take").json["status"] == "in_progress"
+    customer.post(f"/api/v1/orders/{oid}/edit", {"title": "Too late"}, status=409)
+    customer.post("/api/v1/orders/999999/edit", {"title": "Nothing"}, status=404)
+
+
+def test_withdrawing_an_order_and_cancelling_after_the_deadline_through_the_api(db, make_client, make_user,
+                                                                                  make_order, people):
+    cust, perf = people["customer"]["user"], people["performer"]["user"]
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    order = make_order(cust, performer=perf, status="in_progress", deadline=datetime.date(2999, 1, 1))
+    customer.post(f"/api/v1/orders/{order['id']}/withdraw", {"reason": "Not mine"}, status=403)
+    assert set(performer.post(f"/api/v1/orders/{order['id']}/withdraw", status=400).json["errors"]) == {"reason"}
+    back = performer.post(f"/api/v1/orders/{order['id']}/withdraw", {"reason": "I fell ill"}).json
+    assert back["status"] == "open" and back["performer"] is None and back["agreed_price"] is None
+    assert order_row(db, order["id"])["performer_id"] is None
+    assert history(db, order["id"])[-1] == ("withdraw", "in_progress", "open", perf["id"])
+    performer.post(f"/api/v1/orders/{order['id']}/withdraw", {"reason": "Again"}, status=403)  # no longer theirs
+
+    late = make_order(cust, performer=perf, status="in_progress")
+    conflict = customer.post(f"/api/v1/orders/{late['id']}/cancel", {"reason": "Slow"}, status=409).json
+    assert "deadline has passed" in conflict["detail"]  # no deadline: the dispute is the way
+    # The deadline passed (a DBA moves it; the guard allows no app to do so on an order in progress).
+    db.execute("ALTER TABLE orders DISABLE TRIGGER orders_guard_transition")
+    try:
+        db.execute("UPDATE orders SET deadline = current_date - 1 WHERE id = %s", (late["id"],))
+    finally:
+        db.execute("ALTER TABLE orders ENABLE TRIGGER orders_guard_transition")
+    performer.post(f"/api/v1/orders/{late['id']}/cancel", {"reason": "Mine"}, status=403)
+    cancelled = customer.post(f"/api/v1/orders/{late['id']}/cancel", {"reason": "Too late"}).json
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "Too late"
+    assert order_row(db, late["id"])["status"] == "cancelled"
