@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 import commands
 import db as database
+from db import Q
 from conftest import _with_database
 from devserver import LocalPostgres, postgres_program
 
@@ -104,6 +105,108 @@ def test_a_version_1_database_with_data_migrates_to_exactly_the_current_schema(e
     with psycopg.connect(old) as connection:
         assert database.schema_version(connection) == database.SCHEMA_VERSION
     assert database.migrate(old, log=lambda _line: None) == []  # nothing pending: nothing runs
+
+
+# Data as version 4 held it: each customer's orders 1 open, 2 and 3 in progress, 4 done and rated
+# (Boris's rating hidden), 5 done unrated, 6 cancelled while open, 7 cancelled in progress (keeping
+# its performer); Boris blocked, so his open order is out of its category's count.
+VERSION_4_DATA = """
+INSERT INTO users (role, email, password_hash, name) VALUES
+    ('customer', 'anna@example.test', 'x', 'Anna'),
+    ('customer', 'boris@example.test', 'x', 'Boris'),
+    ('performer', 'vera@example.test', 'x', 'Vera'),
+    ('performer', 'gleb@example.test', 'x', 'Gleb');
+INSERT INTO orders (customer_id, category_id, title, description, budget)
+SELECT c.id, n % 3 + 1, c.name || ' ' || n, 'Described', 1000 * n
+FROM users c, generate_series(1, 7) AS n
+WHERE c.role = 'customer'
+ORDER BY c.id, n;
+UPDATE orders SET status = 'in_progress', performer_id = (SELECT id FROM users WHERE name = 'Vera')
+WHERE title ~ ' [247]$';
+UPDATE orders SET status = 'in_progress', performer_id = (SELECT id FROM users WHERE name = 'Gleb')
+WHERE title ~ ' [35]$';
+UPDATE orders SET status = 'done' WHERE title ~ ' [45]$';
+UPDATE orders SET rating = 9, review = 'Fine work' WHERE title = 'Anna 4';
+UPDATE orders SET rating = 3, review = 'Late' WHERE title = 'Boris 4';
+UPDATE orders SET review_hidden = true WHERE title = 'Boris 4';
+UPDATE orders SET status = 'cancelled', cancel_reason = 'Changed my mind' WHERE title ~ ' [67]$';
+UPDATE users SET is_blocked = true WHERE name = 'Boris';
+"""
+
+
+def test_a_version_4_database_with_orders_in_every_state_migrates_to_the_exchange(empty_db_url):
+    url = empty_db_url()
+    with psycopg.connect(url, autocommit=True) as connection:
+        for number, path in database.migrations():
+            if number <= 4:
+                with connection.transaction():
+                    connection.execute(path.read_text(encoding="utf-8"))
+                    connection.execute(Q["schema_version_set"], {"version": number})
+        connection.execute(VERSION_4_DATA)
+        assert database.schema_version(connection) == 4
+    before = rows_of(url)
+    assert {(o["status"], o["performer_id"] is not None) for o in before["orders"]} == {
+        ("open", False), ("in_progress", True), ("done", True), ("cancelled", False), ("cancelled", True)}
+    assert audit(url) == []
+
+    assert database.migrate(url, log=lambda _line: None) == [5, 6]
+    after = rows_of(url)
+    # Every row as it was, every order in take mode, agreed at its budget if it has a performer.
+    for table in TABLES:
+        columns = before[table][0].keys() if before[table] else ()
+        assert [{key: row[key] for key in columns} for row in after[table]] == before[table], table
+    for order in after["orders"]:
+        assert (order["mode"], order["offers_active"], order["delivered_at"], order["disputed_at"]) == (
+            "take", 0, None, None)
+        assert order["agreed_price"] == (order["budget"] if order["performer_id"] else None), order["title"]
+    for stats in after["customer_stats"] + after["performer_stats"]:
+        assert (stats["orders_delivered"], stats["orders_disputed"]) == (0, 0)
+    assert audit(url) == []
+
+    # The exchange's moves work on the migrated orders.
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as connection:
+        ids = {r["name"]: r["id"] for r in connection.execute("SELECT id, name FROM users")}
+        orders = {r["title"]: r["id"] for r in connection.execute("SELECT id, title FROM orders")}
+
+        def step(actor, query, **params):
+            with connection.transaction():
+                connection.execute(Q["actor_set"], {"actor_id": str(ids[actor]), "note": "", "staff": False})
+                row = connection.execute(Q[query], params).fetchone()
+            assert row and row["id"] is not None, (actor, query)
+
+        def state(title):
+            return connection.execute("SELECT status, performer_id, agreed_price, rating FROM orders WHERE id = %s",
+                                      (orders[title],)).fetchone()
+
+        vera_before = connection.execute("SELECT * FROM performer_stats WHERE performer_id = %s",
+                                         (ids["Vera"],)).fetchone()
+        step("Vera", "order_deliver", order_id=orders["Anna 2"], performer_id=ids["Vera"], message="Done")
+        step("Anna", "order_revision", order_id=orders["Anna 2"], customer_id=ids["Anna"])
+        step("Vera", "order_deliver", order_id=orders["Anna 2"], performer_id=ids["Vera"], message="Fixed")
+        assert state("Anna 2")["status"] == "delivered"
+        step("Anna", "order_accept", order_id=orders["Anna 2"], customer_id=ids["Anna"], rating=8, review="")
+        assert state("Anna 2") == {"status": "done", "performer_id": ids["Vera"], "agreed_price": 2000, "rating": 8}
+        vera = connection.execute("SELECT * FROM performer_stats WHERE performer_id = %s", (ids["Vera"],)).fetchone()
+        assert (vera["orders_completed"], vera["orders_in_progress"], vera["rating_sum"], vera["rating_count"]) == (
+            vera_before["orders_completed"] + 1, vera_before["orders_in_progress"] - 1,
+            vera_before["rating_sum"] + 8, vera_before["rating_count"] + 1)
+        actions = connection.execute("SELECT action FROM order_history WHERE order_id = %s ORDER BY id",
+                                     (orders["Anna 2"],)).fetchall()
+        assert [a["action"] for a in actions] == ["create", "take", "deliver", "revision", "deliver", "accept"]
+        # Given back, taken again at the budget; disputed; an open order put in offers mode.
+        step("Gleb", "order_withdraw", order_id=orders["Anna 3"], performer_id=ids["Gleb"])
+        assert state("Anna 3") == {"status": "open", "performer_id": None, "agreed_price": None, "rating": None}
+        step("Vera", "order_take", order_id=orders["Anna 3"], performer_id=ids["Vera"])
+        assert state("Anna 3")["agreed_price"] == 3000
+        step("Vera", "order_dispute", order_id=orders["Boris 2"], user_id=ids["Vera"])
+        assert state("Boris 2")["status"] == "disputed"
+        connection.execute("UPDATE orders SET mode = 'offers' WHERE id = %s", (orders["Anna 1"],))
+        offer = connection.execute(Q["offer_submit"], {"order_id": orders["Anna 1"], "performer_id": ids["Gleb"],
+                                                       "price": 700, "days": 3, "message": "Soon"}).fetchone()
+        step("Anna", "offer_accept", order_id=orders["Anna 1"], offer_id=offer["id"], customer_id=ids["Anna"])
+        assert state("Anna 1") == {"status": "in_progress", "performer_id": ids["Gleb"], "agreed_price": 700,
+                                   "rating": None}
+    assert audit(url) == []
 
 
 def test_schema_sql_declares_the_version_of_the_last_migration():

@@ -105,9 +105,14 @@ BEGIN
         RAISE EXCEPTION 'order %: the cancel reason is given with the cancel and never changes', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.mode <> OLD.mode AND (OLD.status <> 'open' OR NEW.status <> 'open' OR OLD.offers_active > 0) THEN
-        RAISE EXCEPTION 'order %: the mode changes only while the order is open and has no offers', OLD.id
-            USING ERRCODE = 'check_violation';
+    -- The offers themselves decide, not offers_active: a DBA may have put the count wrong, and an
+    -- offer sent in the same statement is counted only at its end.
+    IF NEW.mode <> OLD.mode THEN
+        IF OLD.status <> 'open' OR NEW.status <> 'open'
+           OR EXISTS (SELECT 1 FROM offers WHERE order_id = OLD.id AND status = 'active') THEN
+            RAISE EXCEPTION 'order %: the mode changes only while the order is open and has no offers', OLD.id
+                USING ERRCODE = 'check_violation';
+        END IF;
     END IF;
 
     IF NEW.status = OLD.status THEN
@@ -456,20 +461,20 @@ BEGIN
         RAISE EXCEPTION 'offer %: a % offer never changes', OLD.id, OLD.status
             USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.status = 'declined' THEN
-        -- Declined when another offer is accepted or the order leaves open for any reason.
-        NULL;
-    ELSIF target.status <> 'open' THEN
-        RAISE EXCEPTION 'offer %: offers change, are withdrawn or accepted only while the order is open', OLD.id
+    -- An offer settles (withdrawn, accepted or declined) on the terms it had.
+    IF NEW.status <> 'active' AND (NEW.price, NEW.days, NEW.message) IS DISTINCT FROM (OLD.price, OLD.days, OLD.message) THEN
+        RAISE EXCEPTION 'offer %: an offer is changed or settled, not both', OLD.id
             USING ERRCODE = 'check_violation';
-    ELSIF NEW.status <> 'active' AND (NEW.price, NEW.days, NEW.message) IS DISTINCT FROM (OLD.price, OLD.days, OLD.message) THEN
-        RAISE EXCEPTION 'offer %: an offer is changed or withdrawn, not both', OLD.id
+    END IF;
+    -- Declined when another offer is accepted or the order leaves open for any reason.
+    IF NEW.status <> 'declined' AND target.status <> 'open' THEN
+        RAISE EXCEPTION 'offer %: offers change, are withdrawn or accepted only while the order is open', OLD.id
             USING ERRCODE = 'check_violation';
     END IF;
     NEW.updated_at := now();
     RETURN NEW;
 END $$;
-COMMENT ON FUNCTION offers_guard() IS 'Offers go only to open orders in offers mode, from performers who are not blocked, and start active. An active offer may be changed (price, days, message), withdrawn or accepted only while its order is open, and declined at any time; withdrawn, accepted and declined offers never change. Its order, performer and creation time are fixed. Reads the order FOR SHARE, so it waits for a transition under way.';
+COMMENT ON FUNCTION offers_guard() IS 'Offers go only to open orders in offers mode, from performers who are not blocked, and start active. An active offer may be changed (price, days, message), withdrawn or accepted only while its order is open, and declined at any time, never together with a change of its terms; withdrawn, accepted and declined offers never change. Its order, performer and creation time are fixed. Reads the order FOR SHARE, so it waits for a transition under way.';
 CREATE TRIGGER offers_guard BEFORE INSERT OR UPDATE ON offers
     FOR EACH ROW EXECUTE FUNCTION offers_guard();
 COMMENT ON TRIGGER offers_guard ON offers IS 'An offer is sent, changed, withdrawn or accepted only on an open order in offers mode; a settled offer never changes.';
@@ -534,8 +539,10 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION orders_decline_offers() IS 'Declines every offer still active on an order that has left open (another offer was accepted, the order was cancelled or taken).';
+-- Not only when offers_active says there are some: a DBA may have put the count wrong, and an
+-- offer sent in the statement that moves the order is counted only at its end.
 CREATE TRIGGER orders_decline_offers AFTER UPDATE OF status ON orders
-    FOR EACH ROW WHEN (OLD.status = 'open' AND NEW.status <> 'open' AND NEW.offers_active > 0)
+    FOR EACH ROW WHEN (OLD.status = 'open' AND NEW.status <> 'open')
     EXECUTE FUNCTION orders_decline_offers();
 COMMENT ON TRIGGER orders_decline_offers ON orders IS 'An order that leaves open declines the offers still active on it.';
 
