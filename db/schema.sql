@@ -582,7 +582,8 @@ BEGIN
             WHEN OLD.status = 'open' AND NEW.status = 'in_progress' THEN 'take'
             WHEN NEW.status = 'delivered' THEN 'deliver'
             WHEN OLD.status = 'delivered' AND NEW.status = 'in_progress' THEN 'revision'
-            WHEN OLD.status = 'delivered' AND NEW.status = 'done' AND actor IS NULL THEN 'auto_accept'
+            WHEN OLD.status = 'delivered' AND NEW.status = 'done'
+                 AND current_setting('birzha.system', true) = 'auto_accept' THEN 'auto_accept'
             WHEN OLD.status = 'delivered' AND NEW.status = 'done' THEN 'accept'
             WHEN NEW.status = 'disputed' THEN 'dispute'
             WHEN OLD.status = 'disputed' THEN 'resolve'
@@ -614,7 +615,7 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION orders_record_history() IS
-    'Appends one order_history row per creation, transition (take, accept_offer, deliver, revision, accept, auto_accept when no user acts, withdraw when the performer gives it back, reopen, dispute, resolve, cancel), reassignment, rating, hidden or restored review and mode change; the actor, the note and whether the note is staff-only come from the transaction-local settings birzha.actor_id, birzha.note and birzha.staff.';
+    'Appends one order_history row per creation, transition (take, accept_offer, deliver, revision, accept, auto_accept when orders_auto_accept() acts as the system, withdraw when the performer gives it back, reopen, dispute, resolve, cancel), reassignment, rating, hidden or restored review and mode change; the actor, the note and whether the note is staff-only come from the transaction-local settings birzha.actor_id, birzha.note and birzha.staff.';
 CREATE TRIGGER orders_record_history AFTER INSERT OR UPDATE ON orders
     FOR EACH ROW EXECUTE FUNCTION orders_record_history();
 COMMENT ON TRIGGER orders_record_history ON orders IS 'Every transition lands in order_history.';
@@ -846,12 +847,14 @@ BEGIN
     -- No acting user: the history records the system, as auto_accept.
     PERFORM set_config('birzha.actor_id', '', true),
             set_config('birzha.note', '', true),
-            set_config('birzha.staff', '', true);
+            set_config('birzha.staff', '', true),
+            set_config('birzha.system', 'auto_accept', true);
     UPDATE orders
     SET status = 'done'
     WHERE status = 'delivered'
       AND delivered_at <= now() - after;
     GET DIAGNOSTICS accepted = ROW_COUNT;
+    PERFORM set_config('birzha.system', '', true);
     RETURN accepted;
 END $$;
 COMMENT ON FUNCTION orders_auto_accept(interval) IS 'Accepts, as the system, every delivered order that the customer has left unanswered for `after` since its delivery: it becomes done, the history says auto_accept with no acting user. Returns how many. A revision or dispute at the same moment wins or loses by the row lock: exactly one of them applies.';

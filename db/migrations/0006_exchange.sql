@@ -376,7 +376,8 @@ BEGIN
             WHEN OLD.status = 'open' AND NEW.status = 'in_progress' THEN 'take'
             WHEN NEW.status = 'delivered' THEN 'deliver'
             WHEN OLD.status = 'delivered' AND NEW.status = 'in_progress' THEN 'revision'
-            WHEN OLD.status = 'delivered' AND NEW.status = 'done' AND actor IS NULL THEN 'auto_accept'
+            WHEN OLD.status = 'delivered' AND NEW.status = 'done'
+                 AND current_setting('birzha.system', true) = 'auto_accept' THEN 'auto_accept'
             WHEN OLD.status = 'delivered' AND NEW.status = 'done' THEN 'accept'
             WHEN NEW.status = 'disputed' THEN 'dispute'
             WHEN OLD.status = 'disputed' THEN 'resolve'
@@ -632,12 +633,14 @@ BEGIN
     -- No acting user: the history records the system, as auto_accept.
     PERFORM set_config('birzha.actor_id', '', true),
             set_config('birzha.note', '', true),
-            set_config('birzha.staff', '', true);
+            set_config('birzha.staff', '', true),
+            set_config('birzha.system', 'auto_accept', true);
     UPDATE orders
     SET status = 'done'
     WHERE status = 'delivered'
       AND delivered_at <= now() - after;
     GET DIAGNOSTICS accepted = ROW_COUNT;
+    PERFORM set_config('birzha.system', '', true);
     RETURN accepted;
 END $$;
 COMMENT ON FUNCTION orders_auto_accept(interval) IS 'Accepts, as the system, every delivered order that the customer has left unanswered for `after` since its delivery: it becomes done, the history says auto_accept with no acting user. Returns how many. A revision or dispute at the same moment wins or loses by the row lock: exactly one of them applies.';
@@ -797,7 +800,7 @@ END $$;
 COMMENT ON FUNCTION orders_guard_transition() IS
     'The order state machine: open -> in_progress (take mode: taken at the budget; offers mode: only with an offer accepted in the same transaction, at its price, due today plus its days) | cancelled; in_progress -> delivered | open (no performer, no agreed price) | cancelled | disputed; delivered -> done (a rating may come with it) | in_progress (a revision) | disputed; disputed -> done | cancelled. Refuses everything else, edits of orders that are not open, a performer or price changed outside taking and giving back, a mode change once offers are active, and a change of a set rating. Stamps taken_at, delivered_at, disputed_at, completed_at, cancelled_at and rated_at itself and refuses any statement that writes them; cancel_reason is written only by the cancel.';
 COMMENT ON FUNCTION orders_record_history() IS
-    'Appends one order_history row per creation, transition (take, accept_offer, deliver, revision, accept, auto_accept when no user acts, withdraw when the performer gives it back, reopen, dispute, resolve, cancel), reassignment, rating, hidden or restored review and mode change; the actor, the note and whether the note is staff-only come from the transaction-local settings birzha.actor_id, birzha.note and birzha.staff.';
+    'Appends one order_history row per creation, transition (take, accept_offer, deliver, revision, accept, auto_accept when orders_auto_accept() acts as the system, withdraw when the performer gives it back, reopen, dispute, resolve, cancel), reassignment, rating, hidden or restored review and mode change; the actor, the note and whether the note is staff-only come from the transaction-local settings birzha.actor_id, birzha.note and birzha.staff.';
 COMMENT ON FUNCTION orders_count_contribution() IS
     'Keeps customer_stats, performer_stats and categories.open_orders exact: for each counters row an order feeds (its customer''s placed and per-status counts; its performer''s in progress, delivered, disputed, done and ratings; its category''s open orders), adds the new row''s contribution less the old row''s, and writes only the rows where that difference is not zero (a rating or a hidden review writes the performer''s row alone). Rows are written performers, customers, categories, each in id order, so crossing reassignments or category moves queue instead of deadlocking.';
 COMMENT ON FUNCTION audit_counters() IS 'One row per stored counter (customer_stats, performer_stats, categories.open_orders, orders.offers_active) that differs from a recount (a missing stats row shows as stored NULL); zero rows means every counter is exact.';
