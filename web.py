@@ -8,8 +8,11 @@ Configuration is read from the application serving the request (`request.app.con
 import datetime
 import hashlib
 import hmac
+import html
+import http
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import types
@@ -56,6 +59,8 @@ class Birzha(bottle.Bottle):
             self.error_handler[status] = handle_error
 
     def __call__(self, environ, start_response):
+        readable_headers(environ)
+
         def start_with_headers(status, headers, exc_info=None):
             names = {name.lower() for name, _ in headers}
             headers = list(headers) + [h for h in self.SECURITY_HEADERS if h[0].lower() not in names]
@@ -68,6 +73,24 @@ class Birzha(bottle.Bottle):
             lease = environ.pop("birzha.lease", None)
             if lease is not None:
                 lease.end(commit=False)
+
+
+def readable_headers(environ):
+    """Makes every header readable as UTF-8 text before anything reads it: a byte that is not
+    UTF-8 becomes U+FFFD, so a header that cannot be decoded is read as text that matches nothing
+    (a token, a language, a CSRF token) instead of raising in Bottle's decoding (a 500).
+
+    PEP 3333 hands headers on as latin-1 text of their bytes and Bottle decodes those bytes as
+    UTF-8; the value is put back in the same form, with the bad bytes replaced."""
+    for key, value in environ.items():  # replaces values only: the dict keeps its size
+        if (key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) \
+                and isinstance(value, str) and not value.isascii():
+            try:
+                data = value.encode("latin-1")
+            except UnicodeEncodeError:  # a server that handed on text rather than latin-1 bytes
+                data = value.encode("utf-8", "replace")
+            text = data.decode("utf-8", "replace")
+            environ[key] = text.encode("utf-8").decode("latin-1")
 
 
 class Routes(bottle.Bottle):
@@ -223,6 +246,8 @@ def refuse_huge_bodies():
     (`Transfer-Encoding: chunked`) is refused too: Bottle would read it whole, past any limit."""
     if request.environ.get("HTTP_TRANSFER_ENCODING", "").strip():
         raise HTTPError(411, _("Send the request body with a Content-Length header: a chunked body is not accepted."))
+    if not re.fullmatch(r"\d{0,18}", request.environ.get("CONTENT_LENGTH", "").strip()):
+        raise HTTPError(400, _("The Content-Length header is not a number."))
     if request.content_length > MAX_BODY_BYTES:
         raise HTTPError(413, _("The request is too large."))
 
@@ -501,10 +526,10 @@ def pop_flashes(peek=False):
         return environ["birzha.flashes"]
     raw = request.get_cookie("birzha_flash")
     flashes = []
-    if raw:
+    if raw and len(raw) <= 4096:  # ours are short; no browser keeps a longer cookie
         try:
             flashes = [[str(k), str(m)] for k, m in json.loads(unquote(raw))][:5]
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # not ours: JSON of another shape, or nested deep
             flashes = []
     if not peek:
         if raw:
@@ -680,10 +705,19 @@ ERROR_TITLES = {
 
 
 def error_page(status, message=None, *, problem=None, **headers):
-    """Renders the error page (under /api/: problem+json, with the `problem` extension members)."""
+    """Renders the error page (under /api/: problem+json, with the `problem` extension members).
+    It cannot fail: if rendering does, the answer is a static page with the same status."""
     response.status = status
     for name, value in headers.items():
         response.set_header(name.replace("_", "-"), value)
+    try:
+        return render_error(status, message, problem)
+    except Exception:
+        logging.getLogger("birzha").exception("the error page for %s failed; sent the static one", status)
+        return static_error_page(status)
+
+
+def render_error(status, message, problem):
     if request.path.startswith("/api/"):
         end_transaction(commit=False)
         response.content_type = "application/problem+json"
@@ -704,6 +738,30 @@ def error_page(status, message=None, *, problem=None, **headers):
     return page
 
 
+STATIC_ERROR_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{status}</title><link rel="stylesheet" href="/static/style.css"></head>
+<body><main><h1>{status}</h1><p><a href="/">Birzha</a></p></main></body></html>
+"""
+
+
+def static_error_page(status):
+    """The last resort: no template, no translation, no database; only the status."""
+    try:
+        end_transaction(commit=False)  # the lease is off the request even if this fails
+    except Exception:
+        pass
+    response.status = status
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    if request.path.startswith("/api/"):
+        response.content_type = "application/problem+json"
+        return json.dumps({"type": "about:blank", "title": phrase, "status": status, "detail": phrase})
+    response.content_type = "text/html; charset=utf-8"
+    return STATIC_ERROR_PAGE.format(status=html.escape(f"{status} {phrase}"))
+
+
 def error_response(status, message=None, *, problem=None, **headers):
     """An HTTPResponse to raise: the rendered error page with its status."""
     body = error_page(status, message, problem=problem, **headers)
@@ -718,6 +776,16 @@ def not_found(message=None):
 
 
 def handle_error(err):
+    """Bottle's error handler (an HTTPError, or 500 for an exception). It cannot fail: bottle
+    would answer its bare "Critical error" page."""
+    try:
+        return error_page_for(err)
+    except Exception:
+        logging.getLogger("birzha").exception("the error handler failed; sent the static page")
+        return static_error_page(err.status_code)
+
+
+def error_page_for(err):
     status = err.status_code
     message = None
     if status == 500:
