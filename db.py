@@ -3,9 +3,11 @@ connection is taken from that pool and given back (`Lease`).
 
 It is told its URL and imports nothing of ours.
 """
+import math
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -46,25 +48,42 @@ Q = load_queries()
 
 _lock = threading.Lock()
 _current = {"pid": None, "url": None, "pool": None}
+# The last time this process found its database unreachable: {"pid", "url", "at"}.
+_unreachable = {"pid": None, "url": None, "at": 0.0}
+RETRY_AFTER = 0.5  # seconds between two attempts to reach a database that was unreachable
 
 
 def pool(url):
-    """This process's open pool for `url`: made after a fork (gunicorn) or a change of URL (tests).
+    """This process's open pool for `url`: made after a fork (gunicorn) or a change of URL (tests),
+    and again after the database was found unreachable.
 
-    A pool is kept only once it is open with its first connection ready, so the first request
-    never finds it empty and grows it; if the database is down, opening fails (PoolTimeout) and
-    the next request tries again with a fresh pool rather than one stuck in a long back-off.
+    A pool is kept only once one connection to the server has succeeded and the pool is open
+    with its first connection ready, so a pool never starts in psycopg_pool's reconnect back-off
+    (which grows the longer the database is away). While it is unreachable, one request at a time
+    tries a single connection, at most every RETRY_AFTER seconds; the others are answered at
+    once (PoolTimeout, a 503), so the app serves again within RETRY_AFTER of the server coming
+    back, however long it was away.
     """
     pid = os.getpid()
     current = _current
     if current["pid"] == pid and current["url"] == url:
         return current["pool"]
-    with _lock:
+    if not _lock.acquire(timeout=POOL_TIMEOUT):
+        raise psycopg_pool.PoolTimeout("another request of this process is connecting to the database")
+    try:
         if current["pid"] == pid and current["url"] == url:
             return current["pool"]
         if current["pid"] == pid and current["pool"] is not None:
             current["pool"].close()  # another URL: tests point the app at a fresh database
         current.update(pid=None, url=None, pool=None)
+        down = _unreachable
+        if down["pid"] == pid and down["url"] == url and time.monotonic() - down["at"] < RETRY_AFTER:
+            raise psycopg_pool.PoolTimeout("the database was unreachable a moment ago")
+        try:
+            reachable(url)
+        except psycopg.OperationalError as exc:
+            down.update(pid=pid, url=url, at=time.monotonic())
+            raise psycopg_pool.PoolTimeout(f"the database is unreachable: {exc}") from exc
         fresh = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT, open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
@@ -73,9 +92,39 @@ def pool(url):
             fresh.open(wait=True, timeout=POOL_TIMEOUT)
         except BaseException:
             fresh.close()
+            down.update(pid=pid, url=url, at=time.monotonic())
             raise
+        down.update(pid=None, url=None, at=0.0)
         current.update(pid=pid, url=url, pool=fresh)
         return fresh
+    finally:
+        _lock.release()
+
+
+def reachable(url):
+    """One connection attempt, closed at once; raises OperationalError when it fails. Unlike a
+    pool's, it fails as soon as the server refuses (no retries, no back-off)."""
+    psycopg.connect(url, connect_timeout=max(2, math.ceil(POOL_TIMEOUT))).close()
+
+
+def forget_if_unreachable(broken_pool):
+    """Called when `broken_pool` gave no connection in time or gave back a broken one. If the
+    server does not answer a fresh connection either, the pool is dropped (its reconnect
+    back-off would outlast the outage) and the next request makes a new one. A busy pool, or one
+    that lost a single connection, is kept: the server answers."""
+    try:
+        reachable(broken_pool.conninfo)
+        return
+    except psycopg.OperationalError:
+        pass
+    with _lock:
+        if _current["pool"] is broken_pool:
+            _current.update(pid=None, url=None, pool=None)
+            _unreachable.update(pid=os.getpid(), url=broken_pool.conninfo, at=time.monotonic())
+        else:
+            return
+    # Its workers may be in the middle of a connection attempt: close it without waiting for them.
+    threading.Thread(target=broken_pool.close, name="birzha-pool-close", daemon=True).start()
 
 
 def close_pool():
@@ -84,18 +133,24 @@ def close_pool():
         if _current["pid"] == os.getpid() and _current["pool"] is not None:
             _current["pool"].close()
         _current.update(pid=None, url=None, pool=None)
+        _unreachable.update(pid=None, url=None, at=0.0)
 
 
 class Lease:
     """A connection taken from a pool, given back to that same pool exactly once by `end`.
 
     The lease keeps the pool that gave the connection, so giving it back never looks a pool up
-    (or makes one), even from a streamed body closed late or at interpreter exit.
+    (or makes one), even from a streamed body closed late or at interpreter exit. A pool that
+    gives no connection in time, or gets a broken one back, is checked: see forget_if_unreachable.
     """
 
     def __init__(self, url):
         self.pool = pool(url)
-        self.conn = self.pool.getconn()
+        try:
+            self.conn = self.pool.getconn()
+        except psycopg_pool.PoolTimeout:
+            forget_if_unreachable(self.pool)
+            raise
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after
@@ -112,7 +167,10 @@ class Lease:
                 except psycopg.Error:
                     pass
         finally:
+            broken = conn.broken
             self.pool.putconn(conn)
+            if broken:
+                forget_if_unreachable(self.pool)
 
 
 # ---------------------------------------------------------------------------------------------
