@@ -64,7 +64,7 @@ class Birzha(bottle.Bottle):
         def start_with_headers(status, headers, exc_info=None):
             names = {name.lower() for name, _ in headers}
             headers = list(headers) + [h for h in self.SECURITY_HEADERS if h[0].lower() not in names]
-            return start_response(status, headers, exc_info)
+            return start_response(status, with_cache_control(environ, headers), exc_info)
         try:
             return self.wsgi(environ, start_with_headers)
         finally:
@@ -73,6 +73,29 @@ class Birzha(bottle.Bottle):
             lease = environ.pop("birzha.lease", None)
             if lease is not None:
                 lease.end(commit=False)
+
+
+def with_cache_control(environ, headers):
+    """`Cache-Control: no-store` on every response to a request with credentials (a session
+    cookie, an Authorization header, a user signed in) and on every response that sets or
+    deletes a cookie, whatever the route said: no cache anywhere keeps what depends on a session.
+
+    Anything else is a guest's: `private, no-cache` unless the route chose otherwise, since a
+    guest's page still follows the guest's language and carries CSRF tokens of the guest's own
+    cookie, so no shared cache may hand it to someone else and the browser asks again before
+    reusing it. Static files keep Bottle's Last-Modified and ETag, and no Cache-Control."""
+    names = {name.lower() for name, _ in headers}
+    if "set-cookie" in names or has_credentials(environ):
+        return [h for h in headers if h[0].lower() != "cache-control"] + [("Cache-Control", "no-store")]
+    if "cache-control" in names or environ.get("PATH_INFO", "").startswith("/static/"):
+        return headers
+    return headers + [("Cache-Control", "private, no-cache")]
+
+
+def has_credentials(environ):
+    if environ.get("birzha.user") or environ.get("HTTP_AUTHORIZATION", "").strip():
+        return True
+    return bool(bottle.BaseRequest(environ).cookies.get(SESSION_COOKIE))  # parsed once per request
 
 
 def readable_headers(environ):
