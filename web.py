@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import html
 import http
+import http.cookies
 import ipaddress
 import json
 import logging
@@ -60,6 +61,7 @@ class Birzha(bottle.Bottle):
 
     def __call__(self, environ, start_response):
         readable_headers(environ)
+        readable_cookies(environ)
 
         def start_with_headers(status, headers, exc_info=None):
             names = {name.lower() for name, _ in headers}
@@ -114,6 +116,28 @@ def readable_headers(environ):
                 data = value.encode("utf-8", "replace")
             text = data.decode("utf-8", "replace")
             environ[key] = text.encode("utf-8").decode("latin-1")
+
+
+def readable_cookies(environ):
+    """Drops from the Cookie header each cookie that Python's parser refuses (a name such as
+    `a@b` makes it refuse the whole header, and Bottle with it: a 500 on every page); the others
+    are kept as they came."""
+    raw = environ.get("HTTP_COOKIE")
+    if not raw:
+        return
+    try:
+        http.cookies.SimpleCookie(raw)
+        return
+    except http.cookies.CookieError:
+        pass
+    kept = []
+    for part in raw.split(";"):
+        try:
+            http.cookies.SimpleCookie(part)
+        except http.cookies.CookieError:
+            continue
+        kept.append(part)
+    environ["HTTP_COOKIE"] = ";".join(kept)
 
 
 class Routes(bottle.Bottle):

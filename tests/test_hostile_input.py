@@ -82,6 +82,7 @@ BAD_COOKIES = [
     "birzha_flash=%FF%FE", "birzha_flash=" + quote("1" * 5000),
     "lang=" + NOT_UTF8, "birzha_anon=" + NOT_UTF8, "birzha_session=" + NOT_UTF8,
     "birzha_session=" + "x" * 5000, NOT_UTF8 * 10, '"=' + NOT_UTF8 + '; ;;=; a="\\',
+    "a@b=1", "x{=1; lang=en", "lang=en; a/b=2",  # names Python's cookie parser refuses outright
 ]
 
 
@@ -187,3 +188,8 @@ def test_a_flash_cookie_that_is_not_ours_is_ignored_and_deleted(app, world, sess
         assert page.status_int == 200 and 'class="flash' not in page.text
         cookies = [value for name, value in page.headerlist if name == "Set-Cookie"]
         assert any(value.startswith('birzha_flash="";') and "Max-Age=-1" in value for value in cookies)
+
+
+def test_a_cookie_the_parser_refuses_is_dropped_and_the_others_are_kept(app, world, session_tokens):
+    page = send(app, "GET", "/cabinet", session_tokens["customer"], {}, "a@b=1; lang=en")
+    assert page.status_int == 200 and 'lang="en"' in page.text and "Cabinet" in page.text
