@@ -48,21 +48,24 @@ Q = load_queries()
 
 _lock = threading.Lock()
 _current = {"pid": None, "url": None, "pool": None}
-# The last time this process found its database unreachable: {"pid", "url", "at"}.
+# When this process last found its database unreachable: {"pid", "url", "at"}.
 _unreachable = {"pid": None, "url": None, "at": 0.0}
-RETRY_AFTER = 0.5  # seconds between two attempts to reach a database that was unreachable
+# How long a pool may fail to reconnect before it is dropped, and how often, while the database is
+# unreachable, one request tries to reach it again: the app serves again within about this long
+# of the server accepting connections, however long the outage was.
+RECONNECT_SECONDS = 0.5
 
 
 def pool(url):
-    """This process's open pool for `url`: made after a fork (gunicorn) or a change of URL (tests),
-    and again after the database was found unreachable.
+    """This process's open pool for `url`: made after a fork (gunicorn), a change of URL (tests),
+    or an outage that dropped the last one.
 
-    A pool is kept only once one connection to the server has succeeded and the pool is open
-    with its first connection ready, so a pool never starts in psycopg_pool's reconnect back-off
-    (which grows the longer the database is away). While it is unreachable, one request at a time
-    tries a single connection, at most every RETRY_AFTER seconds; the others are answered at
-    once (PoolTimeout, a 503), so the app serves again within RETRY_AFTER of the server coming
-    back, however long it was away.
+    psycopg_pool reconnects with a back-off that grows the longer the database is away (attempts
+    1, 3, 7, 15, 31 s after the first failure), so after a long outage the app would wait for
+    the next attempt. Here a pool that cannot reconnect for RECONNECT_SECONDS is dropped (see
+    `forget`), and a new one is made only after one direct connection to the server succeeds:
+    one request at a time tries, at most every RECONNECT_SECONDS, and the others are answered
+    at once (PoolTimeout: a 503). A pool is kept only once open with its first connection ready.
     """
     pid = os.getpid()
     current = _current
@@ -77,7 +80,7 @@ def pool(url):
             current["pool"].close()  # another URL: tests point the app at a fresh database
         current.update(pid=None, url=None, pool=None)
         down = _unreachable
-        if down["pid"] == pid and down["url"] == url and time.monotonic() - down["at"] < RETRY_AFTER:
+        if down["pid"] == pid and down["url"] == url and time.monotonic() - down["at"] < RECONNECT_SECONDS:
             raise psycopg_pool.PoolTimeout("the database was unreachable a moment ago")
         try:
             reachable(url)
@@ -87,6 +90,7 @@ def pool(url):
         fresh = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT, open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_SECONDS, reconnect_failed=forget,
             kwargs={"row_factory": dict_row}, name="birzha")
         try:
             fresh.open(wait=True, timeout=POOL_TIMEOUT)
@@ -103,28 +107,25 @@ def pool(url):
 
 def reachable(url):
     """One connection attempt, closed at once; raises OperationalError when it fails. Unlike a
-    pool's, it fails as soon as the server refuses (no retries, no back-off)."""
+    pool's, it fails as soon as the server refuses: no retries, no back-off."""
     psycopg.connect(url, connect_timeout=max(2, math.ceil(POOL_TIMEOUT))).close()
 
 
-def forget_if_unreachable(broken_pool):
-    """Called when `broken_pool` gave no connection in time or gave back a broken one. If the
-    server does not answer a fresh connection either, the pool is dropped (its reconnect
-    back-off would outlast the outage) and the next request makes a new one. A busy pool, or one
-    that lost a single connection, is kept: the server answers."""
-    try:
-        reachable(broken_pool.conninfo)
-        return
-    except psycopg.OperationalError:
-        pass
-    with _lock:
-        if _current["pool"] is broken_pool:
-            _current.update(pid=None, url=None, pool=None)
-            _unreachable.update(pid=os.getpid(), url=broken_pool.conninfo, at=time.monotonic())
-        else:
-            return
-    # Its workers may be in the middle of a connection attempt: close it without waiting for them.
-    threading.Thread(target=broken_pool.close, name="birzha-pool-close", daemon=True).start()
+def forget(failed_pool):
+    """The pool's reconnect_failed: it could not make a connection for RECONNECT_SECONDS, so the
+    server is away. The pool is dropped (the next request makes a new one once the server
+    answers) and closed, which answers the requests waiting on it at once (PoolClosed: a 503).
+
+    psycopg_pool calls this from one of the pool's own threads, which closing the pool waits for,
+    and which must not wait for `_lock` (pool() may hold it while opening): so a thread of its
+    own does the work."""
+    def drop():
+        with _lock:
+            if _current["pool"] is failed_pool:
+                _current.update(pid=None, url=None, pool=None)
+                _unreachable.update(pid=os.getpid(), url=failed_pool.conninfo, at=time.monotonic())
+        failed_pool.close()
+    threading.Thread(target=drop, name="birzha-pool-drop", daemon=True).start()
 
 
 def close_pool():
@@ -140,17 +141,12 @@ class Lease:
     """A connection taken from a pool, given back to that same pool exactly once by `end`.
 
     The lease keeps the pool that gave the connection, so giving it back never looks a pool up
-    (or makes one), even from a streamed body closed late or at interpreter exit. A pool that
-    gives no connection in time, or gets a broken one back, is checked: see forget_if_unreachable.
+    (or makes one), even from a streamed body closed late or at interpreter exit.
     """
 
     def __init__(self, url):
         self.pool = pool(url)
-        try:
-            self.conn = self.pool.getconn()
-        except psycopg_pool.PoolTimeout:
-            forget_if_unreachable(self.pool)
-            raise
+        self.conn = self.pool.getconn()
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after
@@ -167,10 +163,7 @@ class Lease:
                 except psycopg.Error:
                     pass
         finally:
-            broken = conn.broken
             self.pool.putconn(conn)
-            if broken:
-                forget_if_unreachable(self.pool)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -423,18 +423,9 @@ def test_while_the_database_is_unreachable_one_request_at_a_time_tries_and_at_mo
     for thread in threads:
         thread.join(timeout=10)
     assert len(failures) == 8 and len(attempts) == 1
-    time.sleep(database.RETRY_AFTER)
+    time.sleep(database.RECONNECT_SECONDS)
     with pytest.raises(psycopg_pool.PoolTimeout):
         database.pool(url)
     assert len(attempts) == 2 and database._current["pool"] is None
+    database.close_pool()  # forgets the failure too
 
-
-def test_a_busy_pool_is_kept_while_the_database_answers(db_url, monkeypatch):
-    monkeypatch.setattr(database, "POOL_SIZE", 1)
-    monkeypatch.setattr(database, "POOL_TIMEOUT", 0.5)
-    busy = database.Lease(db_url)
-    with pytest.raises(psycopg_pool.PoolTimeout):
-        database.Lease(db_url)
-    assert database._current["pool"] is busy.pool
-    busy.end(commit=False)
-    database.Lease(db_url).end(commit=False)
