@@ -106,7 +106,7 @@ def serves_again_by(deadline, status):
         streak = streak + 1 if status() == 200 else 0
         if streak == 10:
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     return False
 
 
