@@ -11,9 +11,10 @@ import datetime
 from bottle import request
 
 import files
+import notices
 import orders
 from web import (FILES_BODY_BYTES, Form, Routes, _, csrf_protect, current_user, db_all, db_one, db_run,
-                 error_response, login_required, not_found, redirect, render)
+                 error_response, login_required, not_found, redirect, render, safe_next)
 
 routes = Routes()
 
@@ -246,3 +247,49 @@ def serve_file(file_id):
     if resp is None:
         raise not_found(_("This file is missing on the server. Ask the person who sent it to send it again."))
     return resp
+
+
+# ---------------------------------------------------------------------------------------------
+# Notifications
+
+def notifications_page(user, after):
+    """A page of the user's notifications after an id (newest first) and the next page's `after`."""
+    rows = db_all("notifications_page", user_id=user["id"], after_id=after or LAST_ID, limit=NOTIFICATIONS_PAGE + 1)
+    page = rows[:NOTIFICATIONS_PAGE]
+    for row in page:
+        row["text"], row["detail"], row["url"] = notices.text(row), notices.detail(row), notices.link(row)
+    return page, (page[-1]["id"] if len(rows) > NOTIFICATIONS_PAGE else None)
+
+
+@routes.get("/notifications")
+@login_required
+def notifications():
+    """The viewer's notifications, newest first, in keyset pages (`after`: the last id shown)."""
+    form = Form(request.query)
+    after = read_id(form, "after")
+    if not form.ok:
+        raise error_response(400, _("This page link is broken. Start again from the first page."))
+    page, next_after = notifications_page(current_user(), after)
+    return render("notifications.html", notifications=page,
+                  next_url=f"/notifications?after={next_after}" if next_after else None,
+                  first_url="/notifications" if after else None)
+
+
+@routes.post("/notifications/read")
+@csrf_protect
+@login_required
+def notifications_read():
+    """Marks one notification read (`id`), or all of the viewer's when no id is sent."""
+    user = current_user()
+    form = Form()
+    notification_id = read_id(form, "id")
+    if not form.ok:
+        raise error_response(400, _("This notification link is broken."))
+    back = safe_next(request.forms.getunicode("next") or "", "/notifications")
+    if notification_id is None:
+        db_run("notifications_read_all", user_id=user["id"])
+        redirect(back, _("All notifications are marked as read."))
+    if db_one("notification_read", id=notification_id, user_id=user["id"]) is None \
+            and db_one("notification_exists", id=notification_id, user_id=user["id"]) is None:
+        raise not_found(_("There is no such notification."))
+    redirect(back)
