@@ -6,9 +6,9 @@ import secrets
 from bottle import request, response
 
 from web import (
-    SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect, current_user,
-    db_all, db_one, db_run, end_session, error_response, hash_password, login_required, ngettext,
-    not_found, password_error, redirect, render, safe_next, start_session, token_hash, _,
+    SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect, current_lang,
+    current_user, db_all, db_one, db_run, end_session, error_response, hash_password, login_required,
+    ngettext, not_found, password_error, redirect, render, safe_next, start_session, token_hash, _,
 )
 
 routes = Routes()
@@ -97,6 +97,7 @@ def signup():
             form.errors["email"] = _("An account with this email already exists. Log in instead.")
     if not form.ok:
         return render("accounts_signup.html", status=400, values=form.values, errors=form.errors)
+    db_run("user_lang_set", user_id=user["id"], lang=current_lang())  # their mail speaks it
     sign_in_as(user["id"])
     redirect("/cabinet", _("Welcome to Birzha, %(name)s! Your account is ready.", name=user["name"]))
 
@@ -157,7 +158,8 @@ def render_profile(status=200, values=None, errors=None, chosen=None, password_e
                   errors=errors or {}, categories=categories, chosen=chosen,
                   password_errors=password_errors or {},
                   tokens=db_all("api_tokens_of_user", user_id=me["id"]), new_token=new_token,
-                  token_values=token_values or {}, token_errors=token_errors or {})
+                  token_values=token_values or {}, token_errors=token_errors or {},
+                  mail=db_one("user_mail_settings", user_id=me["id"]))
 
 
 def read_categories(form, visible_slugs):
@@ -195,6 +197,7 @@ def profile_save():
         return render_profile(400, form.values, form.errors, chosen=set(slugs))
     db_one("profile_update", user_id=me["id"], name=name, phone=phone, messenger=messenger,
            experience_years=years or 0, experience_text=experience_text, bio=bio)
+    db_run("user_lang_set", user_id=me["id"], lang=current_lang())
     # Both statements are conditioned on the user being a performer; for a customer they do nothing.
     db_run("performer_categories_drop_unchosen", user_id=me["id"], slugs=slugs)
     db_run("performer_categories_add_chosen", user_id=me["id"], slugs=slugs)
@@ -230,6 +233,16 @@ def password_change():
     # The trigger has ended every session of this user; the person who changed it stays signed in.
     start_session(me["id"])
     redirect("/profile", _("Your password is changed. Every other session is logged out."))
+
+
+@routes.post("/profile/email")
+@csrf_protect
+@login_required
+def email_settings_save():
+    """Notification mail on or off (a checkbox: absent means off)."""
+    on = bool(request.forms.getunicode("email_notifications"))
+    db_run("user_email_notifications_set", user_id=current_user()["id"], on=on)
+    redirect("/profile", _("Notification e-mails are on.") if on else _("Notification e-mails are off."))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1714,3 +1714,8 @@ WITH links AS (
 )
 DELETE FROM password_reset_requests
 WHERE at < now() - interval '1 hour'
+
+-- name: user_mail_settings
+SELECT email_notifications, lang
+FROM users
+WHERE id = %(user_id)s

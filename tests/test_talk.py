@@ -11,6 +11,7 @@ import pytest
 import files
 import web
 from conftest import text_of
+from test_operations import empty_db_url  # noqa: F401  (a fixture)
 
 PNG = bytes(range(256)) * 40 + b"\x89PNG\r\n\x1a\n\x00\xff"  # every byte value, and then some
 
@@ -363,3 +364,30 @@ def test_once_assigned_the_customer_and_the_performer_see_each_others_phone_and_
     for name in ("other_performer", "other_customer", "staff"):
         page = cast[name]["browser"].get(url).text
         assert "@anna_logo" not in page and "@vera_draws" not in page, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Backup and restore keep the files
+
+def test_backup_writes_the_files_beside_the_dump_and_restore_puts_them_back(
+        db, db_url, cast, make_order, files_dir, empty_db_url, tmp_path, monkeypatch):
+    import commands
+    order = make_order(cast["customer"]["user"])
+    write(cast["performer"]["browser"], order["id"], "With a file", upload=[("files", "a.png", PNG, "image/png")])
+    sha = db.execute("SELECT sha256 FROM files").fetchone()["sha256"]
+    (files_dir / "tmp").mkdir(exist_ok=True)
+    (files_dir / "tmp" / "upload-half").write_bytes(b"half")  # an upload cut short is not backed up
+    monkeypatch.setenv("FILES_DIR", str(files_dir))
+    dump = tmp_path / "birzha.dump"
+    assert commands.backup(db_url, str(dump)) == 0
+    assert (tmp_path / "birzha.dump.files.tar").exists()
+
+    elsewhere = tmp_path / "restored-files"
+    monkeypatch.setenv("FILES_DIR", str(elsewhere))
+    target = empty_db_url()
+    assert commands.restore(target, str(dump)) == 0
+    assert stored(elsewhere) == [f"{sha[:2]}/{sha}"]
+    assert (elsewhere / sha[:2] / sha).read_bytes() == PNG
+    import psycopg
+    with psycopg.connect(target) as connection:
+        assert connection.execute("SELECT sha256 FROM files").fetchone()[0] == sha
