@@ -246,6 +246,76 @@ def email_settings_save():
 
 
 # ---------------------------------------------------------------------------------------------
+# Password reset by e-mail (SPEC §11): the same answer whether the address is known or not,
+# throttled per email and per address, a link valid one hour and once, stored hashed.
+
+RESET_TOKEN = r"[A-Za-z0-9_-]{20,100}"
+
+
+def reset_page(token, valid, status=200, errors=None):
+    """The page behind a reset link; it never leaks the token onwards nor lingers in a cache."""
+    response.set_header("Referrer-Policy", "no-referrer")
+    response.set_header("Cache-Control", "no-store")
+    return render("accounts_reset.html", status=status, token=token, valid=valid, errors=errors or {})
+
+
+@routes.get("/password/forgot")
+def password_forgot_form():
+    return render("accounts_forgot.html", values={}, errors={}, error=None)
+
+
+@routes.post("/password/forgot")
+@csrf_protect
+def password_forgot():
+    """Records the request and, when the address is an account's, queues the mail with a link;
+    the tick sends it. The answer is the same for an address that has no account."""
+    form = Form()
+    email = form.email("email")
+    if not form.ok:
+        return render("accounts_forgot.html", status=400, values=form.values, errors=form.errors, error=None)
+    token = secrets.token_urlsafe(32)
+    wait = db_one("password_reset_request", email=email, address=client_address(), token=token)["wait_seconds"]
+    if wait > 0:
+        response.set_header("Retry-After", str(wait))
+        minutes = max(1, math.ceil(wait / 60))
+        error = ngettext("Too many requests for a new password. Try again in %(num)s minute.",
+                         "Too many requests for a new password. Try again in %(num)s minutes.", minutes)
+        return render("accounts_forgot.html", status=429, values=form.values, errors={}, error=error)
+    redirect("/login", _("If an account uses this address, a link to choose a new password is on its way. "
+                         "It works once, for one hour."))
+
+
+@routes.get("/password/reset/<token:re:%s>" % RESET_TOKEN)
+def password_reset_form(token):
+    valid = db_one("password_reset_valid", token_hash=token_hash(token)) is not None
+    return reset_page(token, valid, status=200 if valid else 400)
+
+
+@routes.post("/password/reset/<token:re:%s>" % RESET_TOKEN)
+@csrf_protect
+def password_reset(token):
+    """Sets the new password once (the link is used up in the same statement) and ends every
+    session of the account, the visitor's own included: they log in with the new password."""
+    form = Form()
+    new = read_password(form, "new_password", new=True)
+    if not form.ok:
+        valid = db_one("password_reset_valid", token_hash=token_hash(token)) is not None
+        return reset_page(token, valid, status=400, errors=form.errors)
+    commit()  # no connection held while bcrypt works
+    changed = db_one("password_reset_use", token_hash=token_hash(token), password_hash=hash_password(new))
+    if changed is None:
+        return reset_page(token, False, status=400)
+    db_run("login_attempts_clear", email=changed["email"], address=client_address())
+    end_session()
+    redirect("/login", _("Your password is changed and every session is logged out. Log in with the new password."))
+
+
+@routes.get("/password/reset/<token>")
+def password_reset_malformed(token):
+    return reset_page(token[:100], False, status=400)
+
+
+# ---------------------------------------------------------------------------------------------
 # Personal API tokens (SPEC §6): shown once, stored as a SHA-256, revoked one by one.
 # A password change leaves them alive: each is a separate credential that its owner revokes here.
 
