@@ -195,6 +195,7 @@ def test_staff_read_a_conversation_only_while_the_order_is_disputed_and_each_rea
          "after": {"conversation_id": conversation_id, "performer_id": performer["user"]["id"]}},
         {"staff_id": staff["user"]["id"], "action": "read_conversation_file", "target_type": "order", "target_id": oid,
          "after": {"conversation_id": conversation_id, "performer_id": performer["user"]["id"], "file_id": file_id}}]
+    assert "read_conversation" in staff["browser"].get("/admin/log").text
     # Staff reading leaves the people's unread counts alone.
     assert db.execute("SELECT customer_unread FROM conversations").fetchone()["customer_unread"] == 1
 

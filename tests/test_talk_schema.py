@@ -408,3 +408,13 @@ def test_reset_requests_are_throttled_per_email_and_per_address_whether_or_not_t
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with pytest.raises(psycopg.errors.InvalidTransactionState):
             connection.execute("SELECT password_reset_request('a@b.cc', '1.2.3.4', 't')")
+
+
+def test_the_demo_story_has_conversations_and_leaves_no_mail_to_send(db, capsys):
+    import demo
+    assert demo.seed(db) == 0
+    assert db.execute("SELECT count(*) AS n FROM conversations").fetchone()["n"] == 2
+    assert db.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 4
+    assert db.execute("SELECT count(*) AS n FROM notifications").fetchone()["n"] > 10
+    assert db.execute("SELECT count(*) AS n FROM mail_outbox WHERE sent_at IS NULL").fetchone()["n"] == 0
+    assert audit(db) == []
