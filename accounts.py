@@ -253,10 +253,15 @@ RESET_TOKEN = r"[A-Za-z0-9_-]{20,100}"
 
 
 def reset_page(token, valid, status=200, errors=None):
-    """The page behind a reset link; it never leaks the token onwards nor lingers in a cache."""
-    response.set_header("Referrer-Policy", "no-referrer")
+    """The page behind a reset link; it is never kept in a cache (Referrer-Policy: same-origin, as
+    everywhere, keeps the link from other sites)."""
     response.set_header("Cache-Control", "no-store")
     return render("accounts_reset.html", status=status, token=token, valid=valid, errors=errors or {})
+
+
+def reset_link_valid(token):
+    """Whether a token is well formed and names a reset link still unused and in its hour."""
+    return bool(re.fullmatch(RESET_TOKEN, token)) and db_one("password_reset_valid", token_hash=token_hash(token)) is not None
 
 
 @routes.get("/password/forgot")
@@ -285,22 +290,23 @@ def password_forgot():
                          "It works once, for one hour."))
 
 
-@routes.get("/password/reset/<token:re:%s>" % RESET_TOKEN)
+@routes.get("/password/reset/<token>")
 def password_reset_form(token):
-    valid = db_one("password_reset_valid", token_hash=token_hash(token)) is not None
+    valid = reset_link_valid(token)
     return reset_page(token, valid, status=200 if valid else 400)
 
 
-@routes.post("/password/reset/<token:re:%s>" % RESET_TOKEN)
+@routes.post("/password/reset/<token>")
 @csrf_protect
 def password_reset(token):
     """Sets the new password once (the link is used up in the same statement) and ends every
     session of the account, the visitor's own included: they log in with the new password."""
     form = Form()
     new = read_password(form, "new_password", new=True)
+    if not reset_link_valid(token):
+        return reset_page(token, False, status=400)
     if not form.ok:
-        valid = db_one("password_reset_valid", token_hash=token_hash(token)) is not None
-        return reset_page(token, valid, status=400, errors=form.errors)
+        return reset_page(token, True, status=400, errors=form.errors)
     commit()  # no connection held while bcrypt works
     changed = db_one("password_reset_use", token_hash=token_hash(token), password_hash=hash_password(new))
     if changed is None:
@@ -308,11 +314,6 @@ def password_reset(token):
     db_run("login_attempts_clear", email=changed["email"], address=client_address())
     end_session()
     redirect("/login", _("Your password is changed and every session is logged out. Log in with the new password."))
-
-
-@routes.get("/password/reset/<token>")
-def password_reset_malformed(token):
-    return reset_page(token[:100], False, status=400)
 
 
 # ---------------------------------------------------------------------------------------------

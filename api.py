@@ -486,7 +486,6 @@ OPENAPI = {
 
 import files as talk_files  # noqa: E402  (kept inside the block for the merge)
 import messages as talk  # noqa: E402
-import notices  # noqa: E402
 
 
 def person_json(user_id, name):

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from bottle import HTTPResponse, request
 
-from web import FILES_BODY_BYTES, _, db_one, ngettext  # noqa: F401  (FILES_BODY_BYTES for route configs)
+from web import _, db_one, ngettext
 
 ROOT = Path(__file__).resolve().parent
 MAX_FILES = 5

@@ -52,7 +52,7 @@ def test_the_whole_reset_ends_every_session_and_the_link_works_once(db, db_url, 
 
     form = visitor.get(path)
     assert form.status_int == 200 and 'name="new_password"' in form.text
-    assert form.headers["Referrer-Policy"] == "no-referrer" and form.headers["Cache-Control"] == "no-store"
+    assert form.headers["Referrer-Policy"] == "same-origin" and form.headers["Cache-Control"] == "no-store"
     short = visitor.post_form(path, {"new_password": "short"})
     assert short.status_int == 400 and "at least 8 characters" in text_of(short)
     done = visitor.post_form(path, {"new_password": NEW_PASSWORD})
@@ -84,6 +84,7 @@ def test_an_expired_link_is_refused(db, make_user, make_client):
     assert db.execute("SELECT password_hash FROM users WHERE id = %s", (user["id"],)).fetchone()["password_hash"] == \
         user["password_hash"]
     assert visitor.get("/password/reset/bad", status=400).status_int == 400
+    assert visitor.post_form("/password/reset/bad", {"new_password": NEW_PASSWORD}).status_int == 400
 
 
 def test_an_unknown_address_gets_the_same_answer_and_no_mail(db, db_url, make_user, make_client, smtp):
