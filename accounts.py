@@ -6,9 +6,9 @@ import secrets
 from bottle import request, response
 
 from web import (
-    SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect, current_user,
-    db_all, db_one, db_run, end_session, error_response, hash_password, login_required, ngettext,
-    not_found, password_error, redirect, render, safe_next, start_session, token_hash, _,
+    SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect, current_lang,
+    current_user, db_all, db_one, db_run, end_session, error_response, hash_password, login_required,
+    ngettext, not_found, password_error, redirect, render, safe_next, start_session, token_hash, _,
 )
 
 routes = Routes()
@@ -97,6 +97,7 @@ def signup():
             form.errors["email"] = _("An account with this email already exists. Log in instead.")
     if not form.ok:
         return render("accounts_signup.html", status=400, values=form.values, errors=form.errors)
+    db_run("user_lang_set", user_id=user["id"], lang=current_lang())  # their mail speaks it
     sign_in_as(user["id"])
     redirect("/cabinet", _("Welcome to Birzha, %(name)s! Your account is ready.", name=user["name"]))
 
@@ -157,7 +158,8 @@ def render_profile(status=200, values=None, errors=None, chosen=None, password_e
                   errors=errors or {}, categories=categories, chosen=chosen,
                   password_errors=password_errors or {},
                   tokens=db_all("api_tokens_of_user", user_id=me["id"]), new_token=new_token,
-                  token_values=token_values or {}, token_errors=token_errors or {})
+                  token_values=token_values or {}, token_errors=token_errors or {},
+                  mail=db_one("user_mail_settings", user_id=me["id"]))
 
 
 def read_categories(form, visible_slugs):
@@ -195,6 +197,7 @@ def profile_save():
         return render_profile(400, form.values, form.errors, chosen=set(slugs))
     db_one("profile_update", user_id=me["id"], name=name, phone=phone, messenger=messenger,
            experience_years=years or 0, experience_text=experience_text, bio=bio)
+    db_run("user_lang_set", user_id=me["id"], lang=current_lang())
     # Both statements are conditioned on the user being a performer; for a customer they do nothing.
     db_run("performer_categories_drop_unchosen", user_id=me["id"], slugs=slugs)
     db_run("performer_categories_add_chosen", user_id=me["id"], slugs=slugs)
@@ -230,6 +233,87 @@ def password_change():
     # The trigger has ended every session of this user; the person who changed it stays signed in.
     start_session(me["id"])
     redirect("/profile", _("Your password is changed. Every other session is logged out."))
+
+
+@routes.post("/profile/email")
+@csrf_protect
+@login_required
+def email_settings_save():
+    """Notification mail on or off (a checkbox: absent means off)."""
+    on = bool(request.forms.getunicode("email_notifications"))
+    db_run("user_email_notifications_set", user_id=current_user()["id"], on=on)
+    redirect("/profile", _("Notification e-mails are on.") if on else _("Notification e-mails are off."))
+
+
+# ---------------------------------------------------------------------------------------------
+# Password reset by e-mail (SPEC §11): the same answer whether the address is known or not,
+# throttled per email and per address, a link valid one hour and once, stored hashed.
+
+RESET_TOKEN = r"[A-Za-z0-9_-]{20,100}"
+
+
+def reset_page(token, valid, status=200, errors=None):
+    """The page behind a reset link; it is never kept in a cache (Referrer-Policy: same-origin, as
+    everywhere, keeps the link from other sites)."""
+    response.set_header("Cache-Control", "no-store")
+    return render("accounts_reset.html", status=status, token=token, valid=valid, errors=errors or {})
+
+
+def reset_link_valid(token):
+    """Whether a token is well formed and names a reset link still unused and in its hour."""
+    return bool(re.fullmatch(RESET_TOKEN, token)) and db_one("password_reset_valid", token_hash=token_hash(token)) is not None
+
+
+@routes.get("/password/forgot")
+def password_forgot_form():
+    return render("accounts_forgot.html", values={}, errors={}, error=None)
+
+
+@routes.post("/password/forgot")
+@csrf_protect
+def password_forgot():
+    """Records the request and, when the address is an account's, queues the mail with a link;
+    the tick sends it. The answer is the same for an address that has no account."""
+    form = Form()
+    email = form.email("email")
+    if not form.ok:
+        return render("accounts_forgot.html", status=400, values=form.values, errors=form.errors, error=None)
+    token = secrets.token_urlsafe(32)
+    wait = db_one("password_reset_request", email=email, address=client_address(), token=token)["wait_seconds"]
+    if wait > 0:
+        response.set_header("Retry-After", str(wait))
+        minutes = max(1, math.ceil(wait / 60))
+        error = ngettext("Too many requests for a new password. Try again in %(num)s minute.",
+                         "Too many requests for a new password. Try again in %(num)s minutes.", minutes)
+        return render("accounts_forgot.html", status=429, values=form.values, errors={}, error=error)
+    redirect("/login", _("If an account uses this address, a link to choose a new password is on its way. "
+                         "It works once, for one hour."))
+
+
+@routes.get("/password/reset/<token>")
+def password_reset_form(token):
+    valid = reset_link_valid(token)
+    return reset_page(token, valid, status=200 if valid else 400)
+
+
+@routes.post("/password/reset/<token>")
+@csrf_protect
+def password_reset(token):
+    """Sets the new password once (the link is used up in the same statement) and ends every
+    session of the account, the visitor's own included: they log in with the new password."""
+    form = Form()
+    new = read_password(form, "new_password", new=True)
+    if not reset_link_valid(token):
+        return reset_page(token, False, status=400)
+    if not form.ok:
+        return reset_page(token, True, status=400, errors=form.errors)
+    commit()  # no connection held while bcrypt works
+    changed = db_one("password_reset_use", token_hash=token_hash(token), password_hash=hash_password(new))
+    if changed is None:
+        return reset_page(token, False, status=400)
+    db_run("login_attempts_clear", email=changed["email"], address=client_address())
+    end_session()
+    redirect("/login", _("Your password is changed and every session is logged out. Log in with the new password."))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -672,3 +672,228 @@ OPENAPI = {
         },
     },
 }
+
+
+# =============================================================================================
+# Talking (issue 11): conversations, messages and notifications. Everything of it is in this
+# block, routes first, then its part of the OpenAPI document merged into OPENAPI at the end, so
+# that the rest of this module can change without touching it. The rules are those of the HTML
+# pages (messages.py): the same view_of() decides who reads which conversation, and the same
+# send_message() writes. Files are attached through the HTML form only (multipart); the API
+# lists them and serves their bytes at /api/v1/files/{id}.
+# =============================================================================================
+
+import files as talk_files  # noqa: E402  (kept inside the block for the merge)
+import messages as talk  # noqa: E402
+
+
+def person_json(user_id, name):
+    return {"id": user_id, "name": name}
+
+
+def conversation_json(row, order_id, title):
+    return {"id": row["id"], "order": {"id": order_id, "title": title},
+            "customer": person_json(row["customer_id"], row["customer_name"]),
+            "performer": person_json(row["performer_id"], row["performer_name"]),
+            "message_count": row["message_count"], "last_message_at": iso(row["last_message_at"]),
+            "unread": row["unread"], "open": row["goes_on"]}
+
+
+def message_json(row):
+    return {"id": row["id"], "seq": row["seq"], "sender": person_json(row["sender_id"], row["sender_name"]),
+            "body": row["body"], "created_at": iso(row["created_at"]),
+            "files": [{**described, "url": f"/api/v1/files/{described['id']}"} for described in row["files"]]}
+
+
+def notification_json(row):
+    return {"id": row["id"], "kind": row["kind"], "order_id": row["order_id"], "order_title": row["order_title"],
+            "text": row["text"], "detail": row["detail"], "url": row["url"], "params": row["params"],
+            "created_at": iso(row["created_at"]), "read_at": iso(row["read_at"])}
+
+
+def query_id(name):
+    """A positive id from the query string, or None; a malformed one is a 400."""
+    form = Form(request.query)
+    value = talk.read_id(form, name)
+    if not form.ok:
+        raise invalid(form)
+    return value
+
+
+@routes.get("/api/v1/conversations")
+@authenticate(required=True)
+def api_conversations():
+    """The caller's conversations, the latest first (as /messages); `after` is the last `next`."""
+    user = current_user()
+    form = Form(request.query)
+    after = form.text("after", required=False, max_len=100)
+    cursor = orders.parse_time_cursor(after) if after and form.ok else (talk.END_OF_TIME, talk.LAST_ID)
+    if cursor is None:
+        form.errors["after"] = _("This page link is broken. Start again from the first page.")
+    if not form.ok:
+        raise invalid(form)
+    rows = db_all("conversations_inbox", user_id=user["id"], after_at=cursor[0], after_id=cursor[1],
+                  limit=talk.INBOX_PAGE + 1)
+    page = rows[:talk.INBOX_PAGE]
+    return reply({"items": [conversation_json(row, row["order_id"], row["title"]) for row in page],
+                  "next": orders.cursor_after(page[-1], "last_message_at") if len(rows) > talk.INBOX_PAGE else None})
+
+
+@routes.get("/api/v1/orders/<order_id:id>/messages")
+@authenticate(required=True)
+def api_order_messages(order_id):
+    """One conversation of an order: the performer's own, or the customer's `with` a performer
+    (the customer's list is GET /api/v1/conversations). Reading it marks it read."""
+    with_id = query_id("with")
+    view = talk.load_view(order_id, with_id)
+    if view.listing:
+        raise error_response(400, _("Choose the performer to write to."),
+                             problem={"errors": {"with": _("This field is required.")}})
+    form = Form(request.query)
+    before = form.integer("before", required=False, min_value=1, max_value=talk.LAST_SEQ)
+    if not form.ok:
+        raise invalid(form)
+    page, earlier = talk.page_of_messages(view.conversation, before)
+    if before is None:
+        talk.mark_read(view)
+    conversation = view.conversation
+    return reply({
+        "order_id": view.order["id"], "performer_id": view.performer_id,
+        "conversation_id": conversation["id"] if conversation else None,
+        "may_write": view.may_write, "messages": [message_json(row) for row in page],
+        "earlier": str(earlier) if earlier else None})
+
+
+@routes.post("/api/v1/orders/<order_id:id>/messages")
+@authenticate(required=True)
+def api_order_message_send(order_id):
+    form = json_form({"body": str, "with": int})
+    body = form.text("body", max_len=5000, multiline=True).strip()
+    with_id = talk.read_id(form, "with")
+    if not form.ok:
+        raise invalid(form)
+    view = talk.load_view(order_id, with_id)
+    if view.listing:
+        raise error_response(400, _("Choose the performer to write to."),
+                             problem={"errors": {"with": _("This field is required.")}})
+    if view.staff:
+        raise error_response(403, _("Staff read a disputed order's conversation but do not write in it."))
+    message = talk.send_message(view, body)
+    row = {"id": message["id"], "seq": message["seq"], "sender_id": view.user["id"],
+           "sender_name": view.user["name"], "body": body, "created_at": message["created_at"], "files": []}
+    response.set_header("Location", f"/api/v1/orders/{order_id}/messages"
+                        + (f"?with={view.performer_id}" if view.is_customer else ""))
+    return reply(message_json(row), 201)
+
+
+@routes.get("/api/v1/files/<file_id:id>")
+@authenticate(required=True)
+def api_file(file_id):
+    """A file's bytes, to the same people as /files/{id}."""
+    return talk.serve_file(file_id)
+
+
+@routes.get("/api/v1/notifications")
+@authenticate(required=True)
+def api_notifications():
+    """The caller's notifications, newest first; `after` is the last `next`."""
+    user = current_user()
+    page, next_after = talk.notifications_page(user, query_id("after"))
+    unread = db_one("user_unread_counts", user_id=user["id"])
+    return reply({"items": [notification_json(row) for row in page],
+                  "next": str(next_after) if next_after else None,
+                  "unread": unread["unread_notifications"] if unread else 0})
+
+
+@routes.post("/api/v1/notifications/read")
+@authenticate(required=True)
+def api_notifications_read():
+    """Marks one notification read (`id`), or all of the caller's when no id is sent."""
+    user = current_user()
+    form = json_form({"id": int})
+    notification_id = talk.read_id(form, "id")
+    if not form.ok:
+        raise invalid(form)
+    if notification_id is None:
+        db_run("notifications_read_all", user_id=user["id"])
+    elif db_one("notification_read", id=notification_id, user_id=user["id"]) is None \
+            and db_one("notification_exists", id=notification_id, user_id=user["id"]) is None:
+        raise not_found(_("There is no such notification."))
+    unread = db_one("user_unread_counts", user_id=user["id"])
+    return reply({"unread": unread["unread_notifications"] if unread else 0})
+
+
+TALK_PERSON = ref("Person")
+CONVERSATION = closed({
+    "id": INTEGER, "order": closed({"id": INTEGER, "title": TEXT}), "customer": TALK_PERSON,
+    "performer": TALK_PERSON, "message_count": INTEGER, "last_message_at": MOMENT,
+    "unread": {"type": "integer", "minimum": 0}, "open": {"type": "boolean"}})
+MESSAGE_FILE = closed({"id": INTEGER, "name": TEXT, "size": INTEGER, "content_type": TEXT, "url": TEXT})
+MESSAGE = closed({"id": INTEGER, "seq": INTEGER, "sender": TALK_PERSON,
+                  "body": {"type": "string", "minLength": 1, "maxLength": 5000}, "created_at": MOMENT,
+                  "files": {"type": "array", "items": ref("MessageFile"), "maxItems": talk_files.MAX_FILES}})
+NOTIFICATION_KINDS = ["offer_received", "offer_accepted", "offer_declined", "order_taken", "order_delivered",
+                      "revision_requested", "work_accepted", "work_auto_accepted", "order_rated",
+                      "message_received", "dispute_opened", "dispute_resolved"]
+NOTIFICATION = closed({
+    "id": INTEGER, "kind": {"enum": NOTIFICATION_KINDS}, "order_id": INTEGER, "order_title": TEXT,
+    "text": TEXT, "detail": TEXT, "url": TEXT, "params": {"type": "object"}, "created_at": MOMENT,
+    "read_at": nullable(MOMENT)})
+WITH = parameter("with", "query", {"type": "integer", "minimum": 1},
+                 "the performer of the conversation: required for the order's customer")
+TALK_PATHS = {
+    "/api/v1/conversations": {
+        "get": operation("Your conversations, the latest first", 200, ref("ConversationList"),
+                         problems=(400, 401), secured=True,
+                         parameters=[parameter("after", "query", TEXT, "the `next` of the previous page")]),
+    },
+    "/api/v1/orders/{order_id}/messages": {
+        "get": operation("A conversation of an order (read: marks it read). Staff read one only while the "
+                         "order is disputed, and each read is logged", 200, ref("ConversationMessages"),
+                         problems=(400, 401, 403, 404), secured=True,
+                         parameters=[ORDER_ID, WITH,
+                                     parameter("before", "query", {"type": "integer", "minimum": 1},
+                                               "the `earlier` of the page shown: older messages")]),
+        "post": operation("Write a message (JSON; files go through the HTML form at /orders/{id}/messages)",
+                          201, ref("Message"), problems=(400, 401, 403, 404, 409, 415), secured=True,
+                          body=closed({"body": {"type": "string", "minLength": 1, "maxLength": 5000},
+                                       "with": {"type": "integer", "minimum": 1}}, optional=("with",)),
+                          parameters=[ORDER_ID],
+                          headers={"Location": {"description": "The conversation's URL", "schema": TEXT}}),
+    },
+    "/api/v1/files/{file_id}": {
+        "get": {**operation("A file's bytes, as a download, to the people of its message or delivery", 200,
+                            {"type": "string"}, problems=(401, 404), secured=True,
+                            parameters=[parameter("file_id", "path", {"type": "integer", "minimum": 1})]),
+                "responses": {"200": {"description": "The file (Content-Disposition: attachment)",
+                                      "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                           "format": "binary"}}}},
+                              "401": UNAUTHORIZED, "404": PROBLEM, "default": PROBLEM}},
+    },
+    "/api/v1/notifications": {
+        "get": operation("Your notifications, newest first", 200, ref("NotificationList"), problems=(400, 401),
+                         secured=True, parameters=[parameter("after", "query", TEXT, "the `next` of the previous page")]),
+    },
+    "/api/v1/notifications/read": {
+        "post": operation("Mark one notification read (`id`), or all of them (no id)", 200,
+                          closed({"unread": {"type": "integer", "minimum": 0}}),
+                          problems=(400, 401, 403, 404, 415), secured=True,
+                          body=closed({"id": {"type": "integer", "minimum": 1}}, optional=("id",))),
+    },
+}
+TALK_SCHEMAS = {
+    "Conversation": CONVERSATION,
+    "ConversationList": closed({"items": {"type": "array", "items": ref("Conversation")}, "next": nullable(TEXT)}),
+    "MessageFile": MESSAGE_FILE,
+    "Message": MESSAGE,
+    "ConversationMessages": closed({
+        "order_id": INTEGER, "performer_id": INTEGER, "conversation_id": nullable(INTEGER),
+        "may_write": {"type": "boolean"}, "messages": {"type": "array", "items": ref("Message")},
+        "earlier": nullable(TEXT)}),
+    "Notification": NOTIFICATION,
+    "NotificationList": closed({"items": {"type": "array", "items": ref("Notification")}, "next": nullable(TEXT),
+                                "unread": {"type": "integer", "minimum": 0}}),
+}
+OPENAPI["paths"].update(TALK_PATHS)
+OPENAPI["components"]["schemas"].update(TALK_SCHEMAS)
+OPENAPI["info"]["description"] += " Conversations, messages and notifications of orders too."

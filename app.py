@@ -16,6 +16,8 @@ import api
 import basics
 import commands
 import devserver
+import files
+import messages
 import orders
 import web
 
@@ -55,8 +57,9 @@ app.config.update({
     "secret_key": secret_key(),
     "cookie_secure": os.environ.get("COOKIE_SECURE", "") == "1",
     "trusted_proxies": trusted_proxies(os.environ.get("TRUSTED_PROXIES", "")),
+    "files_dir": str(files.default_dir()),  # FILES_DIR: where the bytes of attached files live
 })
-for area in (basics, accounts, orders, admin, api):
+for area in (basics, accounts, orders, admin, api, messages):
     app.merge(area.routes)
 
 

@@ -4,8 +4,8 @@ import psycopg
 import psycopg_pool
 from bottle import request, response
 
-from web import (LANGUAGES, ROOT, Routes, db_one, end_transaction, not_found, redirect, safe_next,
-                 set_cookie)
+from web import (LANGUAGES, ROOT, Routes, current_user, db_one, db_run, end_transaction, not_found, redirect,
+                 safe_next, set_cookie)
 
 routes = Routes()
 
@@ -34,4 +34,6 @@ def switch_language(code):
         raise not_found()
     set_cookie("lang", code, 365 * 86400)
     request.environ["birzha.lang"] = code
+    if current_user():
+        db_run("user_lang_set", user_id=current_user()["id"], lang=code)  # their mail speaks it too
     redirect(safe_next(request.query.getunicode("next") or "/"))

@@ -5,12 +5,16 @@ import re
 import secrets
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import psycopg
 from psycopg.rows import dict_row
 
 import db
 import demo
+import files
+import mail
 from devserver import postgres_program
 from web import hash_password
 
@@ -76,41 +80,69 @@ def auto_accept_days(text):
 
 
 def tick(url):
-    """The periodic work, in one transaction under an advisory lock: a tick that finds another
-    one running does nothing, so any number of machines may run it from cron. It accepts the
-    deliveries left unanswered for AUTO_ACCEPT_DAYS (the database's orders_auto_accept), purges,
-    then stores the counter audit."""
+    """The periodic work. The housekeeping runs in one transaction under an advisory lock: a tick
+    that finds another one running skips it, so any number of machines may run it from cron. It
+    accepts the deliveries left unanswered for AUTO_ACCEPT_DAYS (the database's orders_auto_accept),
+    purges, and stores the counter audit. Then the due mail is sent, by every tick at once if need
+    be: each mail is claimed with FOR UPDATE SKIP LOCKED and marked sent in the claiming
+    transaction (mail.py), so two ticks share the outbox and never send one mail twice."""
     days = auto_accept_days(os.environ.get("AUTO_ACCEPT_DAYS"))
     if days is None:
         print(f"AUTO_ACCEPT_DAYS={os.environ.get('AUTO_ACCEPT_DAYS')!r} is not valid: give a whole number "
               f"of days from 0 (accept at the next tick) to {AUTO_ACCEPT_DAYS_MAX}; unset, it is "
               f"{AUTO_ACCEPT_DAYS_DEFAULT}.", file=sys.stderr)
         return 2
+    housekeeping(url, days)
+    counts = mail.send_due(url)
+    waiting = f", {counts['retry']} to try again later" if counts["retry"] else ""
+    print(f"tick: mail: {counts['sent']} sent, {counts['failed']} given up{waiting}.")
+    return 0
+
+
+def housekeeping(url, days):
     with connect(url) as connection:
         if not connection.execute(db.Q["tick_lock"]).fetchone()["locked"]:
             print("tick: another tick is running; nothing to do.")
-            return 0
+            return
         accepted = connection.execute(db.Q["orders_auto_accept"], {"days": days}).fetchone()["accepted"]
         sessions = connection.execute(db.Q["sessions_delete_expired"]).rowcount
         attempts = connection.execute(db.Q["login_attempts_delete_old"]).rowcount
+        connection.execute(db.Q["password_resets_purge"])
+        connection.execute(db.Q["mail_outbox_purge"])
         drifted = connection.execute(db.Q["counter_audit_refresh"]).fetchone()["drifted"]
     print(f"tick: {accepted} delivered orders accepted automatically (unanswered for {days} days); "
           f"{sessions} expired sessions and {attempts} old sign-in attempts purged; "
           f"counters: {'consistent' if not drifted else f'{drifted} drifted'}.")
-    return 0
+
+
+def files_archive(path):
+    """Where the files of a backup go: FILE.files.tar beside the dump FILE."""
+    return Path(str(path) + ".files.tar")
 
 
 def backup(url, path):
-    """A pg_dump of the whole database in the custom format (restore with `restore`)."""
+    """A pg_dump of the whole database in the custom format, and beside it FILE.files.tar with
+    the attached files of FILES_DIR (restore with `restore`). The dump is taken first: a file
+    attached while the archive is written is in the archive or not, but every file the dump
+    describes is in it (files are only ever added)."""
     subprocess.run([postgres_program("pg_dump"), "--format=custom", "--no-owner", "--file", path, url],
                    check=True)
-    print(f"Backup written to {path}.")
+    directory = files.default_dir()
+    count = 0
+    with tarfile.open(files_archive(path), "w") as archive:
+        if directory.exists():
+            for blob in sorted(directory.glob("[0-9a-f][0-9a-f]/*")):
+                if blob.is_file() and re.fullmatch(r"[0-9a-f]{64}", blob.name):
+                    archive.add(blob, arcname=f"{blob.parent.name}/{blob.name}")
+                    count += 1
+    print(f"Backup written to {path} and {count} attached files to {files_archive(path)}.")
     return 0
 
 
 def restore(url, path, force=False):
     """pg_restore of a backup into an empty database; with `force`, into a Birzha database whose
-    objects the backup's replace (pg_restore --clean)."""
+    objects the backup's replace (pg_restore --clean). The attached files of FILE.files.tar, if
+    there is one, are put back into FILES_DIR (files already there are kept)."""
     with connect(url) as connection:
         empty = db.schema_version(connection) == 0
     if not empty and not force:
@@ -121,5 +153,24 @@ def restore(url, path, force=False):
     clean = [] if empty else ["--clean", "--if-exists"]
     subprocess.run([postgres_program("pg_restore"), "--no-owner", "--exit-on-error", "--single-transaction",
                     *clean, "--dbname", url, path], check=True)
-    print(f"Restored {path}.")
+    restored = restore_files(files_archive(path), files.default_dir())
+    print(f"Restored {path}" + (f" and {restored} attached files." if restored is not None else "."))
     return 0
+
+
+def restore_files(archive_path, directory):
+    """Puts the files of a backup's archive back (only names of SHA-256 blobs; nothing outside
+    FILES_DIR, whatever the archive says); None when there is no archive."""
+    if not archive_path.exists():
+        return None
+    count = 0
+    with tarfile.open(archive_path) as archive:
+        for member in archive.getmembers():
+            if not (member.isfile() and re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{64}", member.name)
+                    and member.name[:2] == member.name[3:5]):
+                continue
+            target = directory / member.name
+            if not target.exists():
+                archive.extract(member, directory, filter="data")
+            count += 1
+    return count

@@ -34,6 +34,13 @@ ORDERS = [
     ("anna", "audio-video", "Монтаж ролика для YouTube", "Ролик 10 минут, простой монтаж и титры.", 5000, None, "take", "cancelled", None, None, None),
     ("boris", "marketing", "Ad campaign setup", "Set up search ads for a furniture shop.", 12000, None, "take", "disputed", "gleb", None, None),
 ]
+# Conversations: (order title, performer, [(sender, body), …])
+CONVERSATIONS = [
+    ("Логотип для кофейни", "vera", [("vera", "Здравствуйте! Есть ли у кофейни фирменные цвета или начинаем с нуля?"),
+                                      ("anna", "С нуля. Хочется тёплых оттенков, как у свежей выпечки.")]),
+    ("Контент-план для соцсетей на месяц", "dina", [("dina", "Hi! Could you share the photos of your pastries?"),
+                                                    ("anna", "Пришлю сегодня вечером.")]),
+]
 # Offers on the open orders in offers mode: (order title, performer, price, days, message)
 OFFERS = [
     ("Логотип для кофейни", "vera", 4500, 5, "Сделаю три варианта знака и фирменные цвета, правки без ограничений."),
@@ -95,6 +102,14 @@ def seed(connection, only_if_empty=False):
     for title, performer, price, days, message in OFFERS:
         act(ids[performer], "offer_submit", order_id=titles[title], performer_id=ids[performer],
             price=price, days=days, message=message)
+    for title, performer, lines in CONVERSATIONS:
+        for sender, body in lines:
+            conversation = act(ids[sender], "conversation_open", order_id=titles[title],
+                               performer_id=ids[performer], sender_id=ids[sender])
+            act(ids[sender], "message_send", conversation_id=conversation["id"], sender_id=ids[sender], body=body)
+    # The demo people are not real: the mail of the story above goes nowhere (what happens
+    # afterwards, under `make run`, is mailed to the log by the tick).
+    connection.execute(Q["mail_outbox_settle_all"])
     connection.commit()
     print(f"Demo data loaded: {len(PEOPLE) + 1} accounts, {len(ORDERS)} orders (staff id {staff['id']}).")
     print_logins()

@@ -9,8 +9,9 @@ from urllib.parse import urlencode
 
 from bottle import request
 
-from web import (Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all, db_one,
-                 error_response, login_required, not_found, redirect, render, role_required,
+import files
+from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all,
+                 db_one, error_response, login_required, not_found, redirect, render, role_required,
                  safe_next)
 
 routes = Routes()
@@ -302,10 +303,46 @@ def render_order(order, status=200, values=None, errors=None, form_name=None):
     return render("order.html", status=status, order=order, rating_options=RATING_OPTIONS,
                   history=db_all("order_history_list", order_id=order["id"],
                                  staff=bool(user and user["is_staff"])),
-                  deliveries=db_all("order_deliveries_list", order_id=order["id"]) if parties else [],
+                  deliveries=order_deliveries(order) if parties else [],
                   offers=order_offers(order, user),
                   can=permissions(order, user), values=values or {}, errors=errors or {},
-                  form_name=form_name)
+                  form_name=form_name, talk=order_talk(order, user))
+
+
+def order_deliveries(order):
+    """The work handed in, each delivery with its files."""
+    rows = db_all("order_deliveries_list", order_id=order["id"])
+    attached = {}
+    for row in db_all("files_of_order_deliveries", order_id=order["id"]):
+        attached.setdefault(row["delivery_id"], []).append(files.describe(row))
+    for row in rows:
+        row["files"] = attached.get(row["id"], [])
+    return rows
+
+
+def order_talk(order, user):
+    """What the order page offers about talking: the contacts of the other side once a performer
+    is assigned (to the customer and that performer only), and the way to the conversations."""
+    talk = {"contacts": None, "messages_url": None, "unread": 0, "staff_read": False}
+    if user is None:
+        return talk
+    me = user["id"]
+    if order["performer_id"] and me in (order["customer_id"], order["performer_id"]):
+        talk["contacts"] = db_one("order_contacts", order_id=order["id"], user_id=me)
+    if me == order["customer_id"]:
+        conversations = db_all("conversations_of_order", order_id=order["id"], customer_id=me)
+        if conversations or order["performer_id"]:
+            talk["messages_url"] = f"/orders/{order['id']}/messages"
+            talk["unread"] = sum(row["unread"] for row in conversations)
+    elif user["role"] == "performer":
+        mine = db_one("conversation_of", order_id=order["id"], performer_id=me)
+        if mine or (order["status"] == "open" and not order["customer_blocked"]) or order["performer_id"] == me:
+            talk["messages_url"] = f"/orders/{order['id']}/messages"
+            talk["unread"] = mine["performer_unread"] if mine else 0
+    elif user["is_staff"] and order["status"] == "disputed":
+        talk["messages_url"] = f"/orders/{order['id']}/messages"
+        talk["staff_read"] = True
+    return talk
 
 
 @routes.get("/orders/<order_id:id>")
@@ -332,9 +369,11 @@ def refuse_bad_input(order_id, action):
 
 
 def reshow_order_form(order_id, action, form):
-    """Bad input on an order-page form: 404 / 403 / 409 as the write would, else the page with 400."""
+    """Bad input on an order-page form: 404 / 403 / 409 as the write would, else the page with 400
+    (413 when a file was too large: files.read_uploads says so)."""
     order = refuse_bad_input(order_id, action)
-    return render_order(order, status=400, values=form.values, errors=form.errors, form_name=action)
+    return render_order(order, status=getattr(form, "status", 400), values=form.values, errors=form.errors,
+                        form_name=action)
 
 
 def back_to(order_id):
@@ -384,8 +423,19 @@ def read_deliver_fields(form):
     return {"message": form.text("message", max_len=5000, multiline=True).strip()}
 
 
-def deliver_order(order_id, user, message):
-    transition("order_deliver", order_id, user, "deliver", performer_id=user["id"], message=message)
+def read_deliver_form(form):
+    """The HTML deliver form: the message, and up to 5 files of 10 MB (errors in form.errors)."""
+    return {**read_deliver_fields(form), "uploads": files.read_uploads(form)}
+
+
+def deliver_order(order_id, user, message, uploads=()):
+    """Hands the work in with its message; the files are attached to the delivery in the same
+    transaction (stored on disk only once the delivery is written)."""
+    act_as(user["id"])
+    row = db_one("order_deliver", order_id=order_id, performer_id=user["id"], message=message)
+    if row is None:
+        refuse(order_id, "deliver")
+    files.attach(uploads, user, delivery_id=row["delivery_id"])
 
 
 def read_accept_fields(form):
@@ -454,7 +504,7 @@ def accept_offer(order_id, offer_id, user):
 FORM_TRANSITIONS = {
     # action: (reader of the form's fields, transition, role, success message)
     "take": (None, take_order, "performer", lambda: _("The order is yours. Good luck with the work!")),
-    "deliver": (read_deliver_fields, deliver_order, "performer",
+    "deliver": (read_deliver_form, deliver_order, "performer",
                 lambda: _("The work is handed in. The customer will accept it or ask for a revision.")),
     "withdraw": (read_reason_fields, withdraw_order, "performer",
                  lambda: _("You gave the order back. It is open to other performers again.")),
@@ -482,13 +532,15 @@ def run_form_transition(order_id, action):
 
 
 def form_route(action, path=None):
-    """POST /orders/<id>/<action>: signed in, CSRF-checked, one transition."""
+    """POST /orders/<id>/<action>: signed in, CSRF-checked, one transition. Delivering takes files,
+    so its body may be as large as FILES_BODY_BYTES."""
     @csrf_protect
     @login_required
     def route(order_id):
         return run_form_transition(order_id, action)
     route.__name__ = f"order_{action}"
-    routes.post(f"/orders/<order_id:id>/{path or action}", callback=route, name=f"order_{path or action}")
+    config = {"max_body": FILES_BODY_BYTES} if action == "deliver" else {}
+    routes.post(f"/orders/<order_id:id>/{path or action}", callback=route, name=f"order_{path or action}", **config)
 
 
 for _action in FORM_TRANSITIONS:

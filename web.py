@@ -5,6 +5,8 @@ from here; this module knows nothing of them.
 Configuration is read from the application serving the request (`request.app.config`):
 `db.url`, `secret_key`, `cookie_secure`, `trusted_proxies`; `app.py` fills it in.
 """
+import contextlib
+import contextvars
 import datetime
 import hashlib
 import hmac
@@ -34,6 +36,7 @@ from i18n import LANGUAGES, TRANSLATIONS
 ROOT = Path(__file__).resolve().parent
 SESSION_DAYS = 14
 MAX_BODY_BYTES = 1024 * 1024  # every form here is small: a bigger body is a mistake or an attack
+FILES_BODY_BYTES = 60 * 1024 * 1024  # the routes that take files (route config max_body): 5 x 10 MB and the form
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,21 +293,48 @@ def stream(generator):
 
 
 def refuse_huge_bodies():
-    """Refuses a body over the limit before anything reads it. A body of unknown length
-    (`Transfer-Encoding: chunked`) is refused too: Bottle would read it whole, past any limit."""
+    """Refuses a body over its route's limit before anything reads it: MAX_BODY_BYTES, unless the
+    route says otherwise (`max_body=` in its config: the routes that take files). A body of
+    unknown length (`Transfer-Encoding: chunked`) is refused too: Bottle would read it whole, past
+    any limit."""
     if request.environ.get("HTTP_TRANSFER_ENCODING", "").strip():
         raise HTTPError(411, _("Send the request body with a Content-Length header: a chunked body is not accepted."))
     if not re.fullmatch(r"\d{0,18}", request.environ.get("CONTENT_LENGTH", "").strip()):
         raise HTTPError(400, _("The Content-Length header is not a number."))
-    if request.content_length > MAX_BODY_BYTES:
+    if request.content_length > MAX_BODY_BYTES and request.content_length > body_limit():
         raise HTTPError(413, _("The request is too large."))
+
+
+def body_limit():
+    """The body limit of the route this request goes to (hooks run before routing: match here)."""
+    try:
+        route, _args = request.app.router.match(request.environ)
+    except HTTPError:  # no such route or method: it will be a 404 or 405, reading nothing
+        return MAX_BODY_BYTES
+    return route.config.get("max_body", MAX_BODY_BYTES)
 
 
 # ---------------------------------------------------------------------------------------------
 # Language: the visitor's choice, and gettext in it (catalogs in i18n.py)
 
+_forced_lang = contextvars.ContextVar("birzha_forced_lang", default=None)
+
+
+@contextlib.contextmanager
+def language(lang):
+    """Translates into `lang` inside the block, whatever the request (mail to its recipient)."""
+    token = _forced_lang.set(lang if lang in LANGUAGES else "ru")
+    try:
+        yield
+    finally:
+        _forced_lang.reset(token)
+
+
 def current_lang():
-    """The cookie's language, else the best of Accept-Language, else Russian."""
+    """The language forced by `language()`, else the cookie's language, else the best of
+    Accept-Language, else Russian."""
+    if _forced_lang.get() is not None:
+        return _forced_lang.get()
     try:
         environ = request.environ
     except RuntimeError:
@@ -554,7 +584,10 @@ def csrf_token():
 
 def check_csrf():
     """403 unless the form field or X-CSRF-Token header carries this visitor's token."""
-    sent = request.headers.get("X-CSRF-Token") or request.forms.getunicode("csrf_token") or ""
+    try:
+        sent = request.headers.get("X-CSRF-Token") or request.forms.getunicode("csrf_token") or ""
+    except bottle.MultipartError:  # a multipart body that does not parse
+        raise error_response(400, _("The form data could not be read. Reload the page and try again."))
     expected = csrf_token()
     if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise error_response(403, _("The form has expired or did not come from this site. Reload the page and try again."))

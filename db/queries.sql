@@ -63,10 +63,14 @@ INSERT INTO sessions (token_hash, user_id, expires_at, user_agent)
 VALUES (%(token_hash)s, %(user_id)s, now() + make_interval(days => %(days)s), left(%(user_agent)s, 300))
 
 -- name: session_user
--- The signed-in user behind a cookie; blocked users and expired sessions give nothing.
-SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
+-- The signed-in user behind a cookie, with what they have not read yet (for the page header);
+-- blocked users and expired sessions give nothing.
+SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, u.lang,
+       coalesce(uc.unread_messages, 0) AS unread_messages,
+       coalesce(uc.unread_notifications, 0) AS unread_notifications
 FROM sessions s
 JOIN users u ON u.id = s.user_id
+LEFT JOIN user_counters uc ON uc.user_id = u.id
 WHERE s.token_hash = %(token_hash)s
   AND s.expires_at > now()
   AND NOT u.is_blocked
@@ -446,7 +450,7 @@ WITH delivered AS (
 INSERT INTO order_deliveries (order_id, performer_id, message)
 SELECT id, performer_id, %(message)s
 FROM delivered
-RETURNING order_id AS id
+RETURNING order_id AS id, id AS delivery_id
 
 -- name: order_accept
 -- The customer accepts the work handed in, with an optional rating and review.
@@ -1371,3 +1375,370 @@ LEFT JOIN users pe ON pe.id = o.performer_id
 ORDER BY o.id
 
 -- (end of the admin section)
+
+-- =============================================================================================
+-- Talking: conversations, messages, files, notifications, mail, password resets (issue 11)
+
+-- name: user_lang_set
+-- The language of the interface the user chose: their mail is written in it.
+UPDATE users
+SET lang = %(lang)s
+WHERE id = %(user_id)s
+  AND lang <> %(lang)s
+
+-- name: user_email_notifications_set
+UPDATE users
+SET email_notifications = %(on)s
+WHERE id = %(user_id)s
+  AND email_notifications <> %(on)s
+
+-- name: order_contacts
+-- The phone and messenger of an order's customer and performer, for the two of them once a
+-- performer is assigned.
+SELECT cu.phone AS customer_phone, cu.messenger AS customer_messenger,
+       pu.phone AS performer_phone, pu.messenger AS performer_messenger
+FROM orders o
+JOIN users cu ON cu.id = o.customer_id
+JOIN users pu ON pu.id = o.performer_id
+WHERE o.id = %(order_id)s
+  AND %(user_id)s IN (o.customer_id, o.performer_id)
+
+-- name: conversation_open
+-- The conversation of an order with a performer, opened if it is not there yet: by that performer
+-- (while the order is open, or once it is theirs), or by the customer with the performer assigned
+-- to the order or one who sent an offer on it. Nothing when the sender may not (conversations_guard
+-- checks the order again, FOR SHARE); nothing also when another request opened it at this moment.
+WITH found AS (
+    SELECT c.id
+    FROM conversations c
+    WHERE c.order_id = %(order_id)s
+      AND c.performer_id = %(performer_id)s
+      AND %(sender_id)s IN (c.customer_id, c.performer_id)
+), made AS (
+    INSERT INTO conversations (order_id, customer_id, performer_id)
+    SELECT o.id, o.customer_id, p.id
+    FROM orders o
+    JOIN users p ON p.id = %(performer_id)s
+    JOIN users cu ON cu.id = o.customer_id
+    WHERE o.id = %(order_id)s
+      AND NOT EXISTS (SELECT 1 FROM found)
+      AND p.role = 'performer'
+      AND NOT p.is_blocked
+      AND NOT cu.is_blocked
+      AND (o.status = 'open' OR o.performer_id = p.id)
+      AND (%(sender_id)s = p.id
+           OR (%(sender_id)s = o.customer_id
+               AND (o.performer_id = p.id
+                    OR EXISTS (SELECT 1 FROM offers f WHERE f.order_id = o.id AND f.performer_id = p.id))))
+    ON CONFLICT (order_id, performer_id) DO NOTHING
+    RETURNING id
+)
+SELECT id
+FROM found
+UNION ALL
+SELECT id
+FROM made
+
+-- name: message_send
+-- A message from one of the conversation's two people, not blocked, while the order is open or
+-- in the assigned performer's conversation; messages_guard numbers it and counts it unread.
+INSERT INTO messages (conversation_id, sender_id, body)
+SELECT c.id, u.id, %(body)s
+FROM conversations c
+JOIN orders o ON o.id = c.order_id
+JOIN users u ON u.id = %(sender_id)s
+WHERE c.id = %(conversation_id)s
+  AND u.id IN (c.customer_id, c.performer_id)
+  AND NOT u.is_blocked
+  AND (o.status = 'open' OR o.performer_id = c.performer_id)
+RETURNING id, seq, created_at
+
+-- name: conversation_of
+-- The conversation of an order with one performer, with both names and the order's state.
+SELECT c.id, c.order_id, c.customer_id, c.performer_id, c.message_count, c.last_message_at,
+       c.customer_unread, c.performer_unread, cu.name AS customer_name, pu.name AS performer_name,
+       (o.status = 'open' OR o.performer_id = c.performer_id) AS goes_on
+FROM conversations c
+JOIN orders o ON o.id = c.order_id
+JOIN users cu ON cu.id = c.customer_id
+JOIN users pu ON pu.id = c.performer_id
+WHERE c.order_id = %(order_id)s
+  AND c.performer_id = %(performer_id)s
+
+-- name: conversations_of_order
+-- The customer's conversations about one order, the latest first, with the customer's unread count.
+SELECT c.id, c.performer_id, pu.name AS performer_name, c.message_count, c.last_message_at,
+       c.customer_unread AS unread,
+       (o.status = 'open' OR o.performer_id = c.performer_id) AS goes_on
+FROM conversations c
+JOIN orders o ON o.id = c.order_id
+JOIN users pu ON pu.id = c.performer_id
+WHERE c.order_id = %(order_id)s
+  AND c.customer_id = %(customer_id)s
+ORDER BY c.last_message_at DESC, c.id DESC
+
+-- name: customer_may_write_to
+-- Whether an order's customer may open a conversation with this performer: the one assigned, or
+-- one who sent an offer on it.
+SELECT EXISTS (SELECT 1
+               FROM orders o
+               JOIN users p ON p.id = %(performer_id)s
+               WHERE o.id = %(order_id)s
+                 AND p.role = 'performer'
+                 AND (o.status = 'open' OR o.performer_id = p.id)
+                 AND (o.performer_id = p.id
+                      OR EXISTS (SELECT 1 FROM offers f WHERE f.order_id = o.id AND f.performer_id = p.id)))
+       AS may
+
+-- name: messages_of_conversation
+-- The latest %(limit)s messages of a conversation before seq %(before)s, oldest first on the page.
+SELECT m.id, m.seq, m.sender_id, u.name AS sender_name, m.body, m.created_at
+FROM (SELECT *
+      FROM messages
+      WHERE conversation_id = %(conversation_id)s
+        AND seq < %(before)s
+      ORDER BY seq DESC
+      LIMIT %(limit)s) AS m
+JOIN users u ON u.id = m.sender_id
+ORDER BY m.seq
+
+-- name: conversation_mark_read
+-- The reader has read everything in the conversation: their read mark moves to the last message
+-- (conversations_guard recounts their unread messages). Writes only when something is unread.
+UPDATE conversations
+SET customer_read_seq = CASE WHEN customer_id = %(user_id)s THEN message_count ELSE customer_read_seq END,
+    performer_read_seq = CASE WHEN performer_id = %(user_id)s THEN message_count ELSE performer_read_seq END
+WHERE id = %(conversation_id)s
+  AND %(user_id)s IN (customer_id, performer_id)
+  AND CASE WHEN customer_id = %(user_id)s THEN customer_read_seq ELSE performer_read_seq END < message_count
+RETURNING id
+
+-- name: notifications_read_for_conversation
+-- Reading a conversation also reads the notifications of its messages.
+UPDATE notifications
+SET read_at = now()
+WHERE user_id = %(user_id)s
+  AND read_at IS NULL
+  AND kind = 'message_received'
+  AND order_id = %(order_id)s
+  AND params ->> 'conversation_id' = %(conversation_id)s::text
+
+-- name: conversations_inbox
+-- The user's conversations with at least one message, the latest first, with their side's unread
+-- count and the last message; keyset page after (last_message_at, id).
+SELECT c.id, c.order_id, o.title, c.customer_id, c.performer_id, cu.name AS customer_name,
+       pu.name AS performer_name, c.last_message_at, c.message_count,
+       CASE WHEN c.customer_id = %(user_id)s THEN c.customer_unread ELSE c.performer_unread END AS unread,
+       (o.status = 'open' OR o.performer_id = c.performer_id) AS goes_on,
+       last.body AS last_body, last.sender_id AS last_sender_id
+FROM conversations c
+JOIN orders o ON o.id = c.order_id
+JOIN users cu ON cu.id = c.customer_id
+JOIN users pu ON pu.id = c.performer_id
+JOIN messages last ON last.conversation_id = c.id
+                  AND last.seq = c.message_count
+WHERE (c.customer_id = %(user_id)s OR c.performer_id = %(user_id)s)
+  AND (c.last_message_at, c.id) < (%(after_at)s, %(after_id)s)
+ORDER BY c.last_message_at DESC, c.id DESC
+LIMIT %(limit)s
+
+-- name: admin_log_conversation_read
+-- A staff member who is not one of its people reads a conversation (or one of its files): allowed
+-- only while the order is disputed, and written to the audit log by the same statement.
+INSERT INTO admin_log (staff_id, action, target_type, target_id, reason, after)
+SELECT s.id, %(action)s, 'order', o.id, '',
+       jsonb_strip_nulls(jsonb_build_object('conversation_id', c.id, 'performer_id', c.performer_id,
+                                            'file_id', %(file_id)s::bigint))
+FROM conversations c
+JOIN orders o ON o.id = c.order_id
+JOIN users s ON s.id = %(staff_id)s
+WHERE c.id = %(conversation_id)s
+  AND o.status = 'disputed'
+  AND s.is_staff
+  AND NOT s.is_blocked
+  AND s.id NOT IN (c.customer_id, c.performer_id)
+RETURNING id
+
+-- name: file_attach
+-- files_guard checks that the uploader wrote the message or delivery in this transaction.
+INSERT INTO files (sha256, size, name, content_type, uploader_id, message_id, delivery_id, position)
+VALUES (%(sha256)s, %(size)s, %(name)s, %(content_type)s, %(uploader_id)s, %(message_id)s, %(delivery_id)s,
+        %(position)s)
+RETURNING id
+
+-- name: files_of_messages
+SELECT id, message_id, name, size, content_type
+FROM files
+WHERE message_id = ANY(%(message_ids)s::bigint[])
+ORDER BY message_id, position
+
+-- name: files_of_order_deliveries
+SELECT f.id, f.delivery_id, f.name, f.size, f.content_type
+FROM files f
+JOIN order_deliveries d ON d.id = f.delivery_id
+WHERE d.order_id = %(order_id)s
+ORDER BY f.delivery_id, f.position
+
+-- name: file_for_reader
+-- A file with the reader's right to it: 'party' for the two people of its conversation, and for a
+-- delivery's file the order's customer, its performer and the delivery's performer; 'dispute' for
+-- staff on a message's file while the order is disputed (the read must be logged); 'staff' for
+-- staff on a delivery's file (deliveries are on the order page staff read); NULL for anyone else.
+SELECT f.id, f.sha256, f.size, f.name, f.content_type, f.message_id, f.delivery_id,
+       c.id AS conversation_id, coalesce(c.order_id, d.order_id) AS order_id,
+       CASE
+           WHEN f.message_id IS NOT NULL AND %(user_id)s IN (c.customer_id, c.performer_id) THEN 'party'
+           WHEN f.delivery_id IS NOT NULL AND %(user_id)s IN (o.customer_id, o.performer_id, d.performer_id) THEN 'party'
+           WHEN NOT u.is_staff THEN NULL
+           WHEN f.message_id IS NOT NULL AND o.status = 'disputed' THEN 'dispute'
+           WHEN f.delivery_id IS NOT NULL THEN 'staff'
+       END AS access
+FROM files f
+JOIN users u ON u.id = %(user_id)s
+LEFT JOIN messages m ON m.id = f.message_id
+LEFT JOIN conversations c ON c.id = m.conversation_id
+LEFT JOIN order_deliveries d ON d.id = f.delivery_id
+JOIN orders o ON o.id = coalesce(c.order_id, d.order_id)
+WHERE f.id = %(file_id)s
+
+-- name: notifications_page
+-- A user's notifications, newest first; keyset page after an id, with the order's title.
+SELECT n.id, n.kind, n.order_id, n.params, n.created_at, n.read_at, o.title AS order_title,
+       o.customer_id = n.user_id AS for_customer
+FROM notifications n
+JOIN orders o ON o.id = n.order_id
+WHERE n.user_id = %(user_id)s
+  AND n.id < %(after_id)s
+ORDER BY n.id DESC
+LIMIT %(limit)s
+
+-- name: notification_read
+UPDATE notifications
+SET read_at = now()
+WHERE id = %(id)s
+  AND user_id = %(user_id)s
+  AND read_at IS NULL
+RETURNING id
+
+-- name: notification_exists
+SELECT id
+FROM notifications
+WHERE id = %(id)s
+  AND user_id = %(user_id)s
+
+-- name: notifications_read_all
+UPDATE notifications
+SET read_at = now()
+WHERE user_id = %(user_id)s
+  AND read_at IS NULL
+
+-- name: user_unread_counts
+SELECT unread_messages, unread_notifications
+FROM user_counters
+WHERE user_id = %(user_id)s
+
+-- name: mail_claim
+-- One due mail, claimed by this sender until its transaction ends; rows another sender holds are
+-- skipped, so two ticks never take the same one. Everything the mail says comes with it.
+SELECT m.id, m.attempts, m.reset_token, m.notification_id, m.password_reset_id,
+       u.email, u.name, u.lang, u.is_blocked, u.email_notifications,
+       n.kind, n.params, n.order_id, o.title AS order_title, o.customer_id = u.id AS for_customer
+FROM mail_outbox m
+JOIN users u ON u.id = m.user_id
+LEFT JOIN notifications n ON n.id = m.notification_id
+LEFT JOIN orders o ON o.id = n.order_id
+WHERE m.sent_at IS NULL
+  AND m.failed_at IS NULL
+  AND m.next_attempt_at <= now()
+ORDER BY m.next_attempt_at, m.id
+LIMIT 1
+FOR UPDATE OF m SKIP LOCKED
+
+-- name: mail_sent
+UPDATE mail_outbox
+SET sent_at = now(),
+    attempts = attempts + 1,
+    reset_token = NULL,
+    last_error = NULL
+WHERE id = %(id)s
+  AND sent_at IS NULL
+
+-- name: mail_failed
+-- A failed attempt: the next one after %(wait)s seconds, or none (failed_at) when %(final)s.
+UPDATE mail_outbox
+SET attempts = attempts + 1,
+    last_error = left(%(error)s, 1000),
+    next_attempt_at = now() + make_interval(secs => %(wait)s),
+    failed_at = CASE WHEN %(final)s THEN now() END,
+    reset_token = CASE WHEN %(final)s THEN NULL ELSE reset_token END
+WHERE id = %(id)s
+  AND sent_at IS NULL
+
+-- name: mail_outbox_purge
+-- The tick: mail sent or given up more than 30 days ago.
+DELETE FROM mail_outbox
+WHERE coalesce(sent_at, failed_at) < now() - interval '30 days'
+
+-- name: password_reset_request
+-- A "forgot password" request: throttled, recorded, and a link mailed when the email is an
+-- account's, all in password_reset_request(); 0 back means accepted, more the seconds to wait.
+SELECT password_reset_request(%(email)s, %(address)s, %(token)s) AS wait_seconds
+
+-- name: password_reset_valid
+SELECT r.id, r.user_id
+FROM password_resets r
+JOIN users u ON u.id = r.user_id
+WHERE r.token_hash = %(token_hash)s
+  AND r.used_at IS NULL
+  AND r.expires_at > now()
+  AND NOT u.is_blocked
+
+-- name: password_reset_use
+-- A reset link sets the new password once: the link is marked used (a second use finds it used,
+-- after waiting for the first), the user's other links too, and the trigger
+-- users_end_sessions_on_password_change ends every session.
+WITH claimed AS (
+    UPDATE password_resets r
+    SET used_at = now()
+    FROM users u
+    WHERE r.token_hash = %(token_hash)s
+      AND r.used_at IS NULL
+      AND r.expires_at > now()
+      AND u.id = r.user_id
+      AND NOT u.is_blocked
+    RETURNING r.id, r.user_id
+), others AS (
+    UPDATE password_resets r
+    SET used_at = now()
+    FROM claimed c
+    WHERE r.user_id = c.user_id
+      AND r.id <> c.id
+      AND r.used_at IS NULL
+)
+UPDATE users u
+SET password_hash = %(password_hash)s
+FROM claimed c
+WHERE u.id = c.user_id
+RETURNING u.id, u.email
+
+-- name: password_resets_purge
+-- The tick: expired links (their unsent mail goes with them) and requests past the throttle's hour.
+WITH links AS (
+    DELETE FROM password_resets
+    WHERE expires_at < now()
+)
+DELETE FROM password_reset_requests
+WHERE at < now() - interval '1 hour'
+
+-- name: user_mail_settings
+SELECT email_notifications, lang
+FROM users
+WHERE id = %(user_id)s
+
+-- name: mail_outbox_settle_all
+-- Demo data only: the mail of the made-up story counts as sent, so the first tick sends nothing.
+UPDATE mail_outbox
+SET sent_at = now(),
+    reset_token = NULL
+WHERE sent_at IS NULL
+  AND failed_at IS NULL
