@@ -25,7 +25,7 @@ from db import Q
 from test_app_core import LONG_OUTAGE, RECOVERY, own_server, serves_again_by, start_and_wait_until_accepting  # noqa: F401
 
 WRITERS = 4  # client threads writing through the API
-STEPS = ("create", "take", "complete", "rate")  # one order's way, each step a request
+STEPS = ("create", "take", "deliver", "accept")  # one order's way, each step a request
 MAX_CYCLES = 2000  # orders per writer at most, whatever the clock says
 SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "30"))
 SOAK_CONNECTIONS = 32
@@ -107,7 +107,7 @@ class Ledger:
 
 
 def writer(port, pair, ledger, stop, deadline):
-    """Orders along their whole way (create, take, complete, rate) until stopped; after an error
+    """Orders along their whole way (create, take, deliver, accept with a rating) until stopped; after an error
     answer it starts a new order, since the old one may or may not have moved."""
     customer, performer = pair
     for cycle in range(MAX_CYCLES):
@@ -121,8 +121,8 @@ def writer(port, pair, ledger, stop, deadline):
         if status != 201:
             time.sleep(0.1)
             continue
-        for step, token, payload in (("take", performer, {}), ("complete", performer, {}),
-                                     ("rate", customer, {"rating": 7, "review": "Fine"})):
+        for step, token, payload in (("take", performer, {}), ("deliver", performer, {"message": "Here it is"}),
+                                     ("accept", customer, {"rating": 7, "review": "Fine"})):
             sent = time.monotonic()
             status, _body = call(port, "POST", f"/api/v1/orders/{body['id']}/{step}", token, payload)
             ledger.add(step, body["id"], status, sent)
@@ -174,8 +174,10 @@ def rank(order):
         return 0
     if order["status"] == "in_progress":
         return 1
-    assert order["status"] == "done", order
-    return 3 if order["rating"] is not None else 2
+    if order["status"] == "delivered":
+        return 2
+    assert order["status"] == "done" and order["rating"] is not None, order
+    return 3
 
 
 def check_writes(url, ledger):
@@ -312,8 +314,8 @@ def soaker(port, pair, stop, deadline, results):
         expect(200, "GET", f"/orders/{order['id']}")
         expect(200, "POST", f"/api/v1/orders/{order['id']}/take", performer)
         expect(200, "GET", "/api/v1/orders?category=design")
-        expect(200, "POST", f"/api/v1/orders/{order['id']}/complete", performer)
-        expect(200, "POST", f"/api/v1/orders/{order['id']}/rate", customer, {"rating": 9})
+        expect(200, "POST", f"/api/v1/orders/{order['id']}/deliver", performer, {"message": "Here it is"})
+        expect(200, "POST", f"/api/v1/orders/{order['id']}/accept", customer, {"rating": 9})
         expect(200, "GET", "/api/v1/me", performer)
         expect(200, "GET", "/performers")
         if wrong:
