@@ -22,5 +22,10 @@ psql: venv
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Every scenario of bench/README.md against gunicorn (2 sync workers) at 1,000,000 orders, with the
+# /healthz floor: one table. The data set is built once in bench/out/ (BENCH_ARGS="--orders 100000").
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
