@@ -871,7 +871,7 @@ SELECT u.id,
        s.rating_avg
 FROM performer_stats s
 JOIN users u ON u.id = s.performer_id
-ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
 LIMIT %(limit)s
 
 -- name: admin_counters_recalc

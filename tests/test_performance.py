@@ -248,3 +248,16 @@ def test_no_page_runs_more_statements_as_its_data_grows(db, make_client, make_us
     grown = {key: (len(small[key]), len(large[key]), large[key]) for key in small if len(large[key]) > len(small[key])}
     assert not grown, json.dumps({" ".join(k): v for k, v in grown.items()}, ensure_ascii=False, indent=1)
     assert all(small.values())  # the counter sees the app's statements
+
+
+@pytest.mark.parametrize("name", ["home_performers_top", "admin_top_performers"])
+def test_the_top_performers_read_the_rank_index_instead_of_sorting_every_performer(bench_data, name):
+    nodes = explain(bench_data, name, {"limit": 10})
+    assert [n for n in nodes if n.get("Index Name") == "performer_stats_rank_idx"], [n["Node Type"] for n in nodes]
+    assert not [n for n in nodes if "Sort" in n["Node Type"]]
+    top = [r["id"] for r in bench_data.execute(Q[name], {"limit": 10})]
+    expected = [r["id"] for r in bench_data.execute(
+        "SELECT s.performer_id AS id FROM performer_stats s JOIN users u ON u.id = s.performer_id "
+        + ("WHERE NOT u.is_blocked AND s.orders_completed > 0 " if name == "home_performers_top" else "")
+        + "ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id LIMIT 10")]
+    assert top == expected
