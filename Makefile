@@ -27,5 +27,10 @@ test: venv
 soak: venv
 	SOAK_SECONDS=300 $(PY) -m pytest -p no:cacheprovider -s --timeout=900 tests/test_faults.py -k soak $(PYTEST_ARGS)
 
+# Every scenario of bench/README.md against gunicorn (2 sync workers) at 1,000,000 orders, with the
+# /healthz floor: one table. The data set is built once in bench/out/ (BENCH_ARGS="--orders 100000").
+bench: venv
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

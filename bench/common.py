@@ -11,17 +11,19 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 
 
-def bench_database(orders=1_000_000):
-    """A local PostgreSQL in bench/out/pgdata with the schema and `orders` orders (built once)."""
+def bench_database(orders=1_000_000, users=None):
+    """A local PostgreSQL in bench/out/pgdata with the schema and `orders` orders (built once;
+    the million lives in the database bench, other sizes in bench_<orders>)."""
     import db
     import seed
     from devserver import LocalPostgres, ensure_database
     OUT.mkdir(exist_ok=True)
     server = LocalPostgres(OUT / "pgdata")
-    ensure_database(server.uri(), "bench")
-    url = server.uri("bench")
-    db.apply_schema(url)
-    seed.seed(url, orders)
+    name = "bench" if orders == 1_000_000 else f"bench_{orders}"
+    ensure_database(server.uri(), name)
+    url = server.uri(name)
+    db.migrate(url, log=lambda *a: None)
+    seed.seed(url, orders, users or max(1000, orders // 10))
     return server, url
 
 

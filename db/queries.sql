@@ -271,12 +271,12 @@ ON CONFLICT DO NOTHING
 -- name: performers_catalogue
 -- Performers not blocked, best average first (unrated last), then most completed, then id.
 -- Keyset pagination: %(after)s is the id of the last performer shown; the next page starts after
--- that performer's place in the order.
-WITH cursor_row AS (
-    SELECT rating_avg, orders_completed, performer_id
-    FROM performer_stats
-    WHERE performer_id = %(after)s
-)
+-- that performer's place in the order. The order is the keys of performer_stats_rank_idx, all
+-- descending — (coalesce(rating_avg, 0), orders_completed, -performer_id): ratings are 1..10, so
+-- 0 puts the unrated last, and -id keeps ties in ascending id — and the cursor is one row
+-- comparison on them, an index condition: a deep page costs what the first one does. The first
+-- page starts above the top (the planner folds the CASEs with the values bound); an unknown
+-- performer as cursor gives an empty page.
 SELECT u.id, u.name, s.rating_avg, s.rating_count, s.orders_completed,
        (SELECT coalesce(json_agg(json_build_object('slug', c.slug, 'name_ru', c.name_ru,
                                                    'name_en', c.name_en) ORDER BY c.id), '[]')
@@ -284,9 +284,8 @@ SELECT u.id, u.name, s.rating_avg, s.rating_count, s.orders_completed,
         JOIN categories c ON c.id = pc.category_id
         WHERE pc.performer_id = u.id
           AND NOT c.is_hidden) AS categories
-FROM users u
-JOIN performer_stats s ON s.performer_id = u.id
-LEFT JOIN cursor_row k ON true
+FROM performer_stats s
+JOIN users u ON u.id = s.performer_id
 WHERE u.role = 'performer'
   AND NOT u.is_blocked
   AND (%(category_id)s::integer IS NULL
@@ -294,13 +293,20 @@ WHERE u.role = 'performer'
                   FROM performer_categories pc
                   WHERE pc.performer_id = u.id
                     AND pc.category_id = %(category_id)s))
-  AND (%(after)s::bigint IS NULL
-       OR s.rating_avg < k.rating_avg
-       OR (s.rating_avg IS NULL AND k.rating_avg IS NOT NULL)
-       OR (s.rating_avg IS NOT DISTINCT FROM k.rating_avg
-           AND (s.orders_completed < k.orders_completed
-                OR (s.orders_completed = k.orders_completed AND s.performer_id > k.performer_id))))
-ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+  AND (coalesce(s.rating_avg, 0), s.orders_completed, -s.performer_id)
+      < (CASE WHEN %(after)s::bigint IS NULL
+              THEN 11
+              ELSE (SELECT coalesce(k.rating_avg, 0) FROM performer_stats k WHERE k.performer_id = %(after)s::bigint)
+         END,
+         CASE WHEN %(after)s::bigint IS NULL
+              THEN 2147483647
+              ELSE (SELECT k.orders_completed FROM performer_stats k WHERE k.performer_id = %(after)s::bigint)
+         END,
+         CASE WHEN %(after)s::bigint IS NULL
+              THEN 0
+              ELSE (SELECT -k.performer_id FROM performer_stats k WHERE k.performer_id = %(after)s::bigint)
+         END)
+ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
 LIMIT %(limit)s
 
 -- name: performer_public
@@ -360,7 +366,7 @@ FROM performer_stats s
 JOIN users u ON u.id = s.performer_id
 WHERE NOT u.is_blocked
   AND s.orders_completed > 0
-ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
 LIMIT %(limit)s
 
 -- =============================================================================================
@@ -713,25 +719,23 @@ LIMIT 21
 -- name: orders_feed_window_edge
 -- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search
 -- first looks only between the cursor and this edge (see orders_feed_search_older for why).
-WITH window_rows AS MATERIALIZED (
-    SELECT o.id, o.created_at, o.budget
-    FROM orders o
-    WHERE o.status = 'open'
-      AND CASE WHEN %(sort)s::text = 'budget'
-               THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
-               ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
-          END
-    ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
-             CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
-             o.id DESC
-    LIMIT %(window)s
-)
-SELECT w.id, w.created_at, w.budget
-FROM window_rows w
-WHERE (SELECT count(*) FROM window_rows) = %(window)s
-ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN w.budget END,
-         CASE WHEN %(sort)s::text = 'new' THEN w.created_at END,
-         w.id
+-- It reads only the sort's key and the id (the other key is NULL), so it is an index-only walk of
+-- the partial feed index of that sort (orders_feed_new_idx or orders_feed_budget_idx): reading
+-- the heap, the planner preferred orders_created_at_idx, which also walks every closed order in
+-- between and every dead row a burst of writes leaves behind.
+SELECT o.id,
+       CASE WHEN %(sort)s::text = 'new' THEN o.created_at END AS created_at,
+       CASE WHEN %(sort)s::text = 'budget' THEN o.budget END AS budget
+FROM orders o
+WHERE o.status = 'open'
+  AND CASE WHEN %(sort)s::text = 'budget'
+           THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+           ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
+      END
+ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
+         CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         o.id DESC
+OFFSET %(window)s - 1
 LIMIT 1
 
 -- name: orders_feed_search_older
@@ -871,7 +875,7 @@ SELECT u.id,
        s.rating_avg
 FROM performer_stats s
 JOIN users u ON u.id = s.performer_id
-ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
 LIMIT %(limit)s
 
 -- name: admin_counters_recalc

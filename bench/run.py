@@ -1,0 +1,271 @@
+"""`make bench`: every scenario of issue 13 against gunicorn (2 sync workers, as the README
+recommends for production), each right after a run of the /healthz floor, in one table.
+
+Builds (or reuses) the bench data set in bench/out/pgdata (1,000,000 orders, 100,000 users: see
+seed.py), starts gunicorn on 127.0.0.1, and for each scenario runs `wrk -t2 -cCONNS` (reads) or a
+Python load generator (the write mix over the API: create, take, deliver, accept with a rating).
+CPU per request is read from /proc (utime + stime) of gunicorn's processes and of PostgreSQL's.
+Usage: python bench/run.py [--orders N] [--seconds S] [--floor-seconds S] [--connections C] [--only WORD]
+"""
+import argparse
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import quote
+
+import psutil
+import psycopg
+from psycopg.rows import dict_row
+
+from common import Gunicorn, OUT, bench_database, machine
+
+PORT = 8182
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts and the pages' parameters
+
+def session_for(connection, user_id):
+    token = secrets.token_urlsafe(32)
+    connection.execute("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + interval '1 day')",
+                       (hashlib.sha256(token.encode()).digest(), user_id))
+    return f"birzha_session={token}"
+
+
+def api_token_for(connection, user_id):
+    token = "bz_" + secrets.token_urlsafe(24)
+    connection.execute("INSERT INTO api_tokens (user_id, token_hash, label) VALUES (%s, %s, 'bench')",
+                       (user_id, hashlib.sha256(token.encode()).digest()))
+    return token
+
+
+def prepare(url, writers):
+    """Sessions, tokens and the ids the scenarios need, read from the data set."""
+    with psycopg.connect(url, row_factory=dict_row, autocommit=True) as c:
+        one = lambda sql, *a: c.execute(sql, a).fetchone()  # noqa: E731
+        staff = one("""INSERT INTO users (role, email, password_hash, name, is_staff)
+                       VALUES ('customer', 'bench-staff@bench.test', 'x', 'Bench staff', true)
+                       ON CONFLICT (lower(email)) DO UPDATE SET is_staff = true RETURNING id""")["id"]
+        customer = one("""SELECT customer_id AS id, count(*) AS n FROM orders GROUP BY 1
+                          ORDER BY count(*) DESC LIMIT 1""")
+        performer = one("""SELECT performer_id AS id, count(*) AS n FROM orders WHERE performer_id IS NOT NULL
+                           GROUP BY 1 ORDER BY count(*) DESC LIMIT 1""")
+        reviewed = one("""SELECT performer_id AS id, count(*) AS n FROM orders WHERE rating IS NOT NULL
+                          GROUP BY 1 ORDER BY count(*) DESC LIMIT 1""")
+        deep = one("""SELECT created_at, id FROM orders WHERE status = 'open'
+                      ORDER BY created_at DESC, id DESC OFFSET 19999 LIMIT 1""")
+        catalogue_deep = one("""SELECT s.performer_id AS id FROM performer_stats s JOIN users u ON u.id = s.performer_id
+                                WHERE NOT u.is_blocked
+                                ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
+                                OFFSET 1979 LIMIT 1""")
+        order = one("""SELECT id FROM orders WHERE status = 'done' AND mode = 'offers' AND review IS NOT NULL
+                       ORDER BY id LIMIT 1""")["id"]
+        # writers: pairs of a customer and a performer with API tokens, none of them the heavy accounts
+        people = c.execute("""(SELECT id, role::text FROM users WHERE role = 'customer' AND NOT is_blocked
+                                AND NOT is_staff ORDER BY id DESC LIMIT %(n)s)
+                              UNION ALL
+                              (SELECT id, role::text FROM users WHERE role = 'performer' AND NOT is_blocked
+                               ORDER BY id DESC LIMIT %(n)s)""", {"n": writers}).fetchall()
+        customers = [p["id"] for p in people if p["role"] == "customer"]
+        performers = [p["id"] for p in people if p["role"] == "performer"]
+        pairs = [(api_token_for(c, cu), api_token_for(c, pe)) for cu, pe in zip(customers, performers)]
+        cursor = quote(f"{deep['created_at'].isoformat()}_{deep['id']}")
+        return {
+            "staff": session_for(c, staff),
+            "customer": session_for(c, customer["id"]), "customer_orders": customer["n"],
+            "performer": session_for(c, performer["id"]), "performer_orders": performer["n"],
+            "reviewed": reviewed["id"], "reviews": reviewed["n"],
+            "deep_cursor": cursor, "catalogue_after": catalogue_deep["id"], "order": order,
+            "pairs": pairs,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+def cpu_seconds(pids):
+    total = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total[pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class Cpu:
+    """CPU seconds of gunicorn (master and workers) and of PostgreSQL (postmaster and children)."""
+
+    def __init__(self, gunicorn_pid):
+        self.gunicorn = psutil.Process(gunicorn_pid)
+        with open(OUT / "pgdata" / "postmaster.pid") as pid_file:
+            self.postgres = psutil.Process(int(pid_file.readline()))
+
+    def snapshot(self):
+        app = [self.gunicorn.pid] + [p.pid for p in self.gunicorn.children(recursive=True)]
+        pg = [self.postgres.pid] + [p.pid for p in self.postgres.children(recursive=True)]
+        return cpu_seconds(app), cpu_seconds(pg)
+
+    @staticmethod
+    def spent(before, after):
+        return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def ms(text):
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url, seconds, connections, headers=()):
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
+    for header in headers:
+        command += ["-H", header]
+    out = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"requests": requests,
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),
+            "p99": ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),
+            "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket.groups())) if socket else 0)}
+
+
+def write_mix(port, pairs, seconds):
+    """Each thread, with its own customer and performer: create an order, take it, deliver it,
+    accept it with a rating — four writes over the API, each a new connection (sync workers)."""
+    latencies, errors, lock = [], [0], threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def call(method, path, token, body):
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request(method, path, json.dumps(body),
+                               {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            reply = connection.getresponse()
+            data = reply.read()
+            ok = 200 <= reply.status < 300
+        except OSError:
+            ok, data = False, b""
+        finally:
+            connection.close()
+        with lock:
+            latencies.append((time.monotonic() - started) * 1000)
+            if not ok:
+                errors[0] += 1
+        return json.loads(data) if ok else None
+
+    def worker(n, customer, performer):
+        while time.monotonic() < deadline:
+            order = call("POST", "/api/v1/orders", customer,
+                         {"title": f"Bench write {n} заказ", "description": "Запись из бенча / a bench write",
+                          "category": "design", "budget": 1000 + n})
+            if not order:
+                continue
+            base = f"/api/v1/orders/{order['id']}"
+            if call("POST", base + "/take", performer, {}) and \
+                    call("POST", base + "/deliver", performer, {"message": "Готово / done"}):
+                call("POST", base + "/accept", customer, {"rating": 1 + n % 10, "review": ""})
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(n, c, p)) for n, (c, p) in enumerate(pairs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    count = len(latencies)
+    return {"requests": count, "rps": count / elapsed, "p50": latencies[count // 2],
+            "p99": latencies[min(count - 1, int(count * 0.99))], "errors": errors[0]}
+
+
+# ---------------------------------------------------------------------------------------------
+
+def scenarios(p):
+    logo = quote("логотип")
+    anonymous = ()
+    return [
+        ("feed, first page", "/orders", anonymous),
+        ("feed by category", "/orders?category=design", anonymous),
+        ("feed by budget", "/orders?sort=budget", anonymous),
+        ("feed 1,000 pages deep", f"/orders?after={p['deep_cursor']}", anonymous),
+        ("search q=логотип", f"/orders?q={logo}", anonymous),
+        ("order page", f"/orders/{p['order']}", anonymous),
+        ("catalogue", "/performers", anonymous),
+        ("catalogue, 100th page", f"/performers?after={p['catalogue_after']}", anonymous),
+        (f"public profile ({p['reviews']} reviews)", f"/performers/{p['reviewed']}", anonymous),
+        (f"customer cabinet ({p['customer_orders']} orders)", "/cabinet", ("Cookie: " + p["customer"],)),
+        (f"performer cabinet ({p['performer_orders']} orders)", "/cabinet", ("Cookie: " + p["performer"],)),
+        ("admin dashboard", "/admin", ("Cookie: " + p["staff"],)),
+        ("write mix over the API", None, None),
+        ("search q=логотип right after the write mix", f"/orders?q={logo}", anonymous),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=int(os.environ.get("BENCH_ORDERS", 1_000_000)))
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--floor-seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--only")
+    args = parser.parse_args()
+    _server, url = bench_database(args.orders)
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("VACUUM ANALYZE orders")  # the state a bench starts from: autovacuum caught up
+        counts = c.execute("SELECT count(*), count(*) FILTER (WHERE status = 'open') FROM orders").fetchone()
+        users = c.execute("SELECT count(*) FROM users").fetchone()[0]
+    params = prepare(url, args.writers)
+    print(f"# make bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(f"{counts[0]:,} orders ({counts[1]:,} open), {users:,} users; gunicorn 2 sync workers; "
+          f"wrk -t2 -c{args.connections} {args.seconds} s per scenario, /healthz {args.floor_seconds} s before each\n")
+    rows = []
+    with Gunicorn(url, port=PORT, workers=2) as web:
+        cpu = Cpu(web.process.pid)
+        for label, path, headers in scenarios(params):
+            if args.only and args.only not in label:
+                continue
+            floor = wrk(web.base + "/healthz", args.floor_seconds, args.connections)
+            before = cpu.snapshot()
+            if path is None:
+                with psycopg.connect(url) as c:
+                    written_before = c.execute("SELECT count(*) FROM order_history").fetchone()[0]
+                result = write_mix(PORT, params["pairs"], args.seconds)
+                with psycopg.connect(url) as c:
+                    written = c.execute("SELECT count(*) FROM order_history").fetchone()[0] - written_before
+                    drift = c.execute("SELECT count(*) FROM audit_counters()").fetchone()[0]
+                done = result["requests"] - result["errors"]
+                label += (f" ({done:,} writes, {done / args.seconds:.0f}/s; {written:,} order_history rows; "
+                          f"audit_counters(): {drift} rows)")
+            else:
+                result = wrk(web.base + path, args.seconds, args.connections, headers)
+            after = cpu.snapshot()
+            app_ms = Cpu.spent(before[0], after[0]) * 1000 / max(result["requests"], 1)
+            pg_ms = Cpu.spent(before[1], after[1]) * 1000 / max(result["requests"], 1)
+            rss = [round(psutil.Process(pid).memory_info().rss / 2**20) for pid in web.worker_pids()]
+            row = (f"| {label} | {result['rps']:.0f} | {result['p50']:.1f} | {result['p99']:.1f} | "
+                   f"{result['errors']} | {floor['rps']:.0f} | {result['rps'] / max(floor['rps'], 1):.0%} | "
+                   f"{app_ms:.2f} + {pg_ms:.2f} | {'/'.join(map(str, rss))} |")
+            if not rows:
+                print("| scenario | req/s | p50 ms | p99 ms | errors | /healthz req/s just before | share of the floor "
+                      "| CPU ms per request (app + PostgreSQL) | worker RSS MiB |")
+                print("|---|---|---|---|---|---|---|---|---|")
+            rows.append(row)
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

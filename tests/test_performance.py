@@ -1,0 +1,263 @@
+"""Performance shape (issue 13): the bench's data generator, the plans of the feed, the search, the
+catalogue and the cabinets on a data set big enough for the planner to prefer indexes, and the
+number of SQL statements each main page runs as its data grows."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from db import Q
+import orders as orders_module
+from orders import END_OF_TIME, LAST_ID, TOP_BUDGET
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import seed as bench_seed  # noqa: E402
+
+STATUSES = {"open", "in_progress", "delivered", "disputed", "done", "cancelled"}
+
+
+@pytest.fixture
+def bench_data(db, db_url):
+    """The bench's generator at a small size: 20,000 orders, 20,000 users (VACUUM ANALYZE'd)."""
+    bench_seed.seed(db_url, orders=20000, users=20000, quiet=True)
+    return db
+
+
+def test_the_bench_generator_makes_every_status_offers_all_ratings_both_languages_and_exact_counters(bench_data):
+    db = bench_data
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == 20000
+    assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] == 20000
+    assert {r["status"] for r in db.execute("SELECT DISTINCT status::text FROM orders")} == STATUSES
+    assert {r["mode"] for r in db.execute("SELECT DISTINCT mode::text FROM orders")} == {"take", "offers"}
+    ratings = {r["rating"] for r in db.execute("SELECT DISTINCT rating FROM orders WHERE rating IS NOT NULL")}
+    assert ratings == set(range(1, 11))
+    assert db.execute("SELECT count(*) AS n FROM orders WHERE review IS NOT NULL").fetchone()["n"] > 0
+    # offers: active ones on open offers-mode orders, accepted and declined ones on the others
+    offers = {r["status"]: r["n"] for r in db.execute("SELECT status::text, count(*) AS n FROM offers GROUP BY 1")}
+    assert set(offers) == {"active", "accepted", "declined"}
+    assert db.execute("SELECT count(*) AS n FROM orders WHERE status = 'open' AND mode = 'offers' "
+                      "AND offers_active > 0").fetchone()["n"] > 0
+    assert db.execute("SELECT count(*) AS n FROM order_deliveries").fetchone()["n"] > 0
+    # Russian and English text
+    for column in ("title", "description"):
+        assert db.execute(f"SELECT count(*) AS n FROM orders WHERE {column} ~ '[а-яА-Я]'").fetchone()["n"] > 0
+        assert db.execute(f"SELECT count(*) AS n FROM orders WHERE {column} !~ '[а-яА-Я]'").fetchone()["n"] > 0
+    # the heavy accounts the bench's cabinet and profile pages use
+    assert db.execute("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM orders GROUP BY customer_id) c"
+                      ).fetchone()["n"] == 500
+    assert db.execute("SELECT max(n) AS n FROM (SELECT count(*) AS n FROM orders WHERE performer_id IS NOT NULL "
+                      "GROUP BY performer_id) c").fetchone()["n"] >= 1000
+    assert db.execute("SELECT count(*) AS n FROM audit_counters()").fetchone()["n"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+
+def explain(db, name, params):
+    plan = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + Q[name], params).fetchone()["QUERY PLAN"][0]["Plan"]
+    nodes, stack = [], [plan]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack += node.get("Plans", [])
+    return nodes
+
+
+def assert_shape(nodes, index, cursor_in_index=True):
+    seq = [n.get("Relation Name") for n in nodes if n["Node Type"] == "Seq Scan"]
+    assert not {"orders", "users", "performer_stats"} & set(seq), seq
+    scans = [n for n in nodes if n.get("Index Name") == index]
+    assert scans, (index, [(n["Node Type"], n.get("Index Name")) for n in nodes])
+    assert not [n for n in nodes if n["Node Type"] in ("Sort", "Incremental Sort")
+                and "Limit" not in n.get("Parent Relationship", "")
+                and n.get("Sort Key", [""])[0].startswith(("o.", "s.", "coalesce", "COALESCE"))], nodes[0]
+    if cursor_in_index:
+        assert "ROW(" in scans[0].get("Index Cond", ""), scans[0]
+    return scans[0]
+
+
+FEED = {"q": None, "category_id": None, "min_budget": None, "max_budget": None, "sort": "new",
+        "after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_id": LAST_ID,
+        "edge_id": None, "edge_time": None, "edge_budget": None, "window": 500, "limit": 21}
+
+
+def test_the_feed_walks_its_partial_index_without_scanning_orders_or_users(bench_data):
+    scan = assert_shape(explain(bench_data, "orders_feed", FEED), "orders_feed_new_idx")
+    assert scan["Actual Rows"] <= 21
+    assert_shape(explain(bench_data, "orders_feed", dict(FEED, sort="budget")), "orders_feed_budget_idx")
+
+
+@pytest.mark.parametrize("sort, index", [("new", "orders_feed_new_idx"), ("budget", "orders_feed_budget_idx")])
+def test_the_search_window_is_an_index_only_walk_of_the_feed_index_of_its_sort(bench_data, sort, index):
+    db = bench_data
+    params = dict(FEED, sort=sort, q="логотип")
+    nodes = explain(db, "orders_feed_window_edge", params)
+    scan = assert_shape(nodes, index)
+    assert scan["Node Type"] == "Index Only Scan", scan
+    assert not [n for n in nodes if n.get("Index Name") == "orders_created_at_idx"]
+    edge = db.execute(Q["orders_feed_window_edge"], params).fetchone()
+    # the edge is the window-th open order of the sort, and it carries that sort's key
+    key = "created_at" if sort == "new" else "budget"
+    expected = db.execute(f"SELECT id, {key} FROM orders WHERE status = 'open' ORDER BY {key} DESC, id DESC "
+                          "OFFSET 499 LIMIT 1").fetchone()
+    assert (edge["id"], edge[key]) == (expected["id"], expected[key])
+    params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"])
+    assert_shape(explain(db, "orders_feed", params), index)
+    # beyond the edge: the GIN index (a rare term: the number in one old open order's title)
+    title = db.execute("SELECT title FROM orders WHERE status = 'open' ORDER BY created_at LIMIT 1").fetchone()["title"]
+    params["q"] = title.rsplit("#", 1)[1]
+    older = explain(db, "orders_feed_search_older", params)
+    assert [n for n in older if n.get("Index Name") == "orders_search_idx"]
+    assert not [n["Relation Name"] for n in older if n["Node Type"] == "Seq Scan"
+                and n["Relation Name"] in ("orders", "users")]
+
+
+def test_the_search_window_edge_is_absent_when_fewer_orders_are_left(bench_data):
+    deep = bench_data.execute("SELECT created_at, id FROM orders WHERE status = 'open' "
+                              "ORDER BY created_at DESC, id DESC LIMIT 1 "
+                              "OFFSET (SELECT count(*) - 1000 FROM orders WHERE status = 'open')").fetchone()
+    params = dict(FEED, q="x", after_time=deep["created_at"], after_id=deep["id"], window=2000)
+    assert bench_data.execute(Q["orders_feed_window_edge"], params).fetchone() is None
+
+
+def catalogue_order(db):
+    return [r["id"] for r in db.execute(
+        "SELECT s.performer_id AS id FROM performer_stats s JOIN users u ON u.id = s.performer_id "
+        "WHERE NOT u.is_blocked ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id")]
+
+
+def test_the_catalogue_cursor_is_a_row_comparison_on_the_rank_index_at_any_depth(bench_data):
+    db = bench_data
+    order = catalogue_order(db)
+    for after in (None, order[99], order[len(order) - 30]):
+        params = {"after": after, "category_id": None, "limit": 21}
+        scan = assert_shape(explain(db, "performers_catalogue", params), "performer_stats_rank_idx",
+                            cursor_in_index=after is not None)
+        assert scan["Actual Rows"] <= 30, scan
+        ids = [r["id"] for r in db.execute(Q["performers_catalogue"], params)]
+        start = 0 if after is None else order.index(after) + 1
+        assert ids == order[start:start + 21]
+
+
+def test_the_catalogue_pages_walk_every_performer_once_in_rank_order(bench_data):
+    db = bench_data
+    seen, after = [], None
+    while True:
+        ids = [r["id"] for r in db.execute(Q["performers_catalogue"], {"after": after, "category_id": None,
+                                                                        "limit": 100})]
+        if not ids:
+            break
+        seen += ids
+        after = ids[-1]
+    assert seen == catalogue_order(db)
+
+
+@pytest.mark.parametrize("name, key, index", [("customer_orders_page", "customer_id", "orders_customer_idx"),
+                                              ("performer_orders_page", "performer_id", "orders_performer_idx")])
+def test_a_cabinet_reads_one_page_of_its_index_not_every_order_of_the_user(bench_data, name, key, index):
+    db = bench_data
+    # a user with a few orders spread over the table (the heaviest one's are the newest, where
+    # walking orders_created_at_idx is as good)
+    user = db.execute(f"SELECT {key} AS id FROM orders WHERE {key} IS NOT NULL GROUP BY 1 "
+                      "ORDER BY count(*) DESC LIMIT 1 OFFSET 1").fetchone()["id"]
+    params = {key: user, "status": None, "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
+    scan = assert_shape(explain(db, name, params), index)
+    assert scan["Actual Rows"] <= 21
+
+
+# ---------------------------------------------------------------------------------------------
+# Statements per page
+
+@pytest.fixture
+def count_statements(monkeypatch):
+    """Counts the SQL statements psycopg sends while the returned function's block runs."""
+    counted = []
+    original = psycopg.Cursor.execute
+    original_server = psycopg.ServerCursor.execute
+
+    def execute(self, query, params=None, **kwargs):
+        counted.append(query if isinstance(query, str) else repr(query))
+        return original(self, query, params, **kwargs)
+
+    def execute_server(self, query, params=None, **kwargs):
+        counted.append(query if isinstance(query, str) else repr(query))
+        return original_server(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(psycopg.ServerCursor, "execute", execute_server)
+
+    def count(client, url):
+        counted.clear()
+        client.get(url, status=200)
+        return list(counted)
+    return count
+
+
+def test_no_page_runs_more_statements_as_its_data_grows(db, make_client, make_user, make_order, sign_in,
+                                                         count_statements):
+    anna = make_user("customer")
+    vera = make_user("performer", categories=["design"])
+    staff = make_user("customer", staff=True)
+    pitched = make_order(anna, title="Логотип для кофейни", mode="offers")  # gets offers from many performers
+    rated = []
+
+    def grow(n):
+        """Up to n of everything: anna's orders, vera's rated orders (reviews), offers on one order,
+        vera's offers, performers in the catalogue."""
+        while len(rated) < n:
+            k = len(rated)
+            rated.append(make_order(anna, performer=vera, status="done", rating=1 + k % 10,
+                                    review=f"Review {k}", title=f"Done order {k}"))
+            other = make_user("performer", categories=["design"])
+            db.execute(Q["offer_submit"], {"order_id": pitched["id"], "performer_id": other["id"],
+                                           "price": 900 + k, "days": 3, "message": f"Offer {k}"})
+            target = make_order(anna, title=f"Offers order {k}", mode="offers")
+            db.execute(Q["offer_submit"], {"order_id": target["id"], "performer_id": vera["id"],
+                                           "price": 500, "days": 2, "message": "Mine"})
+        db.execute("ANALYZE")
+
+    pages = {
+        "anonymous": ["/", "/orders", "/orders?q=order", "/orders?sort=budget&category=design",
+                      f"/orders/{pitched['id']}", "/performers", f"/performers/{vera['id']}",
+                      "/api/v1/orders", "/api/v1/performers", f"/api/v1/performers/{vera['id']}"],
+        "anna": ["/cabinet", "/cabinet?status=done", f"/orders/{pitched['id']}", f"/orders/{{last_rated}}"],
+        "vera": ["/cabinet", "/cabinet/offers", f"/orders/{{last_rated}}"],
+        "staff": ["/admin", "/admin/orders", "/admin/users", "/admin/reviews", f"/admin/users/{vera['id']}",
+                  f"/admin/orders/{pitched['id']}"],
+    }
+    clients = {"anonymous": make_client("203.0.113.20")}
+    for name, user in (("anna", anna), ("vera", vera), ("staff", staff)):
+        clients[name] = sign_in(make_client("203.0.113.21"), user)
+
+    def measure():
+        counts = {}
+        for who, urls in pages.items():
+            for url in urls:
+                url = url.replace("{last_rated}", str(rated[-1]["id"]))
+                key = (who, re.sub(r"\d+", "N", url))
+                counts[key] = count_statements(clients[who], url)
+        return counts
+
+    grow(1)
+    small = measure()
+    grow(30)
+    large = measure()
+    grown = {key: (len(small[key]), len(large[key]), large[key]) for key in small if len(large[key]) > len(small[key])}
+    assert not grown, json.dumps({" ".join(k): v for k, v in grown.items()}, ensure_ascii=False, indent=1)
+    assert all(small.values())  # the counter sees the app's statements
+
+
+@pytest.mark.parametrize("name", ["home_performers_top", "admin_top_performers"])
+def test_the_top_performers_read_the_rank_index_instead_of_sorting_every_performer(bench_data, name):
+    nodes = explain(bench_data, name, {"limit": 10})
+    assert [n for n in nodes if n.get("Index Name") == "performer_stats_rank_idx"], [n["Node Type"] for n in nodes]
+    assert not [n for n in nodes if "Sort" in n["Node Type"]]
+    top = [r["id"] for r in bench_data.execute(Q[name], {"limit": 10})]
+    expected = [r["id"] for r in bench_data.execute(
+        "SELECT s.performer_id AS id FROM performer_stats s JOIN users u ON u.id = s.performer_id "
+        + ("WHERE NOT u.is_blocked AND s.orders_completed > 0 " if name == "home_performers_top" else "")
+        + "ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id LIMIT 10")]
+    assert top == expected
