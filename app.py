@@ -55,6 +55,7 @@ app.config.update({
     "secret_key": secret_key(),
     "cookie_secure": os.environ.get("COOKIE_SECURE", "") == "1",
     "trusted_proxies": trusted_proxies(os.environ.get("TRUSTED_PROXIES", "")),
+    "support_email": os.environ.get("SUPPORT_EMAIL", "support@birzha.example").strip(),
 })
 for area in (basics, accounts, orders, admin, api):
     app.merge(area.routes)

@@ -1,11 +1,11 @@
-"""The routes every site has: static files, the health check, the language switch."""
+"""The routes every site has: static files, the health check, the language switch, the contact page."""
 import bottle
 import psycopg
 import psycopg_pool
 from bottle import request, response
 
-from web import (LANGUAGES, ROOT, Routes, db_one, end_transaction, not_found, redirect, safe_next,
-                 set_cookie)
+from web import (LANGUAGES, ROOT, Routes, db_one, end_transaction, not_found, redirect, render,
+                 safe_next, set_cookie)
 
 routes = Routes()
 
@@ -35,3 +35,9 @@ def switch_language(code):
     set_cookie("lang", code, 365 * 86400)
     request.environ["birzha.lang"] = code
     redirect(safe_next(request.query.getunicode("next") or "/"))
+
+
+@routes.get("/contact")
+def contact():
+    """Where to write: the support address of the configuration (SUPPORT_EMAIL)."""
+    return render("contact.html", support_email=request.app.config.get("support_email", ""))

@@ -366,6 +366,15 @@ def read_cancel_fields(form):
     return {"reason": read_reason(form, required=False)}
 
 
+def read_cancel_form_fields(form):
+    """The order page's cancel form: a reason and the ticked box that confirms it (a cancel cannot be
+    undone, and the page must ask without JavaScript too)."""
+    fields = read_cancel_fields(form)
+    if form.raw("confirm") != "yes":
+        form.errors["confirm"] = _("Tick the box to confirm: a cancelled order cannot be reopened.")
+    return fields
+
+
 def cancel_order(order_id, user, reason):
     transition("order_cancel", order_id, user, "cancel", note=reason, actor_id=user["id"], reason=reason)
 
@@ -458,7 +467,7 @@ FORM_TRANSITIONS = {
                 lambda: _("The work is handed in. The customer will accept it or ask for a revision.")),
     "withdraw": (read_reason_fields, withdraw_order, "performer",
                  lambda: _("You gave the order back. It is open to other performers again.")),
-    "cancel": (read_cancel_fields, cancel_order, None, lambda: _("The order is cancelled.")),
+    "cancel": (read_cancel_form_fields, cancel_order, None, lambda: _("The order is cancelled.")),
     "rate": (read_rate_fields, rate_order, "customer", lambda: _("Thank you! Your rating is saved.")),
     "accept": (read_accept_fields, accept_work, "customer", lambda: _("The work is accepted and the order is done.")),
     "revision": (read_reason_fields, ask_revision, "customer",

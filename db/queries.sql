@@ -64,7 +64,7 @@ VALUES (%(token_hash)s, %(user_id)s, now() + make_interval(days => %(days)s), le
 
 -- name: session_user
 -- The signed-in user behind a cookie; blocked users and expired sessions give nothing.
-SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked
+SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, u.timezone
 FROM sessions s
 JOIN users u ON u.id = s.user_id
 WHERE s.token_hash = %(token_hash)s
@@ -124,7 +124,7 @@ WHERE lower(email) = lower(%(email)s)
   AND address = left(%(address)s, 100)
 
 -- name: profile_read
-SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio
+SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio, timezone
 FROM users
 WHERE id = %(user_id)s
 
@@ -135,7 +135,8 @@ SET name = %(name)s,
     messenger = %(messenger)s,
     experience_years = %(experience_years)s,
     experience_text = %(experience_text)s,
-    bio = %(bio)s
+    bio = %(bio)s,
+    timezone = %(timezone)s
 WHERE id = %(user_id)s
   AND NOT is_blocked
 RETURNING id
@@ -371,7 +372,7 @@ WHERE customer_id = %(customer_id)s
 -- name: customer_orders_page
 -- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
 SELECT o.id, o.title, o.budget, o.deadline, o.status, o.mode, o.offers_active, o.created_at,
-       o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
+       o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, o.rating, p.name AS performer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id

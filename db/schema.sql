@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (6);
+INSERT INTO schema_version (version) VALUES (8);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -37,6 +37,7 @@ CREATE TABLE users (
     is_blocked       boolean NOT NULL DEFAULT false,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    timezone         text NOT NULL DEFAULT 'Europe/Moscow' CHECK (length(timezone) BETWEEN 1 AND 64),
     -- the target of the composite foreign keys that pin an order's customer and performer to a role
     UNIQUE (id, role)
 );
@@ -44,6 +45,7 @@ CREATE UNIQUE INDEX users_email_key ON users (lower(email));
 CREATE INDEX users_created_at_idx ON users (created_at);
 COMMENT ON TABLE users IS 'Accounts. email is the login (unique case-insensitively); role is fixed at sign-up.';
 COMMENT ON INDEX users_email_key IS 'One account per email, whatever its case.';
+COMMENT ON COLUMN users.timezone IS 'IANA time zone the interface shows this user''s dates in (profile setting; the app checks the name).';
 
 CREATE TABLE customer_stats (
     customer_id       bigint PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,

@@ -149,7 +149,7 @@ def test_a_version_4_database_with_orders_in_every_state_migrates_to_the_exchang
         ("open", False), ("in_progress", True), ("done", True), ("cancelled", False), ("cancelled", True)}
     assert audit(url) == []
 
-    assert database.migrate(url, log=lambda _line: None) == [5, 6]
+    assert database.migrate(url, log=lambda _line: None) == [n for n, _path in database.migrations() if n > 4]
     after = rows_of(url)
     # Every row as it was, every order in take mode, agreed at its budget if it has a performer.
     for table in TABLES:
