@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test psql venv clean bench
+.PHONY: run test psql venv clean bench screenshots
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ psql: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# PNGs of the main pages for the README (docs/screenshots/); needs /usr/bin/chromium.
+screenshots: venv
+	$(PY) tools/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
