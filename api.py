@@ -466,7 +466,7 @@ FEED_PARAMETERS = [
     parameter("q", "query", TEXT, "full-text search"),
     parameter("category", "query", TEXT, "category slug"),
     parameter("min_budget", "query", INTEGER), parameter("max_budget", "query", INTEGER),
-    parameter("sort", "query", {"type": "string", "enum": ["new", "budget"]}),
+    parameter("sort", "query", {"type": "string", "enum": list(orders.FEED_SORTS)}),
     parameter("after", "query", TEXT, "the `next` of the previous page"),
 ]
 CATEGORY = closed({"slug": TEXT, "name_ru": TEXT, "name_en": TEXT, "open_orders": INTEGER},

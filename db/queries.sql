@@ -674,8 +674,9 @@ ORDER BY o.created_at DESC, o.id DESC
 LIMIT %(limit)s
 
 -- name: orders_feed
--- The feed: open orders of customers who are not blocked, newest first (sort 'new') or highest
--- budget first (sort 'budget'), ties broken by id; one page after the cursor; every filter optional.
+-- The feed: open orders of customers who are not blocked, newest first (sort 'new'), highest
+-- budget first (sort 'budget'), cheapest first (sort 'cheap', orders_feed_budget_idx read
+-- backwards) or nearest deadline first, none last (sort 'deadline', orders_feed_deadline_idx), ties by id; one page after the cursor; every filter optional.
 -- PostgreSQL plans it with the values bound (a custom plan; tests/test_feed.py checks it stays so),
 -- which folds the CASEs to the chosen sort: the cursor becomes a row comparison that is an index
 -- condition on orders_feed_new_idx or orders_feed_budget_idx, the ORDER BY their order, and a deep
@@ -691,11 +692,19 @@ WHERE o.status = 'open'
   AND NOT u.is_blocked
   AND CASE WHEN %(sort)s::text = 'budget'
            THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+           WHEN %(sort)s::text = 'cheap'
+           THEN (o.budget, o.id) > (%(after_budget)s::integer, %(after_id)s::bigint)
+           WHEN %(sort)s::text = 'deadline'
+           THEN (COALESCE(o.deadline, 'infinity'::date), o.id) > (%(after_deadline)s::date, %(after_id)s::bigint)
            ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
       END
   AND (%(edge_id)s::bigint IS NULL
        OR CASE WHEN %(sort)s::text = 'budget'
                THEN (o.budget, o.id) >= (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'cheap'
+               THEN (o.budget, o.id) <= (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'deadline'
+               THEN (COALESCE(o.deadline, 'infinity'::date), o.id) <= (%(edge_deadline)s::date, %(edge_id)s::bigint)
                ELSE (o.created_at, o.id) >= (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
           END)
   AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
@@ -704,6 +713,9 @@ WHERE o.status = 'open'
   AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
 ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
          CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         CASE WHEN %(sort)s::text = 'cheap' THEN o.budget END,
+         CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date) END,
+         CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN o.id END,
          o.id DESC
 LIMIT 21
 
@@ -711,23 +723,33 @@ LIMIT 21
 -- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search
 -- first looks only between the cursor and this edge (see orders_feed_search_older for why).
 WITH window_rows AS MATERIALIZED (
-    SELECT o.id, o.created_at, o.budget
+    SELECT o.id, o.created_at, o.budget, COALESCE(o.deadline, 'infinity'::date) AS deadline_key
     FROM orders o
     WHERE o.status = 'open'
       AND CASE WHEN %(sort)s::text = 'budget'
                THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+               WHEN %(sort)s::text = 'cheap'
+               THEN (o.budget, o.id) > (%(after_budget)s::integer, %(after_id)s::bigint)
+               WHEN %(sort)s::text = 'deadline'
+               THEN (COALESCE(o.deadline, 'infinity'::date), o.id) > (%(after_deadline)s::date, %(after_id)s::bigint)
                ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
           END
     ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
              CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+             CASE WHEN %(sort)s::text = 'cheap' THEN o.budget END,
+             CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date) END,
+             CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN o.id END,
              o.id DESC
     LIMIT %(window)s
 )
-SELECT w.id, w.created_at, w.budget
+SELECT w.id, w.created_at, w.budget, w.deadline_key::text AS deadline_key
 FROM window_rows w
 WHERE (SELECT count(*) FROM window_rows) = %(window)s
 ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN w.budget END,
          CASE WHEN %(sort)s::text = 'new' THEN w.created_at END,
+         CASE WHEN %(sort)s::text = 'cheap' THEN w.budget END DESC,
+         CASE WHEN %(sort)s::text = 'deadline' THEN w.deadline_key END DESC,
+         CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN w.id END DESC,
          w.id
 LIMIT 1
 
@@ -744,6 +766,10 @@ WITH matches AS MATERIALIZED (
       AND o.search @@ websearch_to_tsquery('russian', %(q)s::text)
       AND CASE WHEN %(sort)s::text = 'budget'
                THEN (o.budget, o.id) < (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'cheap'
+               THEN (o.budget, o.id) > (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'deadline'
+               THEN (COALESCE(o.deadline, 'infinity'::date), o.id) > (%(edge_deadline)s::date, %(edge_id)s::bigint)
                ELSE (o.created_at, o.id) < (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
           END
 )
@@ -759,8 +785,28 @@ WHERE NOT u.is_blocked
   AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
 ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
          CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         CASE WHEN %(sort)s::text = 'cheap' THEN o.budget END,
+         CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date) END,
+         CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN o.id END,
          o.id DESC
 LIMIT %(limit)s
+
+-- name: orders_feed_count
+-- How many open orders match the feed's filters, counted up to %(cap)s + 1 (the page says "more than
+-- %(cap)s" beyond): bounded work whatever the filters, through the same indexes as the feed.
+SELECT count(*) AS n
+FROM (
+    SELECT 1
+    FROM orders o
+    JOIN users u ON u.id = o.customer_id
+    WHERE o.status = 'open'
+      AND NOT u.is_blocked
+      AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
+      AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+      AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+      AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+    LIMIT %(cap)s + 1
+) AS capped
 
 -- (end of the orders section)
 

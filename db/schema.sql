@@ -190,6 +190,7 @@ COMMENT ON COLUMN orders.review_hidden IS 'Set by staff: the rating and review a
 -- The feed: open orders, newest first or by budget, with (key, id) cursors.
 CREATE INDEX orders_feed_new_idx ON orders (created_at DESC, id DESC) WHERE status = 'open';
 CREATE INDEX orders_feed_budget_idx ON orders (budget DESC, id DESC) WHERE status = 'open';
+CREATE INDEX orders_feed_deadline_idx ON orders ((COALESCE(deadline, 'infinity'::date)), id) WHERE status = 'open';
 CREATE INDEX orders_feed_category_new_idx ON orders (category_id, created_at DESC, id DESC) WHERE status = 'open';
 CREATE INDEX orders_search_idx ON orders USING gin (search);
 -- The cabinets and the admin area.

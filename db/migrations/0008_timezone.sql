@@ -1,5 +1,0 @@
--- Issue 12: dates are shown in the viewer's time zone, a profile setting (an IANA name that the
--- app checks against its zoneinfo database; Moscow for everyone until they choose).
-ALTER TABLE users
-    ADD COLUMN timezone text NOT NULL DEFAULT 'Europe/Moscow' CHECK (length(timezone) BETWEEN 1 AND 64);
-COMMENT ON COLUMN users.timezone IS 'IANA time zone the interface shows this user''s dates in (profile setting; the app checks the name).';
