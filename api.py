@@ -661,7 +661,7 @@ OPENAPI = {
             "Me": closed({
                 "id": INTEGER, "role": {"enum": ["customer", "performer"]}, "email": TEXT, "name": TEXT,
                 "phone": TEXT, "messenger": TEXT, "experience_years": INTEGER, "experience_text": TEXT,
-                "bio": TEXT, "is_staff": {"type": "boolean"}, "is_blocked": {"type": "boolean"},
+                "bio": TEXT, "timezone": TEXT, "is_staff": {"type": "boolean"}, "is_blocked": {"type": "boolean"},
                 "counters": {"oneOf": [
                     closed({"orders_placed": INTEGER, "orders_open": INTEGER, "orders_in_progress": INTEGER,
                             "orders_delivered": INTEGER, "orders_disputed": INTEGER,

@@ -401,13 +401,11 @@ def read_cancel_fields(form):
     return {"reason": read_reason(form, required=False)}
 
 
-def read_cancel_form_fields(form):
-    """The order page's cancel form: a reason and the ticked box that confirms it (a cancel cannot be
-    undone, and the page must ask without JavaScript too)."""
-    fields = read_cancel_fields(form)
+def check_cancel_confirmed(form):
+    """The order page's cancel form also carries the ticked box that confirms it (a cancel cannot be
+    undone, and the page must ask without JavaScript too); the API's caller has decided already."""
     if form.raw("confirm") != "yes":
         form.errors["confirm"] = _("Tick the box to confirm: a cancelled order cannot be reopened.")
-    return fields
 
 
 def cancel_order(order_id, user, reason):
@@ -502,7 +500,7 @@ FORM_TRANSITIONS = {
                 lambda: _("The work is handed in. The customer will accept it or ask for a revision.")),
     "withdraw": (read_reason_fields, withdraw_order, "performer",
                  lambda: _("You gave the order back. It is open to other performers again.")),
-    "cancel": (read_cancel_form_fields, cancel_order, None, lambda: _("The order is cancelled.")),
+    "cancel": (read_cancel_fields, cancel_order, None, lambda: _("The order is cancelled.")),
     "rate": (read_rate_fields, rate_order, "customer", lambda: _("Thank you! Your rating is saved.")),
     "accept": (read_accept_fields, accept_work, "customer", lambda: _("The work is accepted and the order is done.")),
     "revision": (read_reason_fields, ask_revision, "customer",
@@ -519,6 +517,8 @@ def run_form_transition(order_id, action):
         raise error_response(403, _("This action is not available for your account."))
     form = Form()
     fields = reader(form) if reader else {}
+    if action == "cancel":
+        check_cancel_confirmed(form)
     if not form.ok:
         return reshow_order_form(order_id, action, form)
     make(order_id, user, **fields)
