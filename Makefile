@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test psql venv clean bench soak
+.PHONY: run test psql venv clean bench soak screenshots
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ soak: venv
 # /healthz floor: one table. The data set is built once in bench/out/ (BENCH_ARGS="--orders 100000").
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# PNGs of the main pages for the README (docs/screenshots/); needs /usr/bin/chromium.
+screenshots: venv
+	$(PY) tools/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,19 +2,26 @@
 import math
 import re
 import secrets
+import zoneinfo
 
 from bottle import request, response
 
 from web import (
-    SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect, current_lang,
-    current_user, db_all, db_one, db_run, end_session, error_response, hash_password, login_required,
-    ngettext, not_found, password_error, redirect, render, safe_next, start_session, token_hash, _,
+    DEFAULT_TIMEZONE, SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect,
+    current_lang, current_user, db_all, db_one, db_run, end_session, error_response, hash_password,
+    login_required, ngettext, not_found, password_error, redirect, render, safe_next, start_session,
+    token_hash, _,
 )
 
 routes = Routes()
 
 ROLES = ("customer", "performer")
-PROFILE_FIELDS = ("name", "phone", "messenger", "experience_years", "experience_text", "bio")
+PROFILE_FIELDS = ("name", "phone", "messenger", "experience_years", "experience_text", "bio", "timezone")
+# The time zones a profile offers: Moscow's neighbours first, then every other IANA name.
+COMMON_TIMEZONES = ("Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asia/Yekaterinburg",
+                    "Asia/Omsk", "Asia/Novosibirsk", "Asia/Krasnoyarsk", "Asia/Irkutsk", "Asia/Yakutsk",
+                    "Asia/Vladivostok", "Asia/Magadan", "Asia/Kamchatka", "UTC")
+ALL_TIMEZONES = sorted(zoneinfo.available_timezones())
 PHONE = re.compile(r"[0-9+()\- ]*")
 CATALOGUE_PAGE = 20
 REVIEWS_PAGE = 20
@@ -62,11 +69,11 @@ def sign_in_as(user_id):
     start_session(user_id)
 
 
-def render_login(status=200, values=None, errors=None, error=None):
+def render_login(status=200, values=None, errors=None, error=None, status_blocked=False):
     """The login form, keeping a local `next` from the form or the query string."""
     next_url = safe_next(request.forms.getunicode("next") or request.query.getunicode("next") or "", "")
     return render("accounts_login.html", status=status, values=values or {}, errors=errors or {},
-                  error=error, next_url=next_url)
+                  error=error, next_url=next_url, status_blocked=status_blocked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +135,7 @@ def login():
     db_run("login_attempts_clear", email=email, address=client_address())
     if user["is_blocked"]:
         blocked = _("This account is blocked. Contact Birzha support if you think this is a mistake.")
-        return render_login(403, form.values, error=blocked)
+        return render_login(403, form.values, error=blocked, status_blocked=True)
     sign_in_as(user["id"])
     target = safe_next(request.forms.getunicode("next") or "", "/cabinet")
     redirect(target, _("Welcome back, %(name)s!", name=user["name"]))
@@ -155,6 +162,8 @@ def render_profile(status=200, values=None, errors=None, chosen=None, password_e
     if chosen is None:
         chosen = {row["slug"] for row in categories if row["chosen"]}
     return render("accounts_profile.html", status=status, profile=profile, values=values,
+                  timezones=[(name, name.replace("_", " ")) for name in COMMON_TIMEZONES]
+                  + [(name, name.replace("_", " ")) for name in ALL_TIMEZONES if name not in COMMON_TIMEZONES],
                   errors=errors or {}, categories=categories, chosen=chosen,
                   password_errors=password_errors or {},
                   tokens=db_all("api_tokens_of_user", user_id=me["id"]), new_token=new_token,
@@ -190,13 +199,17 @@ def profile_save():
     years = form.integer("experience_years", required=False, min_value=0, max_value=80)
     experience_text = form.text("experience_text", required=False, max_len=2000, multiline=True)
     bio = form.text("bio", required=False, max_len=2000, multiline=True)
+    timezone = form.choice("timezone", ALL_TIMEZONES, required=False) or DEFAULT_TIMEZONE
+    if me["role"] != "performer":  # a customer's form has no experience: keep what is stored
+        stored = db_one("profile_read", user_id=me["id"])
+        years, experience_text = stored["experience_years"], stored["experience_text"]
     slugs = []
     if me["role"] == "performer":
         slugs = read_categories(form, {row["slug"] for row in db_all("categories_list")})
     if not form.ok:
         return render_profile(400, form.values, form.errors, chosen=set(slugs))
     db_one("profile_update", user_id=me["id"], name=name, phone=phone, messenger=messenger,
-           experience_years=years or 0, experience_text=experience_text, bio=bio)
+           experience_years=years or 0, experience_text=experience_text, bio=bio, timezone=timezone)
     db_run("user_lang_set", user_id=me["id"], lang=current_lang())
     # Both statements are conditioned on the user being a performer; for a customer they do nothing.
     db_run("performer_categories_drop_unchosen", user_id=me["id"], slugs=slugs)

@@ -466,7 +466,7 @@ FEED_PARAMETERS = [
     parameter("q", "query", TEXT, "full-text search"),
     parameter("category", "query", TEXT, "category slug"),
     parameter("min_budget", "query", INTEGER), parameter("max_budget", "query", INTEGER),
-    parameter("sort", "query", {"type": "string", "enum": ["new", "budget"]}),
+    parameter("sort", "query", {"type": "string", "enum": list(orders.FEED_SORTS)}),
     parameter("after", "query", TEXT, "the `next` of the previous page"),
 ]
 CATEGORY = closed({"slug": TEXT, "name_ru": TEXT, "name_en": TEXT, "open_orders": INTEGER},
@@ -661,7 +661,7 @@ OPENAPI = {
             "Me": closed({
                 "id": INTEGER, "role": {"enum": ["customer", "performer"]}, "email": TEXT, "name": TEXT,
                 "phone": TEXT, "messenger": TEXT, "experience_years": INTEGER, "experience_text": TEXT,
-                "bio": TEXT, "is_staff": {"type": "boolean"}, "is_blocked": {"type": "boolean"},
+                "bio": TEXT, "timezone": TEXT, "is_staff": {"type": "boolean"}, "is_blocked": {"type": "boolean"},
                 "counters": {"oneOf": [
                     closed({"orders_placed": INTEGER, "orders_open": INTEGER, "orders_in_progress": INTEGER,
                             "orders_delivered": INTEGER, "orders_disputed": INTEGER,

@@ -58,6 +58,7 @@ app.config.update({
     "cookie_secure": os.environ.get("COOKIE_SECURE", "") == "1",
     "trusted_proxies": trusted_proxies(os.environ.get("TRUSTED_PROXIES", "")),
     "files_dir": str(files.default_dir()),  # FILES_DIR: where the bytes of attached files live
+    "support_email": os.environ.get("SUPPORT_EMAIL", "support@birzha.example").strip(),
 })
 for area in (basics, accounts, orders, admin, api, messages):
     app.merge(area.routes)

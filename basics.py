@@ -1,11 +1,11 @@
-"""The routes every site has: static files, the health check, the language switch."""
+"""The routes every site has: static files, the health check, the language switch, the contact page."""
 import bottle
 import psycopg
 import psycopg_pool
 from bottle import request, response
 
 from web import (LANGUAGES, ROOT, Routes, current_user, db_one, db_run, end_transaction, not_found, redirect,
-                 safe_next, set_cookie)
+                 render, safe_next, set_cookie)
 
 routes = Routes()
 
@@ -37,3 +37,9 @@ def switch_language(code):
     if current_user():
         db_run("user_lang_set", user_id=current_user()["id"], lang=code)  # their mail speaks it too
     redirect(safe_next(request.query.getunicode("next") or "/"))
+
+
+@routes.get("/contact")
+def contact():
+    """Where to write: the support address of the configuration (SUPPORT_EMAIL)."""
+    return render("contact.html", support_email=request.app.config.get("support_email", ""))

@@ -26,6 +26,8 @@ MODES = ("take", "offers")
 END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 LAST_ID = 2**63 - 1
 TOP_BUDGET = 2**31 - 1
+FEED_SORTS = ("new", "budget", "cheap", "deadline")
+FEED_COUNT_CAP = 1000  # the feed counts its matches up to this, then says "more than"
 RATING_OPTIONS = [(str(n), str(n)) for n in range(10, 0, -1)]
 
 
@@ -35,7 +37,9 @@ RATING_OPTIONS = [(str(n), str(n)) for n in range(10, 0, -1)]
 def cursor_after(row, key):
     """The `after` parameter that continues a list after this row."""
     value = row[key]
-    text = value.isoformat() if isinstance(value, datetime.datetime) else str(value)
+    if key == "deadline":
+        value = value or "infinity"
+    text = value.isoformat() if isinstance(value, (datetime.datetime, datetime.date)) else str(value)
     return f"{text}_{row['id']}"
 
 
@@ -49,6 +53,21 @@ def parse_time_cursor(text):
     except ValueError:
         return None
     return (moment, int(id_text)) if moment.tzinfo is not None else None
+
+
+def parse_deadline_cursor(text):
+    """(the deadline key as text, id) from '2026-12-01_123' or 'infinity_123' (no deadline), or None."""
+    key, _sep, id_text = text.rpartition("_")
+    if not re.fullmatch(r"[1-9][0-9]{0,17}", id_text):
+        return None
+    if key != "infinity":
+        if not re.fullmatch(r"\d{4}-\d\d-\d\d", key):
+            return None
+        try:
+            datetime.date.fromisoformat(key)
+        except ValueError:
+            return None
+    return (key, int(id_text))
 
 
 def parse_budget_cursor(text):
@@ -76,7 +95,8 @@ def home():
 
 @routes.get("/orders")
 def feed():
-    """Open orders: full-text search, category, budget range, two sorts, keyset pages of 20."""
+    """Open orders: full-text search, category, budget range, four sorts, keyset pages of 20, and
+    how many match (counted up to FEED_COUNT_CAP)."""
     categories = db_all("categories_list")
     by_slug = {category["slug"]: category for category in categories}
     form = Form(request.query)
@@ -89,32 +109,47 @@ def feed():
     orders, next_after = feed_page(filters, sort, cursor)
     next_url = link("/orders", form.values, after=next_after) if next_after else None
     first_url = link("/orders", form.values, after=None) if cursor else None
-    return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url, **page)
+    matches = db_one("orders_feed_count", cap=FEED_COUNT_CAP, **filters)["n"]
+    return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url,
+                  matches=matches, matches_cap=FEED_COUNT_CAP, **page)
+
+
+SORT_KEYS = {"new": "created_at", "budget": "budget", "cheap": "budget", "deadline": "deadline"}
+CURSOR_PARSERS = {"new": lambda text: parse_time_cursor(text), "budget": lambda text: parse_budget_cursor(text),
+                  "cheap": lambda text: parse_budget_cursor(text), "deadline": lambda text: parse_deadline_cursor(text)}
+
+
+def first_page_cursor(sort):
+    """The cursor the first page starts after: beyond every real row in the sort's direction."""
+    ascending = sort in ("cheap", "deadline")
+    return {"after_time": END_OF_TIME, "after_budget": 0 if ascending else TOP_BUDGET,
+            "after_deadline": "-infinity", "after_id": 0 if ascending else LAST_ID}
 
 
 def feed_page(filters, sort, cursor):
     """One page of the feed after the cursor: (orders, the `after` of the next page or None)."""
-    after_time, after_budget, after_id = END_OF_TIME, TOP_BUDGET, LAST_ID
-    if cursor and sort == "new":
-        after_time, after_id = cursor
-    elif cursor:
-        after_budget, after_id = cursor
-    rows = feed_rows(sort, after_time, after_budget, after_id, filters)
+    position = first_page_cursor(sort)
+    if cursor:
+        key = {"new": "after_time", "budget": "after_budget", "cheap": "after_budget",
+               "deadline": "after_deadline"}[sort]
+        position[key], position["after_id"] = cursor
+    rows = feed_rows(sort, position, filters)
     orders = rows[:PAGE_SIZE]
     if len(rows) <= PAGE_SIZE:
         return orders, None
-    return orders, cursor_after(orders[-1], "created_at" if sort == "new" else "budget")
+    return orders, cursor_after(orders[-1], SORT_KEYS[sort])
 
 
-def feed_rows(sort, after_time, after_budget, after_id, filters):
+def feed_rows(sort, position, filters):
     """Up to PAGE_SIZE + 1 feed rows after the cursor; a search costs little whatever the term."""
-    cursor = {"sort": sort, "after_time": after_time, "after_budget": after_budget, "after_id": after_id}
-    edge = {"edge_id": None, "edge_time": None, "edge_budget": None}
+    cursor = {"sort": sort, **position}
+    edge = {"edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None}
     if filters["q"]:
         # Look for matches among the next SEARCH_WINDOW open orders first, by the feed index.
         row = db_one("orders_feed_window_edge", window=SEARCH_WINDOW, **cursor)
         if row:
-            edge = {"edge_id": row["id"], "edge_time": row["created_at"], "edge_budget": row["budget"]}
+            edge = {"edge_id": row["id"], "edge_time": row["created_at"], "edge_budget": row["budget"],
+                    "edge_deadline": row["deadline_key"]}
     rows = db_all("orders_feed", **cursor, **edge, **filters)
     if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:
         # A rare term: the rest through the full-text index, beyond the window.
@@ -129,13 +164,13 @@ def read_feed_filters(form, by_slug):
     slug = form.choice("category", by_slug, required=False)
     min_budget = form.integer("min_budget", required=False, min_value=0, max_value=BUDGET_MAX)
     max_budget = form.integer("max_budget", required=False, min_value=0, max_value=BUDGET_MAX)
-    sort = form.choice("sort", ("new", "budget"), required=False) or "new"
+    sort = form.choice("sort", FEED_SORTS, required=False) or "new"
     after = form.text("after", required=False, max_len=100)
     if min_budget is not None and max_budget is not None and min_budget > max_budget:
         form.errors["max_budget"] = _("The maximum cannot be smaller than the minimum.")
     cursor = None
     if after and "after" not in form.errors:
-        cursor = (parse_time_cursor if sort == "new" else parse_budget_cursor)(after)
+        cursor = CURSOR_PARSERS[sort](after)
         if cursor is None:
             form.errors["after"] = _("This page link is broken. Start again from the first page.")
     filters = {"q": q or None, "category_id": by_slug[slug]["id"] if slug else None,
@@ -405,6 +440,13 @@ def read_cancel_fields(form):
     return {"reason": read_reason(form, required=False)}
 
 
+def check_cancel_confirmed(form):
+    """The order page's cancel form also carries the ticked box that confirms it (a cancel cannot be
+    undone, and the page must ask without JavaScript too); the API's caller has decided already."""
+    if form.raw("confirm") != "yes":
+        form.errors["confirm"] = _("Tick the box to confirm: a cancelled order cannot be reopened.")
+
+
 def cancel_order(order_id, user, reason):
     transition("order_cancel", order_id, user, "cancel", note=reason, actor_id=user["id"], reason=reason)
 
@@ -525,6 +567,8 @@ def run_form_transition(order_id, action):
         raise error_response(403, _("This action is not available for your account."))
     form = Form()
     fields = reader(form) if reader else {}
+    if action == "cancel":
+        check_cancel_confirmed(form)
     if not form.ok:
         return reshow_order_form(order_id, action, form)
     make(order_id, user, **fields)

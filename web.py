@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import types
+import zoneinfo
 from functools import wraps
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -401,11 +402,50 @@ def format_money(value):
     return f"{value:,}".replace(",", "\u00a0") + "\u00a0₽"
 
 
+DEFAULT_TIMEZONE = "Europe/Moscow"
+
+
+def viewer_timezone():
+    """The time zone dates are shown in: the signed-in viewer's profile setting, else Moscow."""
+    name = DEFAULT_TIMEZONE
+    try:
+        user = current_user() if not request.environ.get("birzha.db_down") else None
+    except Exception:  # an error page of a broken request: Moscow will do
+        user = None
+    if user and user.get("timezone"):
+        name = user["timezone"]
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo(DEFAULT_TIMEZONE)
+
+
+def relative_time(moment, now):
+    """"2 hours ago" for a moment within the last day, else None."""
+    seconds = (now - moment).total_seconds()
+    if seconds < -60 or seconds >= 86400:
+        return None
+    if seconds < 60:
+        return _("just now")
+    if seconds < 3600:
+        minutes = int(seconds // 60)
+        return ngettext("%(num)s minute ago", "%(num)s minutes ago", minutes)
+    hours = int(seconds // 3600)
+    return ngettext("%(num)s hour ago", "%(num)s hours ago", hours)
+
+
 def format_date(value):
+    """A moment in the viewer's time zone: "2 hours ago" when recent, else the local date and time,
+    in a <time> whose title is the exact local time; a date stays a date."""
     if value is None:
         return ""
     if isinstance(value, datetime.datetime):
-        return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        zone = viewer_timezone()
+        local = value.astimezone(zone)
+        exact = local.strftime("%Y-%m-%d %H:%M ") + (local.tzname() or "")
+        shown = relative_time(value, datetime.datetime.now(datetime.timezone.utc)) or local.strftime("%Y-%m-%d %H:%M")
+        return jinja2.utils.markupsafe.Markup('<time datetime="{}" title="{}">{}</time>').format(
+            value.astimezone(datetime.timezone.utc).isoformat(timespec="seconds"), exact, shown)
     return value.isoformat()
 
 
@@ -726,6 +766,8 @@ class Form:
         text = self._given(name, required)
         if text is None:
             return None
+        # People write "12 000" (and word processors "12\u00a0000"): spaces between digits are fine.
+        text = re.sub(r"(?<=\d)[ \u00a0\u202f\u2009](?=\d)", "", text)
         if not re.fullmatch(r"[+-]?\d{1,12}", text):
             self.errors[name] = _("Enter a whole number.")
             return None
@@ -811,8 +853,10 @@ def render_error(status, message, problem):
             user = current_user()
         except Exception:
             user = None
+    order_match = re.match(r"/orders/(\d{1,18})(/|$)", request.path)
     page = templates.get_template("error.html").render(
-        status=status, title=_(ERROR_TITLES.get(status, "Error")), message=message or "",
+        order_link=f"/orders/{order_match.group(1)}" if order_match and status != 404 else None,
+        support_email=request.app.config.get("support_email", ""), status=status, title=_(ERROR_TITLES.get(status, "Error")), message=message or "",
         user=user, csrf_token=csrf_token() if user else "", flashes=[], lang=current_lang(),
         path=request.fullpath)
     end_transaction(commit=False)  # an error never keeps half a change

@@ -43,8 +43,9 @@ def explain(connection, sql, params, runs=5):
 def cases(connection):
     end = orders_module.END_OF_TIME
     feed = {"q": None, "category_id": None, "min_budget": None, "max_budget": None, "sort": "new",
-            "after_time": end, "after_budget": orders_module.TOP_BUDGET, "after_id": orders_module.LAST_ID,
-            "edge_id": None, "edge_time": None, "edge_budget": None, "window": orders_module.SEARCH_WINDOW,
+            "after_time": end, "after_budget": orders_module.TOP_BUDGET, "after_deadline": "-infinity",
+            "after_id": orders_module.LAST_ID, "edge_id": None, "edge_time": None, "edge_budget": None,
+            "edge_deadline": None, "window": orders_module.SEARCH_WINDOW,
             "limit": 21}
     one = lambda sql: connection.execute(sql).fetchone()  # noqa: E731
     customer = one("SELECT customer_id AS id FROM orders GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")["id"]

@@ -25,7 +25,8 @@ END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 def feed_params(**changes):
     params = {"q": None, "category_id": None, "min_budget": None, "max_budget": None, "sort": "new",
               "after_time": END_OF_TIME, "after_budget": 2**31 - 1, "after_id": 2**63 - 1,
-              "edge_id": None, "edge_time": None, "edge_budget": None}
+              "after_deadline": "-infinity",
+              "edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None}
     params.update(changes)
     return params
 
@@ -46,7 +47,8 @@ def feed_ms(connection, params):
         total, indexes = total + ms, indexes | used
         edge = connection.execute(db.Q["orders_feed_window_edge"], params).fetchone()
         if edge:
-            params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"])
+            params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"],
+                          edge_deadline=edge["deadline_key"])
     ms, used = explain(connection, "orders_feed", params)
     total, indexes = total + ms, indexes | used
     if params["q"] and params["edge_id"] and len(connection.execute(db.Q["orders_feed"], params).fetchall()) <= 20:

@@ -65,7 +65,7 @@ VALUES (%(token_hash)s, %(user_id)s, now() + make_interval(days => %(days)s), le
 -- name: session_user
 -- The signed-in user behind a cookie, with what they have not read yet (for the page header);
 -- blocked users and expired sessions give nothing.
-SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, u.lang,
+SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, u.lang, u.timezone,
        coalesce(uc.unread_messages, 0) AS unread_messages,
        coalesce(uc.unread_notifications, 0) AS unread_notifications
 FROM sessions s
@@ -128,7 +128,7 @@ WHERE lower(email) = lower(%(email)s)
   AND address = left(%(address)s, 100)
 
 -- name: profile_read
-SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio
+SELECT id, role, email, name, phone, messenger, experience_years, experience_text, bio, timezone
 FROM users
 WHERE id = %(user_id)s
 
@@ -139,7 +139,8 @@ SET name = %(name)s,
     messenger = %(messenger)s,
     experience_years = %(experience_years)s,
     experience_text = %(experience_text)s,
-    bio = %(bio)s
+    bio = %(bio)s,
+    timezone = %(timezone)s
 WHERE id = %(user_id)s
   AND NOT is_blocked
 RETURNING id
@@ -381,7 +382,7 @@ WHERE customer_id = %(customer_id)s
 -- name: customer_orders_page
 -- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
 SELECT o.id, o.title, o.budget, o.deadline, o.status, o.mode, o.offers_active, o.created_at,
-       o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, p.name AS performer_name,
+       o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, o.rating, p.name AS performer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
 JOIN categories c ON c.id = o.category_id
@@ -683,8 +684,9 @@ ORDER BY o.created_at DESC, o.id DESC
 LIMIT %(limit)s
 
 -- name: orders_feed
--- The feed: open orders of customers who are not blocked, newest first (sort 'new') or highest
--- budget first (sort 'budget'), ties broken by id; one page after the cursor; every filter optional.
+-- The feed: open orders of customers who are not blocked, newest first (sort 'new'), highest
+-- budget first (sort 'budget'), cheapest first (sort 'cheap', orders_feed_budget_idx read
+-- backwards) or nearest deadline first, none last (sort 'deadline', orders_feed_deadline_idx), ties by id; one page after the cursor; every filter optional.
 -- PostgreSQL plans it with the values bound (a custom plan; tests/test_feed.py checks it stays so),
 -- which folds the CASEs to the chosen sort: the cursor becomes a row comparison that is an index
 -- condition on orders_feed_new_idx or orders_feed_budget_idx, the ORDER BY their order, and a deep
@@ -700,11 +702,19 @@ WHERE o.status = 'open'
   AND NOT u.is_blocked
   AND CASE WHEN %(sort)s::text = 'budget'
            THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+           WHEN %(sort)s::text = 'cheap'
+           THEN (o.budget, o.id) > (%(after_budget)s::integer, %(after_id)s::bigint)
+           WHEN %(sort)s::text = 'deadline'
+           THEN (COALESCE(o.deadline, 'infinity'::date), o.id) > (%(after_deadline)s::date, %(after_id)s::bigint)
            ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
       END
   AND (%(edge_id)s::bigint IS NULL
        OR CASE WHEN %(sort)s::text = 'budget'
                THEN (o.budget, o.id) >= (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'cheap'
+               THEN (o.budget, o.id) <= (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'deadline'
+               THEN (COALESCE(o.deadline, 'infinity'::date), o.id) <= (%(edge_deadline)s::date, %(edge_id)s::bigint)
                ELSE (o.created_at, o.id) >= (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
           END)
   AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
@@ -713,27 +723,39 @@ WHERE o.status = 'open'
   AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
 ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
          CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         CASE WHEN %(sort)s::text = 'cheap' THEN o.budget END,
+         CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date) END,
+         CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN o.id END,
          o.id DESC
 LIMIT 21
 
 -- name: orders_feed_window_edge
 -- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search
 -- first looks only between the cursor and this edge (see orders_feed_search_older for why).
--- It reads only the sort's key and the id (the other key is NULL), so it is an index-only walk of
--- the partial feed index of that sort (orders_feed_new_idx or orders_feed_budget_idx): reading
--- the heap, the planner preferred orders_created_at_idx, which also walks every closed order in
--- between and every dead row a burst of writes leaves behind.
+-- It reads only the sort's key and the id (the other keys are NULL), so it is an index-only walk
+-- of the partial feed index of that sort (orders_feed_new_idx, orders_feed_budget_idx — backwards
+-- for cheapest first — or orders_feed_deadline_idx): reading the heap, the planner preferred
+-- orders_created_at_idx, which also walks every closed order in between and every dead row a
+-- burst of writes leaves behind.
 SELECT o.id,
        CASE WHEN %(sort)s::text = 'new' THEN o.created_at END AS created_at,
-       CASE WHEN %(sort)s::text = 'budget' THEN o.budget END AS budget
+       CASE WHEN %(sort)s::text IN ('budget', 'cheap') THEN o.budget END AS budget,
+       CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date)::text END AS deadline_key
 FROM orders o
 WHERE o.status = 'open'
   AND CASE WHEN %(sort)s::text = 'budget'
            THEN (o.budget, o.id) < (%(after_budget)s::integer, %(after_id)s::bigint)
+           WHEN %(sort)s::text = 'cheap'
+           THEN (o.budget, o.id) > (%(after_budget)s::integer, %(after_id)s::bigint)
+           WHEN %(sort)s::text = 'deadline'
+           THEN (COALESCE(o.deadline, 'infinity'::date), o.id) > (%(after_deadline)s::date, %(after_id)s::bigint)
            ELSE (o.created_at, o.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
       END
 ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
          CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         CASE WHEN %(sort)s::text = 'cheap' THEN o.budget END,
+         CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date) END,
+         CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN o.id END,
          o.id DESC
 OFFSET %(window)s - 1
 LIMIT 1
@@ -751,6 +773,10 @@ WITH matches AS MATERIALIZED (
       AND o.search @@ websearch_to_tsquery('russian', %(q)s::text)
       AND CASE WHEN %(sort)s::text = 'budget'
                THEN (o.budget, o.id) < (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'cheap'
+               THEN (o.budget, o.id) > (%(edge_budget)s::integer, %(edge_id)s::bigint)
+               WHEN %(sort)s::text = 'deadline'
+               THEN (COALESCE(o.deadline, 'infinity'::date), o.id) > (%(edge_deadline)s::date, %(edge_id)s::bigint)
                ELSE (o.created_at, o.id) < (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
           END
 )
@@ -766,8 +792,28 @@ WHERE NOT u.is_blocked
   AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
 ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
          CASE WHEN %(sort)s::text = 'new' THEN o.created_at END DESC,
+         CASE WHEN %(sort)s::text = 'cheap' THEN o.budget END,
+         CASE WHEN %(sort)s::text = 'deadline' THEN COALESCE(o.deadline, 'infinity'::date) END,
+         CASE WHEN %(sort)s::text IN ('cheap', 'deadline') THEN o.id END,
          o.id DESC
 LIMIT %(limit)s
+
+-- name: orders_feed_count
+-- How many open orders match the feed's filters, counted up to %(cap)s + 1 (the page says "more than
+-- %(cap)s" beyond): bounded work whatever the filters, through the same indexes as the feed.
+SELECT count(*) AS n
+FROM (
+    SELECT 1
+    FROM orders o
+    JOIN users u ON u.id = o.customer_id
+    WHERE o.status = 'open'
+      AND NOT u.is_blocked
+      AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
+      AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+      AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+      AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+    LIMIT %(cap)s + 1
+) AS capped
 
 -- (end of the orders section)
 

@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (8);
+INSERT INTO schema_version (version) VALUES (9);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -39,6 +39,7 @@ CREATE TABLE users (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     email_notifications boolean NOT NULL DEFAULT true,
     lang             text NOT NULL DEFAULT 'ru' CHECK (lang IN ('ru', 'en')),
+    timezone         text NOT NULL DEFAULT 'Europe/Moscow' CHECK (length(timezone) BETWEEN 1 AND 64),
     -- the target of the composite foreign keys that pin an order's customer and performer to a role
     UNIQUE (id, role)
 );
@@ -48,6 +49,7 @@ COMMENT ON TABLE users IS 'Accounts. email is the login (unique case-insensitive
 COMMENT ON INDEX users_email_key IS 'One account per email, whatever its case.';
 COMMENT ON COLUMN users.email_notifications IS 'Whether each new notification of this user is also sent by e-mail (a mail_outbox row); on by default, switched on the profile page.';
 COMMENT ON COLUMN users.lang IS 'The language of the interface the user last chose (ru or en): their e-mail is written in it.';
+COMMENT ON COLUMN users.timezone IS 'IANA time zone the interface shows this user''s dates in (profile setting; the app checks the name).';
 
 CREATE TABLE customer_stats (
     customer_id       bigint PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
@@ -196,6 +198,7 @@ COMMENT ON COLUMN orders.review_hidden IS 'Set by staff: the rating and review a
 -- The feed: open orders, newest first or by budget, with (key, id) cursors.
 CREATE INDEX orders_feed_new_idx ON orders (created_at DESC, id DESC) WHERE status = 'open';
 CREATE INDEX orders_feed_budget_idx ON orders (budget DESC, id DESC) WHERE status = 'open';
+CREATE INDEX orders_feed_deadline_idx ON orders ((COALESCE(deadline, 'infinity'::date)), id) WHERE status = 'open';
 CREATE INDEX orders_feed_category_new_idx ON orders (category_id, created_at DESC, id DESC) WHERE status = 'open';
 CREATE INDEX orders_search_idx ON orders USING gin (search);
 -- The cabinets and the admin area.

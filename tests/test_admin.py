@@ -109,7 +109,7 @@ def test_every_admin_route_is_for_staff_only(app, client, make_client, sign_in, 
             page = as_staff.get(concrete_url(route.rule, ids), status="*")
             assert page.status_int == 200, route.rule
             if "text/html" in page.content_type:
-                assert "style=" not in page.text and "<script" not in page.text, route.rule
+                assert "style=" not in page.text and not re.search(r"<script(?![^>]*\bsrc=)", page.text), route.rule
                 forms = re.findall(r'<form method="post".*?</form>', page.text, flags=re.S)
                 assert all('name="csrf_token"' in form for form in forms), route.rule
                 element_ids = re.findall(r'\sid="([^"]+)"', page.text)
@@ -495,6 +495,11 @@ def queue_ids(page):
     return [int(n) for n in re.findall(r'href="/admin/orders/(\d+)"', page.text)]
 
 
+def shown_date(moment):
+    """The text a page shows for a moment (format_date's <time> without its tags)."""
+    return re.sub(r"<[^>]+>", "", str(format_date(moment)))
+
+
 def test_the_disputes_queue_lists_disputed_orders_oldest_first_with_both_sides_and_the_reason(
         db, staff_client, make_user, make_order, monkeypatch):
     kira = make_user("customer", name="Customer Kira")
@@ -511,11 +516,11 @@ def test_the_disputes_queue_lists_disputed_orders_oldest_first_with_both_sides_a
     assert calm["id"] not in queue_ids(page)
     rows = re.findall(r"<tr>.*?</tr>", page.text, flags=re.S)[1:]
     assert [text_of(SimpleNamespace(text=row)) for row in rows] == [
-        f"#{third['id']} Bot 1 000 ₽ {format_date(order_at(db, third, 'disputed_at'))} "
+        f"#{third['id']} Bot 1 000 ₽ {shown_date(order_at(db, third, 'disputed_at'))} "
         "Customer Kira Performer Gleb Customer Kira · customer Nothing happened for a week",
-        f"#{first['id']} Menu translation 1 000 ₽ {format_date(order_at(db, first, 'disputed_at'))} "
+        f"#{first['id']} Menu translation 1 000 ₽ {shown_date(order_at(db, first, 'disputed_at'))} "
         "Customer Kira Performer Gleb Performer Gleb · performer The customer does not answer",
-        f"#{second['id']} Shop logo 1 000 ₽ {format_date(order_at(db, second, 'disputed_at'))} "
+        f"#{second['id']} Shop logo 1 000 ₽ {shown_date(order_at(db, second, 'disputed_at'))} "
         "Customer Kira Performer Gleb Customer Kira · customer Not what I asked for"]
     assert f'href="/admin/users/{kira["id"]}"' in page.text and f'href="/admin/users/{gleb["id"]}"' in page.text
     # the navigation of every admin page counts the open disputes; the dashboard counts them by status
@@ -648,7 +653,7 @@ def test_the_admin_order_page_names_the_system_for_an_automatic_accept(db, staff
     order = make_order(make_user("customer"), performer=make_user("performer"), status="delivered")
     assert db.execute(Q["orders_auto_accept"], {"days": 0}).fetchone()["accepted"] == 1
     page = text_of(staff_client.get(f"/admin/orders/{order['id']}"))
-    assert re.search(r"work accepted automatically delivered → done \S+ \S+ UTC · the system", page)
+    assert re.search(r"work accepted automatically delivered → done (just now|\d+ \w+ ago) · the system", page)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -910,7 +915,7 @@ def test_dashboard_counts_chart_and_counter_drift(db, staff_client, make_user, m
     make_order(customer)
     make_order(customer, performer=performer, status="done", rating=9)
     page = staff_client.get("/admin")
-    assert "style=" not in page.text and "<script" not in page.text
+    assert "style=" not in page.text and not re.search(r"<script(?![^>]*\bsrc=)", page.text)
     charts = re.findall(r'<svg class="chart".*?</svg>', page.text, flags=re.S)
     assert len(charts) == 2
     for chart in charts:

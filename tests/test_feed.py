@@ -1,4 +1,5 @@
 """The feed of open orders: search, filters, both sorts, keyset pages, blocked customers, indexes."""
+import datetime
 import html
 import re
 from urllib.parse import urlencode
@@ -114,7 +115,8 @@ def test_a_search_for_an_absent_word_reads_the_window_and_the_gin_index_only(big
     db = big_feed
     params = dict(FEED_FILTERS, sort="new", q="nosuchword", window=500, **FIRST_PAGE)
     edge = db.execute(Q["orders_feed_window_edge"], params).fetchone()
-    params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"])
+    params.update(edge_id=edge["id"], edge_time=edge["created_at"], edge_budget=edge["budget"],
+                  edge_deadline=edge["deadline_key"])
     # The window: an index range between the cursor and the edge: 500 open orders, plus the
     # cancelled ones and the rest of a batch of equal times around them (4,000 rows in all).
     scans = [n for n in explain(db, "orders_feed", params) if n.get("Index Name", "").startswith("orders_")]
@@ -161,7 +163,7 @@ def test_blocked_customers_orders_leave_the_feed_and_the_category_counts(client,
 
 @pytest.mark.parametrize("query", [
     "min_budget=abc", "min_budget=-1", "max_budget=1e5", f"max_budget={10**30}", "min_budget=5000&max_budget=10",
-    "min_budget=100000001", "sort=cheapest", "category=no-such", "category=secret",
+    "min_budget=100000001", "sort=cheapest", "sort=deadline&after=2026-13-01_5", "sort=cheap&after=x_5", "category=no-such", "category=secret",
     "after=garbage", "after=123", "after=_1", "after=2026-13-45T00:00:00%2B00:00_1",
     "after=2026-11-26T10:00:00_5", "after=2026-11-26T10:00:00%2B00:00_abc", "after=2026-11-26T10:00:00%2B00:00_0",
     "sort=budget&after=2026-11-26T10:00:00%2B00:00_5", "sort=budget&after=5000_", "sort=budget&after=-1_5",
@@ -230,8 +232,8 @@ def big_feed(db, make_user):
 
 
 FEED_FILTERS = {"q": None, "category_id": None, "min_budget": None, "max_budget": None,
-                "edge_id": None, "edge_time": None, "edge_budget": None}
-FIRST_PAGE = {"after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_id": LAST_ID}
+                "edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None}
+FIRST_PAGE = {"after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_id": LAST_ID, "after_deadline": "-infinity"}
 
 
 def test_the_feed_query_uses_the_partial_indexes_at_any_depth(big_feed):
@@ -273,3 +275,81 @@ def test_repeated_feed_queries_keep_custom_plans(big_feed):
     # psycopg keeps one prepared statement per set of parameter types: here two.
     assert plans and all(plan["generic_plans"] == 0 for plan in plans), plans
     assert sum(plan["custom_plans"] for plan in plans) == 24
+
+
+def lowest_budget_first(orders):
+    return [o["id"] for o in sorted(orders, key=lambda o: (o["budget"], o["id"]))]
+
+
+def nearest_deadline_first(orders):
+    return [o["id"] for o in sorted(orders, key=lambda o: (o["deadline"] or datetime.date.max, o["id"]))]
+
+
+def with_deadlines(db, catalogue):
+    """Gives two orders in three a deadline (few distinct days, so ties cross pages); the rest none."""
+    today = datetime.date.today()
+    for n, order in enumerate(catalogue["orders"]):
+        order["deadline"] = None if n % 3 == 0 else today + datetime.timedelta(days=1 + n % 4)
+        db.execute("UPDATE orders SET deadline = %s WHERE id = %s", (order["deadline"], order["id"]))
+    return catalogue["orders"]
+
+
+def test_walking_all_pages_cheapest_first_breaks_ties_by_id(client, catalogue):
+    ids, pages = walk(client, "/orders?sort=cheap")
+    assert ids == lowest_budget_first(catalogue["orders"]) and pages == 3
+    budgets = {o["id"]: o["budget"] for o in catalogue["orders"]}
+    assert budgets[ids[19]] == budgets[ids[20]] or budgets[ids[39]] == budgets[ids[40]]
+
+
+def test_walking_all_pages_nearest_deadline_first_puts_orders_without_one_last(client, db, catalogue):
+    orders = with_deadlines(db, catalogue)
+    ids, pages = walk(client, "/orders?sort=deadline")
+    assert ids == nearest_deadline_first(orders) and pages == 3
+    assert {o["id"] for o in orders if o["deadline"] is None} == set(ids[-15:])
+    searched, _pages = walk(client, "/orders?sort=deadline&q=feed&category=texts")
+    assert searched == nearest_deadline_first([o for o in orders if o["category"] == "texts"])
+
+
+@pytest.mark.parametrize("sort, expected", [("cheap", lowest_budget_first), ("deadline", nearest_deadline_first)])
+def test_a_search_past_the_window_keeps_the_ascending_sorts(client, db, catalogue, monkeypatch, sort, expected):
+    monkeypatch.setattr("orders.SEARCH_WINDOW", 7)
+    orders = with_deadlines(db, catalogue)
+    ids, pages = walk(client, f"/orders?sort={sort}&q=feed")
+    assert ids == expected(orders) and pages == 3
+    assert walk(client, f"/orders?sort={sort}&q=03 or 24 or 41")[0] == expected(
+        [o for o in orders if o["title"][-2:] in ("03", "24", "41")])
+
+
+def test_the_feed_says_how_many_orders_match(client, catalogue, monkeypatch):
+    assert re.search(r'id="feed-count" role="status">45 orders match<', client.get("/orders").text)
+    texts = sum(1 for o in catalogue["orders"] if o["category"] == "texts")
+    assert f">{texts} orders match<" in client.get("/orders?category=texts").text
+    assert ">0 orders match<" in client.get("/orders?q=nosuchword").text
+    monkeypatch.setattr("orders.FEED_COUNT_CAP", 40)
+    assert ">More than 40 orders match<" in client.get("/orders").text
+
+
+def test_the_ascending_sorts_read_their_indexes_at_any_depth(big_feed):
+    db = big_feed
+    db.execute("UPDATE orders SET deadline = current_date + (id % 90)::integer WHERE status = 'open' AND id % 3 > 0")
+    db.execute("ANALYZE orders")
+    deep_cheap = db.execute("SELECT budget, id FROM orders WHERE status = 'open' "
+                            "ORDER BY budget, id OFFSET 2500 LIMIT 1").fetchone()
+    deep_deadline = db.execute("SELECT COALESCE(deadline, 'infinity')::text AS key, id FROM orders "
+                               "WHERE status = 'open' ORDER BY COALESCE(deadline, 'infinity'), id "
+                               "OFFSET 2500 LIMIT 1").fetchone()
+    first_asc = dict(FIRST_PAGE, after_budget=0, after_id=0)
+    cases = [
+        (dict(FEED_FILTERS, sort="cheap", **first_asc), "orders_feed_budget_idx"),
+        (dict(FEED_FILTERS, sort="cheap", **dict(first_asc, after_budget=deep_cheap["budget"],
+                                                  after_id=deep_cheap["id"])), "orders_feed_budget_idx"),
+        (dict(FEED_FILTERS, sort="deadline", **first_asc), "orders_feed_deadline_idx"),
+        (dict(FEED_FILTERS, sort="deadline", **dict(first_asc, after_deadline=deep_deadline["key"],
+                                                     after_id=deep_deadline["id"])), "orders_feed_deadline_idx"),
+    ]
+    for params, index in cases:
+        nodes = explain(db, "orders_feed", params)
+        scans = [node for node in nodes if node.get("Index Name") == index]
+        assert scans, (params["sort"], index, [(n["Node Type"], n.get("Index Name")) for n in nodes])
+        assert not [node for node in nodes if node["Node Type"] == "Sort"]
+        assert scans[0]["Actual Rows"] <= 21, (params["sort"], scans[0]["Actual Rows"])

@@ -160,7 +160,7 @@ def test_customer_posts_and_cancels_with_a_reason(client, make_user, sign_in, db
     order_id = int(location(client.post_form("/orders", dict(VALID_ORDER, category="texts"))).rsplit("/", 1)[1])
     assert open_in_category(db, "texts") == 1
 
-    cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": "Found someone offline"})
+    cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": "Found someone offline", "confirm": "yes"})
     assert cancelled.status_int == 303 and location(cancelled) == f"/orders/{order_id}"
     order = order_row(db, order_id)
     assert (order["status"], order["cancel_reason"]) == ("cancelled", "Found someone offline")
@@ -197,7 +197,7 @@ def test_customer_cancels_a_taken_order_only_once_its_deadline_has_passed(
 
     make_overdue(db, order_id)
     assert f'action="/orders/{order_id}/cancel"' in client.get(f"/orders/{order_id}").text
-    cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": ""})
+    cancelled = client.post_form(f"/orders/{order_id}/cancel", {"reason": "", "confirm": "yes"})
     assert cancelled.status_int == 303
     order = order_row(db, order_id)
     assert (order["status"], order["performer_id"], order["cancel_reason"]) == ("cancelled", gleb["id"], None)
@@ -253,7 +253,7 @@ def test_staff_reasons_on_the_order_page_are_for_staff_only(make_client, make_us
 
     # The customer's own reason stays public.
     mine = make_order(anna)
-    assert viewers["customer"].post_form(f"/orders/{mine['id']}/cancel", {"reason": "Found someone 5523"}).status_int == 303
+    assert viewers["customer"].post_form(f"/orders/{mine['id']}/cancel", {"reason": "Found someone 5523", "confirm": "yes"}).status_int == 303
     for viewer in (viewers["guest"], viewers["performer"], staff):
         assert "Found someone 5523" in text_of(viewer.get(f"/orders/{mine['id']}"))
 

@@ -80,8 +80,8 @@ def assert_shape(nodes, index, cursor_in_index=True):
 
 
 FEED = {"q": None, "category_id": None, "min_budget": None, "max_budget": None, "sort": "new",
-        "after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_id": LAST_ID,
-        "edge_id": None, "edge_time": None, "edge_budget": None, "window": 500, "limit": 21}
+        "after_time": END_OF_TIME, "after_budget": TOP_BUDGET, "after_deadline": "-infinity", "after_id": LAST_ID,
+        "edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None, "window": 500, "limit": 21}
 
 
 def test_the_feed_walks_its_partial_index_without_scanning_orders_or_users(bench_data):
