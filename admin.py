@@ -30,7 +30,8 @@ OUTCOMES = ("done", "cancelled")  # how staff settle a dispute
 YES_NO = {"yes": True, "no": False}
 LOG_ACTIONS = ("block", "unblock", "grant_staff", "revoke_staff", "cancel_order", "reopen_order",
                "add_category", "rename_category", "hide_category", "unhide_category",
-               "hide_review", "restore_review", "recalc_counters", "resolve_dispute")
+               "hide_review", "restore_review", "recalc_counters", "resolve_dispute",
+               "read_conversation", "read_conversation_file")
 LOG_TARGETS = ("user", "order", "category", "review", "counters")
 SLUG_PATTERN = r"[a-z0-9]+(-[a-z0-9]+)*"
 REASON_MAX = 1000
