@@ -3,7 +3,6 @@ import csv
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import app as birzha
 import db as database
 from db import Q
 import web
-from conftest import PASSWORD, text_of
+from conftest import PASSWORD, free_port, text_of
 from web import format_date
 
 ROOT = Path(birzha.__file__).parent
@@ -762,12 +761,6 @@ def test_csv_is_streamed_in_chunks_and_the_connection_is_returned_at_the_end(app
     body, _first = start_download()
     body.close()
     assert connections_in_use() == 0
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.server

@@ -5,7 +5,6 @@ SMTP_URL the mail goes to the log."""
 import asyncio
 import email
 import email.policy
-import socket
 import threading
 import time
 from collections import Counter
@@ -16,15 +15,10 @@ from aiosmtpd.controller import Controller
 
 import commands
 import mail
+from conftest import free_port
 from db import Q
 
 BASE_URL = "https://birzha.example"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Inbox:

@@ -2,75 +2,25 @@
 import hashlib
 import hmac
 import http.client
-import os
 import secrets
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-import app as birzha
-from db import Q
-import web
 import conftest
+import web
+from db import Q
 
-ROOT = Path(birzha.__file__).resolve().parent
 TAKERS = 20
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def get_status(port, path):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().status
-    finally:
-        connection.close()
 
 
 @pytest.fixture
 def gunicorn(db_url):
     """The app under gunicorn (4 sync workers) on a free port, pointed at this test's database."""
-    port = free_port()
-    env = dict(os.environ, DATABASE_URL=db_url, SECRET_KEY=conftest.SECRET.decode())
-    log = tempfile.TemporaryFile()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--no-control-socket", "app:app", "--bind", f"127.0.0.1:{port}",
-         "--workers", "4", "--threads", "1", "--timeout", "30"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, "gunicorn exited early"
-            try:
-                if get_status(port, "/healthz") == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not answer /healthz in 30 s"
-            time.sleep(0.1)
-        yield port
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.seek(0)
-        sys.stderr.write(log.read().decode(errors="replace")[-3000:])
-        log.close()
+    with conftest.gunicorn(db_url, workers=4) as server:
+        yield server.port
 
 
 def signed_in_performer(db, make_user):

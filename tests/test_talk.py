@@ -11,6 +11,7 @@ import pytest
 import files
 import web
 from conftest import text_of
+from test_app_core import CountingInput
 from test_operations import empty_db_url  # noqa: F401  (a fixture)
 
 PNG = bytes(range(256)) * 40 + b"\x89PNG\r\n\x1a\n\x00\xff"  # every byte value, and then some
@@ -281,20 +282,6 @@ def test_six_files_or_one_over_10_mb_are_refused_and_nothing_is_stored(db, cast,
     assert performer["browser"].post_form(f"/orders/{taken['id']}/deliver", {"message": "Five"},
                                           upload_files=five).status_int == 303
     assert len(file_ids(db, delivery_id=db.execute("SELECT id FROM order_deliveries").fetchone()["id"])) == 5
-
-
-class CountingInput:
-    """wsgi.input that counts what the application reads."""
-
-    def __init__(self, data):
-        self.stream, self.bytes_read = io.BytesIO(data), 0
-
-    def read(self, size=-1):
-        data = self.stream.read(size)
-        self.bytes_read += len(data)
-        return data
-
-    readline = read
 
 
 def claimed_length_request(app, path, length, cookie=""):
