@@ -181,7 +181,6 @@ def read_feed_filters(form, by_slug):
 # ---------------------------------------------------------------------------------------------
 # Who may do what: for the forms shown, and to explain a refused write
 
-CUSTOMER_ACTIONS = ("cancel", "edit", "rate", "accept", "revision", "accept_offer")
 PERFORMER_ACTIONS = ("deliver", "withdraw")
 
 
