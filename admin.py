@@ -131,7 +131,7 @@ def render_dashboard(status=200, values=None, errors=None):
                   values=values or {}, errors=errors or {})
 
 
-@routes.get("/admin")
+@routes.get("/admin", read_only=True)
 @staff_only
 def dashboard():
     return render_dashboard()

@@ -87,13 +87,13 @@ def link(base, params, **changes):
 # ---------------------------------------------------------------------------------------------
 # The home page and the feed
 
-@routes.get("/")
+@routes.get("/", read_only=True)
 def home():
     return render("home.html", latest=db_all("orders_latest_open", limit=10),
                   top_performers=db_all("home_performers_top", limit=6))
 
 
-@routes.get("/orders")
+@routes.get("/orders", read_only=True)
 def feed():
     """Open orders: full-text search, category, budget range, four sorts, keyset pages of 20, and
     how many match (counted up to FEED_COUNT_CAP)."""
@@ -109,9 +109,20 @@ def feed():
     orders, next_after = feed_page(filters, sort, cursor)
     next_url = link("/orders", form.values, after=next_after) if next_after else None
     first_url = link("/orders", form.values, after=None) if cursor else None
-    matches = db_one("orders_feed_count", cap=FEED_COUNT_CAP, **filters)["n"]
+    matches, cap = feed_matches(filters, categories, page["active"])
     return render("orders_feed.html", orders=orders, next_url=next_url, first_url=first_url,
-                  matches=matches, matches_cap=FEED_COUNT_CAP, **page)
+                  matches=matches, matches_cap=cap, **page)
+
+
+def feed_matches(filters, categories, category):
+    """How many open orders match: (n, None) read from the counters the triggers keep when only a
+    category (or nothing) is chosen, else counted: (n, cap) where n > cap means "more than cap"."""
+    if not (filters["q"] or filters["min_budget"] is not None or filters["max_budget"] is not None):
+        if category:
+            return category["open_orders"], None
+        if categories:
+            return categories[0]["feed_open_orders"], None
+    return db_one("orders_feed_count", cap=FEED_COUNT_CAP, **filters)["n"], FEED_COUNT_CAP
 
 
 SORT_KEYS = {"new": "created_at", "budget": "budget", "cheap": "budget", "deadline": "deadline"}
@@ -379,7 +390,7 @@ def order_talk(order, user):
     return talk
 
 
-@routes.get("/orders/<order_id:id>")
+@routes.get("/orders/<order_id:id>", read_only=True)
 def order_page(order_id):
     return render_order(load_order(order_id))
 
@@ -762,7 +773,7 @@ def render_performer_cabinet(user, **page):
                   reviews=db_all("performer_reviews_latest", performer_id=user["id"], limit=20), **page)
 
 
-@routes.get("/cabinet")
+@routes.get("/cabinet", read_only=True)
 @login_required
 def cabinet():
     """The customer's or the performer's own orders by status, with the counters of the database."""

@@ -216,7 +216,11 @@ RETURNING id
 -- Categories
 
 -- name: categories_list
-SELECT id, slug, name_ru, name_en, is_hidden, open_orders
+-- The visible categories, each with its open orders in the feed (a counter), and how many open
+-- orders the whole feed has (hidden categories' included: their open orders stay in the feed).
+SELECT id, slug, name_ru, name_en, is_hidden, open_orders,
+       (SELECT sum(open_orders)
+        FROM categories)::integer AS feed_open_orders
 FROM categories
 WHERE NOT is_hidden
 ORDER BY id
