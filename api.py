@@ -4,9 +4,12 @@ Credentials: a personal token (`Authorization: Bearer bz_…`, made on the profi
 browser session, which must also send the form's CSRF token in `X-CSRF-Token` on every POST.
 Errors are application/problem+json (error_page in app.py). The transitions and their
 404/403/409 decisions are the ones of orders.py; this module only reads JSON and writes JSON.
+Every POST takes an `Idempotency-Key` header (`idempotent`): a retry gets the first answer again.
 """
 import decimal
+import hashlib
 import json
+import re
 from functools import wraps
 
 from bottle import request, response
@@ -61,6 +64,62 @@ def authenticate(required):
             return view(*args, **kwargs)
         return wrapper
     return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# Idempotency-Key: a retried POST gives the first answer again
+
+IDEMPOTENCY_KEY = re.compile(r"[ -~]{1,255}")  # printable ASCII (the database checks it too)
+
+
+def idempotent(view):
+    """A POST with an `Idempotency-Key` header runs once per key and user for 24 hours: a retry
+    with the same method, path and body gets the first answer again (`Idempotent-Replayed: true`),
+    one with another request a 422. Goes under @authenticate(required=True).
+
+    The key is claimed (api_idempotency_claim) before the view writes anything, and its answer is
+    stored in the same transaction as the write: a request that fails keeps nothing and leaves the
+    key free, and one that commits has its answer, so a retry after a lost connection finds it. A
+    request with the key while the first is still running waits for it on the claim's row lock.
+    Only a success (2xx) is kept: a refused request wrote nothing, and may be sent again."""
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key, user = request.headers.get("Idempotency-Key"), current_user()
+        if key is None or user is None:
+            return view(*args, **kwargs)
+        key = key.strip()
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise error_response(400, _("The Idempotency-Key header must be 1 to 255 printable ASCII characters."))
+        this = {"user_id": user["id"], "key": key}
+        sent = {"request": f"{request.method} {request.path}",
+                "body_sha256": hashlib.sha256(request.body.read()).digest()}
+        if db_one("api_idempotency_claim", **this, **sent) is None:
+            return replay(db_one("api_idempotency_read", **this), sent)
+        result = view(*args, **kwargs)
+        if isinstance(result, str) and 200 <= response.status_code < 300:
+            db_run("api_idempotency_answer", **this, status=response.status_code, body=result,
+                   location=response.headers.get("Location"))
+        else:
+            db_run("api_idempotency_release", **this)
+        return result
+    wrapper.idempotent = True
+    return wrapper
+
+
+def replay(kept, sent):
+    """The answer kept for the key, if it was given to the same request; else a 422."""
+    if kept is None:  # not expected: the claim left the row locked for this transaction
+        raise error_response(409, _("This change collided with another one at the same moment. "
+                                    "Reload the page and try again."))
+    if (kept["request"], kept["body_sha256"]) != (sent["request"], sent["body_sha256"]):
+        raise error_response(422, _("This Idempotency-Key was already used for another request (another path or "
+                                    "body). Send a new key with a new request."))
+    if kept["response_location"]:
+        response.set_header("Location", kept["response_location"])
+    response.set_header("Idempotent-Replayed", "true")
+    response.status = kept["response_status"]
+    response.content_type = "application/json"
+    return kept["response_body"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +280,7 @@ def api_order(order_id):
 
 @routes.post("/api/v1/orders")
 @authenticate(required=True)
+@idempotent
 def api_order_create():
     user = require_role("customer")
     form = json_form(ORDER_FIELDS)
@@ -235,6 +295,7 @@ def api_order_create():
 
 @routes.post("/api/v1/orders/<order_id:id>/edit")
 @authenticate(required=True)
+@idempotent
 def api_order_edit(order_id):
     """The customer edits an open order; the fields left out keep their values (null clears the
     deadline), and the mode changes only while no offer is active."""
@@ -279,6 +340,7 @@ def api_transition(order_id, action):
 def transition_route(action, path=None):
     """POST /api/v1/orders/<id>/<action>: one transition of SPEC §4; answers the order."""
     @authenticate(required=True)
+    @idempotent
     def route(order_id):
         return api_transition(order_id, action)
     routes.post(f"/api/v1/orders/<order_id:id>/{path or action}", callback=route,
@@ -320,6 +382,7 @@ def api_order_offers(order_id):
 
 @routes.post("/api/v1/orders/<order_id:id>/offers")
 @authenticate(required=True)
+@idempotent
 def api_offer_send(order_id):
     """Sends the performer's offer (201) or changes their active one (200)."""
     user = require_role("performer")
@@ -330,6 +393,7 @@ def api_offer_send(order_id):
 
 @routes.post("/api/v1/orders/<order_id:id>/offers/withdraw")
 @authenticate(required=True)
+@idempotent
 def api_offer_withdraw(order_id):
     user = require_role("performer")
     json_form({})
@@ -339,6 +403,7 @@ def api_offer_withdraw(order_id):
 
 @routes.post("/api/v1/orders/<order_id:id>/offers/<offer_id:id>/accept")
 @authenticate(required=True)
+@idempotent
 def api_offer_accept(order_id, offer_id):
     user = require_role("customer")
     json_form({})
@@ -766,6 +831,7 @@ def api_order_messages(order_id):
 
 @routes.post("/api/v1/orders/<order_id:id>/messages")
 @authenticate(required=True)
+@idempotent
 def api_order_message_send(order_id):
     form = json_form({"body": str, "with": int})
     body = form.text("body", max_len=5000, multiline=True).strip()
@@ -807,6 +873,7 @@ def api_notifications():
 
 @routes.post("/api/v1/notifications/read")
 @authenticate(required=True)
+@idempotent
 def api_notifications_read():
     """Marks one notification read (`id`), or all of the caller's when no id is sent."""
     user = current_user()
@@ -897,3 +964,18 @@ TALK_SCHEMAS = {
 OPENAPI["paths"].update(TALK_PATHS)
 OPENAPI["components"]["schemas"].update(TALK_SCHEMAS)
 OPENAPI["info"]["description"] += " Conversations, messages and notifications of orders too."
+
+
+# Every POST of the document (both blocks above) takes an Idempotency-Key (see `idempotent`).
+OPENAPI["components"]["parameters"] = {"IdempotencyKey": {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
+    "description": "Any key of yours (a UUID will do), new for each new request: a retry with the same key, "
+                   "path and body within 24 hours gets the first successful answer again, with "
+                   "`Idempotent-Replayed: true`, and changes nothing; the same key with another path or body "
+                   "is a 422. Only successes are kept: a refused request may be sent again with its key. "
+                   "Keys are per user; a bad one (empty, longer than 255, not printable ASCII) is a 400."}}
+for _methods in OPENAPI["paths"].values():
+    if "post" in _methods:
+        _methods["post"]["parameters"].append({"$ref": "#/components/parameters/IdempotencyKey"})
+        _methods["post"]["responses"]["422"] = PROBLEM

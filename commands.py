@@ -83,9 +83,10 @@ def tick(url):
     """The periodic work. The housekeeping runs in one transaction under an advisory lock: a tick
     that finds another one running skips it, so any number of machines may run it from cron. It
     accepts the deliveries left unanswered for AUTO_ACCEPT_DAYS (the database's orders_auto_accept),
-    purges, and stores the counter audit. Then the due mail is sent, by every tick at once if need
-    be: each mail is claimed with FOR UPDATE SKIP LOCKED and marked sent in the claiming
-    transaction (mail.py), so two ticks share the outbox and never send one mail twice."""
+    purges (sessions, sign-in attempts, reset links, old mail, idempotency keys), and stores the
+    counter audit. Then the due mail is sent, by every tick at once if need be: each mail is
+    claimed with FOR UPDATE SKIP LOCKED and marked sent in the claiming transaction (mail.py), so
+    two ticks share the outbox and never send one mail twice."""
     days = auto_accept_days(os.environ.get("AUTO_ACCEPT_DAYS"))
     if days is None:
         print(f"AUTO_ACCEPT_DAYS={os.environ.get('AUTO_ACCEPT_DAYS')!r} is not valid: give a whole number "
@@ -109,9 +110,11 @@ def housekeeping(url, days):
         attempts = connection.execute(db.Q["login_attempts_delete_old"]).rowcount
         connection.execute(db.Q["password_resets_purge"])
         connection.execute(db.Q["mail_outbox_purge"])
+        keys = connection.execute(db.Q["api_idempotency_purge"]).rowcount
         drifted = connection.execute(db.Q["counter_audit_refresh"]).fetchone()["drifted"]
     print(f"tick: {accepted} delivered orders accepted automatically (unanswered for {days} days); "
-          f"{sessions} expired sessions and {attempts} old sign-in attempts purged; "
+          f"{sessions} expired sessions, {attempts} old sign-in attempts and {keys} idempotency keys "
+          f"past 24 hours purged; "
           f"counters: {'consistent' if not drifted else f'{drifted} drifted'}.")
 
 

@@ -119,13 +119,15 @@ def page_of_messages(conversation, before):
 
 
 def mark_read(view):
-    """A person of the conversation has now read it (and its message notifications)."""
+    """A person of the conversation has now read it (and its message notifications); the header's
+    unread counts, read with the user at the start of the request, are read again."""
     if view.conversation is None or view.staff:
         return
     me = view.user["id"]
     if db_one("conversation_mark_read", conversation_id=view.conversation["id"], user_id=me):
         db_run("notifications_read_for_conversation", user_id=me, order_id=view.order["id"],
                conversation_id=view.conversation["id"])
+        view.user.update(db_one("user_unread_counts", user_id=me) or {})
 
 
 def render_view(view, status=200, values=None, errors=None):

@@ -874,7 +874,7 @@ class Form:
 ERROR_TITLES = {
     400: "Bad request", 401: "Authentication required", 403: "Access denied", 404: "Page not found",
     405: "Method not allowed", 409: "Conflict", 411: "Length required", 413: "Request too large",
-    415: "Unsupported media type", 429: "Too many attempts", 500: "Something went wrong",
+    415: "Unsupported media type", 422: "Unprocessable content", 429: "Too many attempts", 500: "Something went wrong",
     503: "Service unavailable",
 }
 

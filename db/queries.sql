@@ -212,6 +212,55 @@ WHERE id = %(token_id)s
   AND user_id = %(user_id)s
 RETURNING id
 
+-- name: api_idempotency_claim
+-- An API POST with an Idempotency-Key claims it for its user before writing anything: a new key,
+-- or one past its 24 hours (its old answer goes). A row back: the request runs. None: the key is
+-- live and answered; a claim not yet committed makes this wait until its request ends (then the
+-- answer is there, or the claim is gone and this one is made).
+INSERT INTO api_idempotency (user_id, key, request, body_sha256)
+VALUES (%(user_id)s, %(key)s, %(request)s, %(body_sha256)s)
+ON CONFLICT (user_id, key) DO UPDATE
+SET request = excluded.request,
+    body_sha256 = excluded.body_sha256,
+    response_status = NULL,
+    response_body = NULL,
+    response_location = NULL,
+    created_at = now()
+WHERE api_idempotency.created_at <= now() - interval '24 hours'
+RETURNING user_id
+
+-- name: api_idempotency_read
+-- The live answer kept for a user's key (the same now() as the claim: what it found live is here).
+SELECT request, body_sha256, response_status, response_body, response_location
+FROM api_idempotency
+WHERE user_id = %(user_id)s
+  AND key = %(key)s
+  AND created_at > now() - interval '24 hours'
+  AND response_status IS NOT NULL
+
+-- name: api_idempotency_answer
+-- The answer to a claimed key, in the transaction of the write it describes.
+UPDATE api_idempotency
+SET response_status = %(status)s,
+    response_body = %(body)s,
+    response_location = %(location)s
+WHERE user_id = %(user_id)s
+  AND key = %(key)s
+  AND response_status IS NULL
+
+-- name: api_idempotency_release
+-- A claim whose request did not succeed: the key is free again. Only an unanswered claim, which no
+-- other transaction can see: a committed row always has its answer.
+DELETE FROM api_idempotency
+WHERE user_id = %(user_id)s
+  AND key = %(key)s
+  AND response_status IS NULL
+
+-- name: api_idempotency_purge
+-- The tick: keys past their 24 hours, which no request honours any more.
+DELETE FROM api_idempotency
+WHERE created_at <= now() - interval '24 hours'
+
 -- =============================================================================================
 -- Categories
 

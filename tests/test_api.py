@@ -68,8 +68,9 @@ class Api:
     def __init__(self, client, token=None, csrf_header=True):
         self.client, self.token, self.csrf_header = client, token, csrf_header
 
-    def request(self, method, url, body=None, status=200, *, raw=None, content_type="application/json"):
-        headers = {}
+    def request(self, method, url, body=None, status=200, *, raw=None, content_type="application/json",
+                headers=None):
+        headers = dict(headers or {})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if method == "POST" and self.csrf_header and not self.token:

@@ -1,8 +1,9 @@
 """Birzha in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright, against
 the app under gunicorn on 127.0.0.1. The whole exchange by hand (sign-ups, posting, search, take
-and offers, delivery, revision, a rated accept, the cabinets' counters, staff settling a dispute
-and blocking a user) in Russian, in English, on a 390 px phone and without JavaScript; axe-core on
-every main page in both languages; and no page loads anything from anywhere but 127.0.0.1.
+and offers, a conversation with a file and its notification, delivery, revision, a rated accept,
+the cabinets' counters, staff settling a dispute and blocking a user) in Russian, in English, on a
+390 px phone and without JavaScript; axe-core on every main page in both languages; and no page
+loads anything from anywhere but 127.0.0.1.
 
 Without /usr/bin/chromium (or the playwright package) these tests are skipped with the reason;
 .ci/run installs chromium, so they run in CI. Never `playwright install`: the browser is Debian's.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_take_race import gunicorn  # noqa: F401  (the app under gunicorn on 127.0.0.1)
+import conftest
 
 CHROMIUM = "/usr/bin/chromium"
 AXE = Path(__file__).resolve().parent / "assets" / "axe.min.js"
@@ -39,6 +40,13 @@ def chromium():
                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def gunicorn(db_url, tmp_path):
+    """The app under gunicorn on 127.0.0.1, its files in this test's temporary directory; the port."""
+    with conftest.gunicorn(db_url, FILES_DIR=str(tmp_path / "files")) as server:
+        yield server.port
 
 
 class Person:
@@ -92,6 +100,8 @@ class Person:
         for name, value in (fields or {}).items():
             if scope.locator(f'input[name="{name}"]:is([type=radio], [type=checkbox])').count():
                 scope.locator(f'[name="{name}"][value="{value}"]').check()
+            elif isinstance(value, Path):
+                scope.locator(f'input[type=file][name="{name}"]').set_input_files(value)
             elif scope.locator(f'select[name="{name}"]').count():
                 scope.locator(f'select[name="{name}"]').select_option(value)
             else:
@@ -102,6 +112,19 @@ class Person:
         if expect is not None:
             assert re.search(expect, self.page.url), (self.page.url, expect, self.flash())
         return self
+
+    def follow(self, link):
+        """Clicks a link (a Locator) and checks the page it leads to."""
+        assert link.count() == 1, f"{link} on {self.page.url}"
+        with self.page.expect_navigation():
+            link.click()
+        self.check_page()
+        return self
+
+    def unread(self, href):
+        """The unread count the header shows by its link to href; 0 without a badge."""
+        badge = self.page.locator(f'.user-nav a[href="{href}"] .unread-count')
+        return int(badge.inner_text()) if badge.count() else 0
 
     def flash(self):
         texts = self.page.locator(".flash, .form-error, .field-error").all_inner_texts()
@@ -130,7 +153,43 @@ def counter(person, href):
     return int(person.text(f'.counters a.counter[href="{href}"] b'))
 
 
-def exchange_by_hand(chromium, port, make_user, *, lang="ru", width=1280, javascript=True):
+def talk_with_a_file(customer, performer, order_id, attachment):
+    """The performer writes with a file; the customer sees the notification, opens it (which reads
+    it), downloads the file, and answers; the performer reads the answer."""
+    conversation = f"/orders/{order_id}/messages"
+    performer.go(f"/orders/{order_id}").follow(performer.page.locator(f'aside a[href="{conversation}"]'))
+    performer.submit(f'form[action="{conversation}"]', {"body": "Эскиз во вложении.", "files": attachment},
+                     expect=rf"{conversation}$")
+    assert "Эскиз во вложении." in performer.text(".messages")
+
+    customer.go("/cabinet")
+    unread_notifications = customer.unread("/notifications")
+    assert unread_notifications >= 1 and customer.unread("/messages") == 1
+    customer.follow(customer.page.locator('.user-nav a[href="/notifications"]'))
+    notice = customer.page.locator(".notification", has_text="Эскиз во вложении.")
+    assert notice.evaluate("n => n.classList.contains('unread')")
+    customer.follow(notice.locator("a").first)
+    assert re.search(rf"{conversation}\?with=\d+$", customer.page.url), customer.page.url
+    assert (customer.unread("/notifications"), customer.unread("/messages")) == (unread_notifications - 1, 0)
+    message = customer.page.locator(".message", has_text="Эскиз во вложении.")
+    with customer.page.expect_download() as download:
+        message.locator(".files a").click()
+    assert download.value.suggested_filename == attachment.name
+    assert Path(download.value.path()).read_bytes() == attachment.read_bytes()
+    served = customer.page.request.get(download.value.url)  # with the page's cookies
+    assert served.headers["content-disposition"].startswith("attachment;")
+    customer.submit(f'form[action="{conversation}"]', {"body": "Спасибо, смотрю."}, expect=rf"{conversation}\?with=\d+$")
+    customer.follow(customer.page.locator('.user-nav a[href="/notifications"]'))
+    assert not notice.evaluate("n => n.classList.contains('unread')")
+
+    performer.go("/cabinet")
+    assert performer.unread("/messages") == 1
+    performer.follow(performer.page.locator('.user-nav a[href="/messages"]'))
+    performer.follow(performer.page.locator(f'a[href="{conversation}"]'))
+    assert "Спасибо, смотрю." in performer.text(".messages")
+
+
+def exchange_by_hand(chromium, port, make_user, attachment, *, lang="ru", width=1280, javascript=True):
     """Everything a customer, a performer and staff do, each in their own browser; returns the people."""
     base = f"http://127.0.0.1:{port}"
     people = [Person(chromium, base, lang=lang, width=width, javascript=javascript) for _ in range(3)]
@@ -146,6 +205,7 @@ def exchange_by_hand(chromium, port, make_user, *, lang="ru", width=1280, javasc
         vera.go("/orders").submit('form.filters', {"q": "кофейни"}, expect=r"q=")
         assert vera.page.locator(f'a[href="/orders/{logo}"]').count() >= 1
         vera.submit(f'form[action="/orders/{logo}/take"]', expect=rf"/orders/{logo}$")
+        talk_with_a_file(anna, vera, logo, attachment)
 
         # An offers-mode order: the performer offers, the customer accepts the offer.
         flyer = post_order(anna, "Флаер для выставки", "5000", "offers")
@@ -210,8 +270,11 @@ def exchange_by_hand(chromium, port, make_user, *, lang="ru", width=1280, javasc
     pytest.param("ru", 390, True, id="phone-390px"),
     pytest.param("ru", 1280, False, id="no-javascript"),
 ])
-def test_the_whole_exchange_works_by_hand_in_a_browser(chromium, gunicorn, make_user, lang, width, javascript):
-    exchange_by_hand(chromium, gunicorn, make_user, lang=lang, width=width, javascript=javascript)
+def test_the_whole_exchange_works_by_hand_in_a_browser(chromium, gunicorn, make_user, tmp_path, lang, width,
+                                                       javascript):
+    sketch = tmp_path / "эскиз логотипа.txt"
+    sketch.write_bytes("Знак: чашка и зерно.\n".encode() + bytes(range(256)))
+    exchange_by_hand(chromium, gunicorn, make_user, sketch, lang=lang, width=width, javascript=javascript)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +296,18 @@ def seeded_site(db, make_user, make_order):
         db.execute(Q["offer_submit"], {"order_id": offers["id"], "performer_id": performer["id"], "price": price,
                                        "days": 3, "message": "Сделаю за три дня."})
     open_order = make_order(anna, title="Логотип для кофейни", budget=12000)
-    make_order(anna, performer=vera, status="in_progress", title="Меню")
+    menu = make_order(anna, performer=vera, status="in_progress", title="Меню")
+    talk = db.execute(Q["conversation_open"], {"order_id": menu["id"], "performer_id": vera["id"],
+                                               "sender_id": vera["id"]}).fetchone()
+    with db.transaction():  # a file comes with its message, in the same transaction
+        message = db.execute(Q["message_send"], {"conversation_id": talk["id"], "sender_id": vera["id"],
+                                                 "body": "Эскиз меню во вложении."}).fetchone()
+        db.execute(Q["file_attach"], {"sha256": "0" * 64, "size": 48128,  # a long name is no wider than a phone
+                                      "name": "menu_sketch_final_version_for_print_A4_300dpi.pdf",
+                                      "content_type": "application/pdf", "uploader_id": vera["id"],
+                                      "message_id": message["id"], "delivery_id": None, "position": 1})
+    db.execute(Q["message_send"], {"conversation_id": talk["id"], "sender_id": anna["id"],
+                                   "body": "Спасибо! Посмотрю сегодня."})
     make_order(anna, performer=vera, status="delivered", title="Баннер")
     disputed = make_order(anna, performer=gleb, status="disputed", title="Сайт")
     make_order(anna, performer=vera, status="done", rating=9, review="Отлично", title="Визитка")
@@ -248,8 +322,9 @@ def seeded_site(db, make_user, make_order):
         "guest": ["/", "/orders", "/orders?q=логотип", f"/orders/{open_order['id']}", "/performers",
                   f"/performers/{vera['id']}", "/login", "/signup", "/contact"],
         "customer": ["/cabinet", "/cabinet?status=done", f"/orders/{offers['id']}", f"/orders/{open_order['id']}/edit",
-                     "/profile"],
-        "performer": ["/cabinet", "/cabinet/offers", f"/orders/{offers['id']}", "/profile"],
+                     "/profile", "/notifications", "/messages", f"/orders/{menu['id']}/messages?with={vera['id']}"],
+        "performer": ["/cabinet", "/cabinet/offers", f"/orders/{offers['id']}", "/profile", "/notifications",
+                      f"/orders/{menu['id']}/messages"],
         "staff": ["/admin", "/admin/users", f"/admin/users/{anna['id']}", "/admin/orders",
                   f"/admin/orders/{disputed['id']}", "/admin/disputes", "/admin/categories", "/admin/reviews",
                   "/admin/log"],
