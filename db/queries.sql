@@ -265,13 +265,17 @@ WHERE created_at <= now() - interval '24 hours'
 -- Categories
 
 -- name: categories_list
--- The visible categories, each with its open orders in the feed (a counter), and how many open
--- orders the whole feed has (hidden categories' included: their open orders stay in the feed).
-SELECT id, slug, name_ru, name_en, is_hidden, open_orders,
-       (SELECT sum(open_orders)
-        FROM categories)::integer AS feed_open_orders
+SELECT id, slug, name_ru, name_en, is_hidden, open_orders
 FROM categories
 WHERE NOT is_hidden
+ORDER BY id
+
+-- name: feed_categories
+-- Every category, hidden ones too (their open orders stay in the feed until taken or cancelled):
+-- the feed names its cards' categories from these, lists the visible ones, and adds up the
+-- counters for how many open orders it has.
+SELECT id, slug, name_ru, name_en, is_hidden, open_orders
+FROM categories
 ORDER BY id
 
 -- name: category_visible_by_slug
@@ -747,9 +751,8 @@ LIMIT %(limit)s
 -- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
 -- The edge (optional) stops the walk at a window edge: searches use it, see orders_feed_search_older.
 SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
-       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+       o.category_id
 FROM orders o
-JOIN categories c ON c.id = o.category_id
 JOIN users u ON u.id = o.customer_id
 WHERE o.status = 'open'
   AND NOT u.is_blocked
@@ -834,10 +837,9 @@ WITH matches AS MATERIALIZED (
           END
 )
 SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
-       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+       o.category_id
 FROM matches m
 JOIN orders o ON o.id = m.id
-JOIN categories c ON c.id = o.category_id
 JOIN users u ON u.id = o.customer_id
 WHERE NOT u.is_blocked
   AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
