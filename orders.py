@@ -27,7 +27,10 @@ END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 LAST_ID = 2**63 - 1
 TOP_BUDGET = 2**31 - 1
 FEED_SORTS = ("new", "budget", "cheap", "deadline")
-FEED_COUNT_CAP = 1000  # the feed counts its matches up to this, then says "more than"
+# A search or budget filter counts its matches up to this, then says "more than": counting to 1,000
+# matches of a common word cost 3-4 ms at a million orders, to 100 a tenth of that. The whole feed
+# and a category read their exact number from the counters.
+FEED_COUNT_CAP = 100
 RATING_OPTIONS = [(str(n), str(n)) for n in range(10, 0, -1)]
 
 
