@@ -377,7 +377,7 @@ def cursor_from_query():
     return after
 
 
-@routes.get("/performers")
+@routes.get("/performers", read_only=True)
 def performers():
     after = cursor_from_query()
     slug = (request.query.getunicode("category") or "").strip()
@@ -395,7 +395,7 @@ def performers():
                   first_url=base.rstrip("?&") if after else None)
 
 
-@routes.get("/performers/<performer_id:id>")
+@routes.get("/performers/<performer_id:id>", read_only=True)
 def performer_page(performer_id):
     performer = db_one("performer_public", performer_id=performer_id)
     if performer is None:

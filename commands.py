@@ -112,6 +112,7 @@ def housekeeping(url, days):
         connection.execute(db.Q["mail_outbox_purge"])
         keys = connection.execute(db.Q["api_idempotency_purge"]).rowcount
         drifted = connection.execute(db.Q["counter_audit_refresh"]).fetchone()["drifted"]
+        connection.execute(db.Q["dashboard_figures_refresh"])
     print(f"tick: {accepted} delivered orders accepted automatically (unanswered for {days} days); "
           f"{sessions} expired sessions, {attempts} old sign-in attempts and {keys} idempotency keys "
           f"past 24 hours purged; "

@@ -6,6 +6,7 @@ It is told its URL and imports nothing of ours.
 import math
 import os
 import re
+import select
 import threading
 import time
 from pathlib import Path
@@ -89,7 +90,7 @@ def pool(url):
             raise psycopg_pool.PoolTimeout(f"the database is unreachable: {exc}") from exc
         fresh = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT, open=False,
-            check=psycopg_pool.ConnectionPool.check_connection,
+            check=check_connection,
             reconnect_timeout=RECONNECT_SECONDS, reconnect_failed=forget,
             kwargs={"row_factory": dict_row}, name="birzha")
         try:
@@ -103,6 +104,21 @@ def pool(url):
         return fresh
     finally:
         _lock.release()
+
+
+def check_connection(conn):
+    """The pool's check of a connection it is about to hand out, without a round trip when it can.
+
+    A connection the server has ended (a restart, pg_terminate_backend, a crash) has the
+    server's goodbye or the end of the stream waiting on its socket: then it is pinged, which
+    raises and makes the pool take another. A quiet socket is a live connection: pinging it
+    would cost every request a round trip to the server for nothing."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poll = select.poll()
+    poll.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poll.poll(0):
+        psycopg_pool.ConnectionPool.check_connection(conn)
 
 
 def reachable(url):
@@ -144,9 +160,12 @@ class Lease:
     (or makes one), even from a streamed body closed late or at interpreter exit.
     """
 
-    def __init__(self, url):
+    def __init__(self, url, autocommit=False):
+        """autocommit: each statement its own transaction, for requests that only read (no BEGIN
+        and COMMIT round trips)."""
         self.pool = pool(url)
         self.conn = self.pool.getconn()
+        self.conn.autocommit = autocommit
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after
@@ -155,7 +174,10 @@ class Lease:
         if conn is None:
             return
         try:
-            if commit:
+            if conn.autocommit:
+                if not conn.closed:
+                    conn.autocommit = False  # as the next lease expects it
+            elif commit:
                 conn.commit()
             else:
                 try:

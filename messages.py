@@ -154,7 +154,7 @@ def limits():
 # ---------------------------------------------------------------------------------------------
 # Routes: the inbox, an order's conversations, writing
 
-@routes.get("/messages")
+@routes.get("/messages", read_only=True)
 @login_required
 def inbox():
     """The viewer's conversations, the latest first, with their unread counts."""

@@ -10,16 +10,12 @@ Usage: python bench/run.py [--orders N] [--seconds S] [--floor-seconds S] [--con
 import argparse
 import datetime
 import hashlib
-import http.client
-import json
 import os
 import re
 import secrets
-import statistics
 import subprocess
 import sys
-import threading
-import time
+from pathlib import Path
 from urllib.parse import quote
 
 import psutil
@@ -78,15 +74,40 @@ def prepare(url, writers):
         customers = [p["id"] for p in people if p["role"] == "customer"]
         performers = [p["id"] for p in people if p["role"] == "performer"]
         pairs = [(api_token_for(c, cu), api_token_for(c, pe)) for cu, pe in zip(customers, performers)]
+        conversations = inbox_for(c, customer["id"], INBOX_CONVERSATIONS)
         cursor = quote(f"{deep['created_at'].isoformat()}_{deep['id']}")
         return {
             "staff": session_for(c, staff),
             "customer": session_for(c, customer["id"]), "customer_orders": customer["n"],
+            "conversations": conversations,
             "performer": session_for(c, performer["id"]), "performer_orders": performer["n"],
             "reviewed": reviewed["id"], "reviews": reviewed["n"],
             "deep_cursor": cursor, "catalogue_after": catalogue_deep["id"], "order": order,
             "pairs": pairs,
         }
+
+
+INBOX_CONVERSATIONS = 200
+
+
+def inbox_for(connection, customer_id, wanted):
+    """Gives the customer `wanted` conversations (each a performer's message on one of the
+    customer's taken orders), through the app's own queries; returns how many they have."""
+    import db
+    have = connection.execute("SELECT count(*) AS n FROM conversations WHERE customer_id = %s",
+                              (customer_id,)).fetchone()["n"]
+    orders = connection.execute(
+        """SELECT o.id, o.performer_id FROM orders o
+           WHERE o.customer_id = %s AND o.performer_id IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM conversations c WHERE c.order_id = o.id)
+           ORDER BY o.id LIMIT %s""", (customer_id, max(0, wanted - have))).fetchall()
+    for order in orders:
+        talk = connection.execute(db.Q["conversation_open"], {
+            "order_id": order["id"], "performer_id": order["performer_id"],
+            "sender_id": order["performer_id"]}).fetchone()
+        connection.execute(db.Q["message_send"], {"conversation_id": talk["id"], "sender_id": order["performer_id"],
+                                                  "body": f"Вопрос по заказу {order['id']} / a question"})
+    return have + len(orders)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +151,10 @@ def wrk(url, seconds, connections, headers=()):
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s"]
     for header in headers:
         command += ["-H", header]
-    out = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    return wrk_result(subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout)
+
+
+def wrk_result(out):
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -141,54 +165,14 @@ def wrk(url, seconds, connections, headers=()):
             "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket.groups())) if socket else 0)}
 
 
-def write_mix(port, pairs, seconds):
-    """Each thread, with its own customer and performer: create an order, take it, deliver it,
-    accept it with a rating — four writes over the API, each a new connection (sync workers)."""
-    latencies, errors, lock = [], [0], threading.Lock()
-    deadline = time.monotonic() + seconds
-
-    def call(method, path, token, body):
-        started = time.monotonic()
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            connection.request(method, path, json.dumps(body),
-                               {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            reply = connection.getresponse()
-            data = reply.read()
-            ok = 200 <= reply.status < 300
-        except OSError:
-            ok, data = False, b""
-        finally:
-            connection.close()
-        with lock:
-            latencies.append((time.monotonic() - started) * 1000)
-            if not ok:
-                errors[0] += 1
-        return json.loads(data) if ok else None
-
-    def worker(n, customer, performer):
-        while time.monotonic() < deadline:
-            order = call("POST", "/api/v1/orders", customer,
-                         {"title": f"Bench write {n} заказ", "description": "Запись из бенча / a bench write",
-                          "category": "design", "budget": 1000 + n})
-            if not order:
-                continue
-            base = f"/api/v1/orders/{order['id']}"
-            if call("POST", base + "/take", performer, {}) and \
-                    call("POST", base + "/deliver", performer, {"message": "Готово / done"}):
-                call("POST", base + "/accept", customer, {"rating": 1 + n % 10, "review": ""})
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(n, c, p)) for n, (c, p) in enumerate(pairs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
-    latencies.sort()
-    count = len(latencies)
-    return {"requests": count, "rps": count / elapsed, "p50": latencies[count // 2],
-            "p99": latencies[min(count - 1, int(count * 0.99))], "errors": errors[0]}
+def write_mix(url, pairs, seconds):
+    """The write mix (bench/writes.lua): one wrk thread and connection per pair of a customer and a
+    performer, each walking its orders through create, take, deliver and accept over the API."""
+    tokens = ";".join(f"{customer},{performer}" for customer, performer in pairs)
+    env = dict(os.environ, BENCH_WRITE_TOKENS=tokens)
+    command = ["wrk", f"-t{len(pairs)}", f"-c{len(pairs)}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+               "-s", str(Path(__file__).with_name("writes.lua")), url]
+    return wrk_result(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +192,7 @@ def scenarios(p):
         (f"public profile ({p['reviews']} reviews)", f"/performers/{p['reviewed']}", anonymous),
         (f"customer cabinet ({p['customer_orders']} orders)", "/cabinet", ("Cookie: " + p["customer"],)),
         (f"performer cabinet ({p['performer_orders']} orders)", "/cabinet", ("Cookie: " + p["performer"],)),
+        (f"inbox ({p['conversations']} conversations)", "/messages", ("Cookie: " + p["customer"],)),
         ("admin dashboard", "/admin", ("Cookie: " + p["staff"],)),
         ("write mix over the API", None, None),
         ("search q=логотип right after the write mix", f"/orders?q={logo}", anonymous),
@@ -243,7 +228,7 @@ def main():
             if path is None:
                 with psycopg.connect(url) as c:
                     written_before = c.execute("SELECT count(*) FROM order_history").fetchone()[0]
-                result = write_mix(PORT, params["pairs"], args.seconds)
+                result = write_mix(web.base + "/", params["pairs"], args.seconds)
                 with psycopg.connect(url) as c:
                     written = c.execute("SELECT count(*) FROM order_history").fetchone()[0] - written_before
                     drift = c.execute("SELECT count(*) FROM audit_counters()").fetchone()[0]

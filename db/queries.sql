@@ -270,6 +270,14 @@ FROM categories
 WHERE NOT is_hidden
 ORDER BY id
 
+-- name: feed_categories
+-- Every category, hidden ones too (their open orders stay in the feed until taken or cancelled):
+-- the feed names its cards' categories from these, lists the visible ones, and adds up the
+-- counters for how many open orders it has.
+SELECT id, slug, name_ru, name_en, is_hidden, open_orders
+FROM categories
+ORDER BY id
+
 -- name: category_visible_by_slug
 SELECT id, slug, name_ru, name_en
 FROM categories
@@ -743,9 +751,8 @@ LIMIT %(limit)s
 -- end of time / the top budget). LIMIT 21: a page of 20 and one more to know a next page exists.
 -- The edge (optional) stops the walk at a window edge: searches use it, see orders_feed_search_older.
 SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
-       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+       o.category_id
 FROM orders o
-JOIN categories c ON c.id = o.category_id
 JOIN users u ON u.id = o.customer_id
 WHERE o.status = 'open'
   AND NOT u.is_blocked
@@ -830,10 +837,9 @@ WITH matches AS MATERIALIZED (
           END
 )
 SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
-       c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
+       o.category_id
 FROM matches m
 JOIN orders o ON o.id = m.id
-JOIN categories c ON c.id = o.category_id
 JOIN users u ON u.id = o.customer_id
 WHERE NOT u.is_blocked
   AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
@@ -906,59 +912,17 @@ ORDER BY wanted.position
 -- yourself" and by the actor still being active staff, plus its admin_log row; when nothing
 -- changed it logs nothing and returns no row (the route then reads to pick 404/403/409).
 
--- name: admin_users_by_role
-SELECT role,
-       count(*) AS total,
-       count(*) FILTER (WHERE is_staff) AS staff,
-       count(*) FILTER (WHERE is_blocked) AS blocked
-FROM users
-GROUP BY role
-ORDER BY role
+-- name: dashboard_figures_read
+-- The dashboard's figures as the tick (or "check now") last computed them.
+SELECT computed_at,
+       now() - computed_at AS age,
+       users_by_role,
+       orders_by_status,
+       new_per_day
+FROM dashboard_figures
 
--- name: admin_orders_by_status
--- From the customers' counters (kept exact by triggers): no count over a million orders.
-SELECT s.status,
-       s.total
-FROM (SELECT coalesce(sum(orders_open), 0) AS open,
-             coalesce(sum(orders_in_progress), 0) AS in_progress,
-             coalesce(sum(orders_delivered), 0) AS delivered,
-             coalesce(sum(orders_disputed), 0) AS disputed,
-             coalesce(sum(orders_done), 0) AS done,
-             coalesce(sum(orders_cancelled), 0) AS cancelled
-      FROM customer_stats) AS t
-CROSS JOIN LATERAL (VALUES ('open'::order_status, t.open),
-                           ('in_progress'::order_status, t.in_progress),
-                           ('delivered'::order_status, t.delivered),
-                           ('disputed'::order_status, t.disputed),
-                           ('done'::order_status, t.done),
-                           ('cancelled'::order_status, t.cancelled)) AS s (status, total)
-ORDER BY s.status
-
--- name: admin_new_per_day
--- New accounts and orders per day for the last %(days)s days, today included, empty days as 0.
-WITH days AS (
-    SELECT d::date AS day
-    FROM generate_series(current_date - (%(days)s::integer - 1), current_date, interval '1 day') AS d
-), new_users AS (
-    SELECT created_at::date AS day,
-           count(*) AS n
-    FROM users
-    WHERE created_at >= current_date - (%(days)s::integer - 1)
-    GROUP BY 1
-), new_orders AS (
-    SELECT created_at::date AS day,
-           count(*) AS n
-    FROM orders
-    WHERE created_at >= current_date - (%(days)s::integer - 1)
-    GROUP BY 1
-)
-SELECT d.day,
-       coalesce(u.n, 0) AS users,
-       coalesce(o.n, 0) AS orders
-FROM days d
-LEFT JOIN new_users u USING (day)
-LEFT JOIN new_orders o USING (day)
-ORDER BY d.day
+-- name: dashboard_figures_refresh
+SELECT dashboard_figures_refresh() AS computed_at
 
 -- name: admin_top_performers
 SELECT u.id,
@@ -1288,10 +1252,16 @@ ORDER BY o.disputed_at, o.id
 LIMIT %(limit)s
 
 -- name: admin_disputes_open
--- For the admin area's navigation: an index-only count on the partial index orders_disputed_idx.
+-- For the admin area's navigation: the open disputes counted up to %(cap)s + 1 (shown as "99+"
+-- beyond), an index-only walk of the partial index orders_disputed_idx that costs the same
+-- whatever the backlog.
 SELECT count(*) AS n
-FROM orders
-WHERE status = 'disputed'
+FROM (
+    SELECT 1
+    FROM orders
+    WHERE status = 'disputed'
+    LIMIT %(cap)s + 1
+) AS capped
 
 -- name: admin_categories_all
 -- Hidden ones included (categories_list shows only the visible ones).

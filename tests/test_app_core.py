@@ -429,3 +429,40 @@ def test_while_the_database_is_unreachable_one_request_at_a_time_tries_and_at_mo
     assert len(attempts) == 2 and database._current["pool"] is None
     database.close_pool()  # forgets the failure too
 
+
+
+def test_a_pooled_connection_the_server_ended_is_replaced_without_an_error(client, db):
+    """Every pooled connection is ended by the server (as a restart or an operator would): the next
+    requests get fresh ones and never see the dead ones (no 503, no 500)."""
+    assert client.get("/orders").status_int == 200
+    pids = [row["pid"] for row in db.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    assert pids
+    end_backends(db, pids)
+    for _request in range(3):
+        assert client.get("/orders").status_int == 200
+
+
+def test_handing_out_a_live_connection_costs_no_round_trip(db_url, monkeypatch):
+    """The pool's check pings only a connection with something waiting on its socket."""
+    pings = []
+    ping = psycopg_pool.ConnectionPool.check_connection
+    monkeypatch.setattr(psycopg_pool.ConnectionPool, "check_connection",
+                        staticmethod(lambda conn: pings.append(conn) or ping(conn)))
+    with psycopg.connect(db_url, autocommit=True) as live, psycopg.connect(db_url, autocommit=True) as ended:
+        database.check_connection(live)
+        assert pings == []
+        end_backends(live, [ended.info.backend_pid])
+        with pytest.raises(psycopg.OperationalError):
+            database.check_connection(ended)
+        assert pings == [ended]
+
+
+def end_backends(db, pids):
+    """Ends these server processes and waits until they are gone (their goodbye is sent by then)."""
+    db.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::integer[]) AS pid", (pids,))
+    for _attempt in range(500):
+        if not db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"backends {pids} did not end in 5 s")

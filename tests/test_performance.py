@@ -261,3 +261,24 @@ def test_the_top_performers_read_the_rank_index_instead_of_sorting_every_perform
         + ("WHERE NOT u.is_blocked AND s.orders_completed > 0 " if name == "home_performers_top" else "")
         + "ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id LIMIT 10")]
     assert top == expected
+
+
+def test_the_pages_served_most_run_without_begin_and_commit_and_writes_keep_their_transaction(
+        app, db, make_client, make_user, make_order, sign_in, monkeypatch):
+    """Routes marked read_only (GETs that only read) take their connection in autocommit: two round
+    trips fewer per page. A write still commits once, as one transaction."""
+    commits = []
+    original = psycopg.Connection.commit
+    monkeypatch.setattr(psycopg.Connection, "commit", lambda conn: commits.append(conn) or original(conn))
+    marked = [route for route in app.routes if route.config.get("read_only")]
+    assert {route.method for route in marked} == {"GET"} and len(marked) >= 7
+    anna = make_user("customer")
+    order = make_order(anna, title="Read-only page order")
+    client = sign_in(make_client("203.0.113.30"), anna)
+    for url in ("/", "/orders", f"/orders/{order['id']}", "/performers", "/cabinet", "/messages"):
+        commits.clear()
+        assert client.get(url).status_int == 200 and commits == [], url
+    commits.clear()
+    cancelled = client.post_form(f"/orders/{order['id']}/cancel", {"reason": "Not needed", "confirm": "yes"})
+    assert cancelled.status_int == 303 and len(commits) == 1
+    assert db.execute("SELECT status FROM orders WHERE id = %s", (order["id"],)).fetchone()["status"] == "cancelled"
