@@ -11,7 +11,7 @@ from bottle import request
 
 import files
 from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all,
-                 db_one, error_response, login_required, not_found, redirect, render, role_required,
+                 db_one, db_run, error_response, login_required, not_found, redirect, render, role_required,
                  safe_next)
 
 routes = Routes()
@@ -407,7 +407,12 @@ def order_talk(order, user):
 
 @routes.get("/orders/<order_id:id>", read_only=True)
 def order_page(order_id):
-    return render_order(load_order(order_id))
+    order = load_order(order_id)
+    user = current_user()
+    if user and user.get("unread_notifications") and \
+            db_run("notifications_read_for_order", user_id=user["id"], order_id=order_id):
+        user.update(db_one("user_unread_counts", user_id=user["id"]) or {})  # for the header
+    return render_order(order)
 
 
 @routes.get("/orders/<order_id:id>/<action:re:take|complete|deliver|cancel|rate|accept|revision|withdraw|dispute|offers>")

@@ -165,8 +165,10 @@ def id_filter(_config):
 
 def conn():
     """The connection of the current request, taken on first use: one transaction per request,
-    or none on the routes that only read (`read_only=True` in their config: pages served most,
-    where BEGIN and COMMIT would be two of five round trips to the server)."""
+    or none on the routes marked `read_only=True` (pages served most, where BEGIN and COMMIT
+    would be two of five round trips to the server): there each statement is its own
+    transaction, so such a route reads, or writes in one statement that stands alone (an order's
+    page marks the viewer's notifications of it read)."""
     lease = request.environ.get("birzha.lease")
     if lease is None:
         route = request.environ.get("bottle.route")

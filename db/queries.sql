@@ -1689,6 +1689,16 @@ WHERE id = %(id)s
   AND read_at IS NULL
 RETURNING id
 
+-- name: notifications_read_for_order
+-- Opening an order's page reads the viewer's notifications that lead there (every kind but
+-- messages, which lead to their conversation).
+UPDATE notifications
+SET read_at = now()
+WHERE user_id = %(user_id)s
+  AND order_id = %(order_id)s
+  AND read_at IS NULL
+  AND kind <> 'message_received'
+
 -- name: notification_exists
 SELECT id
 FROM notifications

@@ -93,3 +93,21 @@ def test_reading_a_conversation_reads_its_message_notifications(db, make_user, m
 
 def test_guests_are_sent_to_sign_in(client):
     assert client.get("/notifications", status=303).headers["Location"].endswith("/login?next=/notifications")
+
+
+def test_opening_the_order_reads_its_notifications_but_not_its_messages(db, customer, make_user, make_client,
+                                                                          sign_in, make_order):
+    user, browser = customer
+    performer = make_user("performer", name="Vera")
+    order, other = make_order(user, title="Logo for a bakery"), make_order(user, title="Other order")
+    add_notifications(db, user, order, 2)
+    add_notifications(db, user, other, 1)
+    sign_in(make_client("198.51.100.74"), performer).post_form(f"/orders/{order['id']}/messages", {"body": "Question"})
+    assert unread_in_header(browser.get("/")) == 4
+    page = browser.get(f"/orders/{order['id']}")
+    assert unread_in_header(page) == 2  # the header already counts what the page has read
+    unread = db.execute("SELECT kind, order_id FROM notifications WHERE read_at IS NULL ORDER BY id").fetchall()
+    assert unread == [{"kind": "order_rated", "order_id": other["id"]},
+                      {"kind": "message_received", "order_id": order["id"]}]
+    make_client("198.51.100.75").get(f"/orders/{other['id']}")  # a guest reads nothing of anyone's
+    assert unread_in_header(browser.get("/")) == 2
