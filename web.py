@@ -768,7 +768,7 @@ class Form:
             return None
         # People write "12 000" (and word processors "12\u00a0000"): spaces between digits are fine.
         text = re.sub(r"(?<=\d)[ \u00a0\u202f\u2009](?=\d)", "", text)
-        if not re.fullmatch(r"[+-]?\d{1,12}", text):
+        if not re.fullmatch(r"[+-]?\d{1,18}", text):
             self.errors[name] = _("Enter a whole number.")
             return None
         number = int(text)
@@ -822,7 +822,7 @@ class Form:
 ERROR_TITLES = {
     400: "Bad request", 401: "Authentication required", 403: "Access denied", 404: "Page not found",
     405: "Method not allowed", 409: "Conflict", 411: "Length required", 413: "Request too large",
-    415: "Unsupported media type", 429: "Too many attempts", 500: "Something went wrong",
+    415: "Unsupported media type", 422: "Unprocessable request", 429: "Too many attempts", 500: "Something went wrong",
     503: "Service unavailable",
 }
 
