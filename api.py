@@ -7,12 +7,16 @@ Errors are application/problem+json (error_page in app.py). The transitions and 
 Every POST takes an `Idempotency-Key` header (`idempotent`): a retry gets the first answer again.
 """
 import decimal
+import functools
 import hashlib
 import json
 import re
 from functools import wraps
 
+import jsonschema
 from bottle import request, response
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 import accounts
 import orders
@@ -123,7 +127,8 @@ def replay(kept, sent):
 
 
 # ---------------------------------------------------------------------------------------------
-# JSON in
+# What comes in, checked against the OpenAPI document below (OPENAPI): the server refuses
+# exactly what the document forbids, then the readers of orders.py and messages.py read the rest.
 
 class JsonFields(dict):
     """The text of a JSON object's fields, read by Form as it reads request.forms."""
@@ -132,35 +137,140 @@ class JsonFields(dict):
         return self.get(name)
 
 
-def json_form(types, defaults=None):
-    """The JSON body as a Form; `types` maps each field to str or int (null means absent).
-    A field the body leaves out takes its text in `defaults`, if any (an edit keeps it)."""
+DOCUMENT_URI = "urn:birzha:api"
+# ECMA 262 (JSON Schema's regular expressions) ends the text at `$`; Python's re also before a
+# final newline: the document's patterns are read as the document's other readers read them.
+ECMA_END = re.compile(r"\$$")
+
+
+def ecma_pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not re.search(ECMA_END.sub(r"\\Z", pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+DocumentValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": ecma_pattern})
+
+
+@functools.cache
+def document_registry():
+    return Registry().with_resource(DOCUMENT_URI, Resource.from_contents(OPENAPI, DRAFT202012))
+
+
+def document_errors(instance, schema):
+    """What `schema` (of the document) refuses in the JSON object `instance`: {field: (keyword, message)}."""
+    found = {}
+    checker = DocumentValidator(schema, registry=document_registry(), format_checker=DocumentValidator.FORMAT_CHECKER)
+    for error in checker.iter_errors(instance):
+        if error.path:
+            found.setdefault(error.path[0], (error.validator, error_message(error)))
+        elif error.validator == "required":
+            for name in error.validator_value:
+                if name not in instance:
+                    found.setdefault(name, ("required", _("This field is required.")))
+        elif error.validator == "additionalProperties":
+            for name in set(instance) - set(error.schema["properties"]):
+                found.setdefault(name, ("additionalProperties", _("There is no such field.")))
+    return found
+
+
+def error_message(error):
+    """A field's message for what its schema refused (the readers say most of them first)."""
+    kind, limit = error.validator, error.validator_value
+    if kind == "type":
+        return _("Enter a whole number.") if "integer" in limit else _("Enter the value as a JSON string.")
+    if kind == "minimum":
+        return _("The smallest allowed value is %(n)s.", n=limit)
+    if kind == "maximum":
+        return _("The largest allowed value is %(n)s.", n=limit)
+    if kind == "maxLength":
+        return _("At most %(n)s characters, please.", n=limit)
+    if kind == "enum":
+        return _("Choose one of the options.")
+    if kind == "format":
+        return _("Enter a date as YYYY-MM-DD.")
+    if kind == "pattern" and any(ord(ch) < 32 for ch in error.instance):
+        return _("The text contains control characters.")
+    return _("This value does not have the form that the API document gives for it.")
+
+
+def document_path():
+    """The path of the document that this request's route serves."""
+    return re.sub(r"<(\w+)[^>]*>", r"{\1}", request.route.rule)
+
+
+def document_operation():
+    return OPENAPI["paths"][document_path()][request.method.lower()]
+
+
+def query_form():
+    """The operation's query parameters as a Form, each given at most once and as its schema
+    says (an integer written as one, an empty value only where a text may be empty); else 400."""
+    schemas = {item["name"]: item["schema"] for item in document_operation()["parameters"] if item["in"] == "query"}
+    values, errors = {}, {}
+    for name, schema in schemas.items():
+        given = request.query.getall(name)
+        if len(given) > 1:
+            errors[name] = _("Send this parameter once.")
+        elif given and request.query.getunicode(name) is None:
+            errors[name] = _("This text is not valid UTF-8.")
+        elif given:
+            values[name] = request.query.getunicode(name)
+    typed = {name: int(text) if schemas[name].get("type") == "integer" and re.fullmatch(r"-?[0-9]{1,30}", text)
+             else text for name, text in values.items()}
+    refused = document_errors(typed, {"type": "object", "properties": schemas})
+    errors.update({name: message for name, (_kind, message) in refused.items() if name not in errors})
+    if errors:
+        raise invalid(errors)
+    return Form(JsonFields(values))
+
+
+def json_body():
+    """The request's JSON object; no body at all (whatever its Content-Type) is an empty one."""
+    raw = request.body.read()
+    if not raw.strip():
+        return {}
     if request.content_type.split(";")[0].strip().lower() != "application/json":
         raise error_response(415, _("Send the request body as JSON (Content-Type: application/json)."))
-    raw = request.body.read()
     try:
-        data = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         raise error_response(400, _("The request body is not valid JSON."))
     if not isinstance(data, dict):
         raise error_response(400, _("The request body must be a JSON object."))
+    return data
+
+
+def read_json(reader=None, *, defaults=None, order_id=None, action=None, semantic=()):
+    """The JSON body read by `reader` (a Form reader of orders.py: its fields), after the check
+    against this operation's schema. A body the document refuses is a 400 with each field's
+    message (the reader's where it has one). A body it allows can still break a rule that it only
+    describes (a deadline in the past): the `semantic` fields, a 422. With `action`, bad input on
+    an order whose state refuses the write anyway is the write's 404, 403 or 409.
+    A field the body leaves out takes its text in `defaults` (an edit keeps it); null leaves it out."""
+    data = json_body()
+    pointer = f"#/paths/{document_path().replace('/', '~1')}/{request.method.lower()}/requestBody/content/" \
+              "application~1json/schema"
+    refused = document_errors(data, {"$ref": DOCUMENT_URI + pointer})
     form = Form(JsonFields(defaults or {}))
-    for name, kind in types.items():
-        if name not in data:
-            continue
-        value = data[name]
+    for name, value in data.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 5.0 is the integer 5 in JSON
         if value is None:
             form.source.pop(name, None)
-            continue
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            form.errors[name] = _("Enter a whole number.")
-        elif kind is str and not isinstance(value, str):
-            form.errors[name] = _("Enter the value as a JSON string.")
-        elif kind is str and not is_utf8(value):  # a lone surrogate escape such as "\\ud800"
+        elif isinstance(value, str) and not is_utf8(value):  # a lone surrogate escape such as "\\ud800"
             form.errors[name] = _("This text is not valid UTF-8.")
-        else:
+        elif isinstance(value, (str, int)) and not isinstance(value, bool):
             form.source[name] = str(value)
-    return form
+        if refused.get(name, ("",))[0] == "type":  # said before the reader reads the text of it
+            form.errors[name] = refused[name][1]
+    fields = reader(form) if reader else {}
+    for name, (_kind, message) in refused.items():
+        form.errors.setdefault(name, message)
+    if form.errors:
+        if action:
+            orders.refuse_bad_input(order_id, action)
+        raise invalid(form.errors, 422 if not refused and set(form.errors) <= set(semantic) else 400)
+    return fields
 
 
 def is_utf8(text):
@@ -171,9 +281,9 @@ def is_utf8(text):
     return True
 
 
-def invalid(form):
-    """400 with each field's message in the `errors` member."""
-    return error_response(400, _("Some fields are not valid."), problem={"errors": form.errors})
+def invalid(errors, status=400):
+    """400 (or 422) with each field's message in the `errors` member."""
+    return error_response(status, _("Some fields are not valid."), problem={"errors": errors})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,18 +364,26 @@ def require_role(role):
     return user
 
 
-ORDER_FIELDS = {"title": str, "description": str, "category": str, "budget": int, "deadline": str, "mode": str}
+# The fields that a request the document allows may still get wrong (its 422): an order's deadline
+# in the past or a category not (or no longer) offered, a review without a rating; a feed cursor
+# of another sort (or of no real day), a budget range upside down.
+ORDER_RULES = ("deadline", "category")
+TRANSITION_RULES = {"accept": ("rating",)}
+FEED_RULES = ("after", "max_budget")
 
 
 @routes.get("/api/v1/orders")
 @authenticate(required=False)
 def api_orders():
-    """The feed of open orders with the filters and cursors of /orders."""
+    """The feed of open orders with the filters and cursors of /orders; an unknown category is a
+    404 (as in the catalogue), a cursor of another sort or a budget range upside down a 422."""
     by_slug = {category["slug"]: category for category in db_all("categories_list")}
-    form = Form(request.query)
+    form = query_form()
+    if form.source.get("category", "") not in {"", *by_slug}:
+        raise not_found(_("There is no such category."))
     filters, sort, cursor = orders.read_feed_filters(form, by_slug)
     if not form.ok:
-        raise invalid(form)
+        raise invalid(form.errors, 422 if set(form.errors) <= set(FEED_RULES) else 400)
     rows, next_after = orders.feed_page(filters, sort, cursor)
     user = current_user()
     full = db_all("api_orders_by_ids", ids=[row["id"] for row in rows], staff=bool(user and user["is_staff"]))
@@ -283,12 +401,12 @@ def api_order(order_id):
 @idempotent
 def api_order_create():
     user = require_role("customer")
-    form = json_form(ORDER_FIELDS)
     options = orders.category_options()
-    fields = orders.read_new_order(form, options)
-    order_id = orders.create_order(user, fields, form) if form.ok else None
-    if order_id is None:
-        raise invalid(form)
+    fields = read_json(lambda form: orders.read_new_order(form, options), semantic=ORDER_RULES)
+    form = Form(JsonFields())
+    order_id = orders.create_order(user, fields, form)
+    if order_id is None:  # its category was hidden a moment ago
+        raise invalid(form.errors, 422)
     response.set_header("Location", f"/api/v1/orders/{order_id}")
     return order_reply(order_id, 201)
 
@@ -303,37 +421,18 @@ def api_order_edit(order_id):
     options = orders.edit_options(order)
     current = {"title": order["title"], "description": order["description"], "category": order["category_slug"],
                "budget": str(order["budget"]), "deadline": iso(order["deadline"]) or "", "mode": order["mode"]}
-    form = json_form(ORDER_FIELDS, defaults=current)
-    fields = orders.read_edit_fields(form, order, options)
-    if not form.ok:
-        raise invalid(form)
+    fields = read_json(lambda form: orders.read_edit_fields(form, order, options), defaults=current,
+                       semantic=ORDER_RULES)
     orders.update_order(order_id, current_user(), fields)
     return order_reply(order_id)
 
 
-def read_body(order_id, action, types, reader):
-    """The body's fields for `action`. Bad input is answered as the HTML form's is: 404, 403 or
-    409 when the write would be refused anyway, else 400 with each field's error."""
-    form = json_form(types)
-    fields = reader(form) if reader else {}
-    if not form.ok:
-        orders.refuse_bad_input(order_id, action)
-        raise invalid(form)
-    return fields
-
-
-# The fields each transition's body takes; the readers, transitions and roles are the HTML forms'.
-TRANSITION_BODIES = {
-    "take": {}, "deliver": {"message": str}, "withdraw": {"reason": str}, "cancel": {"reason": str},
-    "rate": {"rating": int, "review": str}, "accept": {"rating": int, "review": str},
-    "revision": {"reason": str}, "dispute": {"reason": str},
-}
-
-
 def api_transition(order_id, action):
+    """One transition: the readers, transitions and roles are the HTML forms' (orders.py)."""
     reader, make, role, _message = orders.FORM_TRANSITIONS[action]
     user = require_role(role)
-    make(order_id, user, **read_body(order_id, action, TRANSITION_BODIES[action], reader))
+    make(order_id, user, **read_json(reader, order_id=order_id, action=action,
+                                     semantic=TRANSITION_RULES.get(action, ())))
     return order_reply(order_id)
 
 
@@ -347,7 +446,7 @@ def transition_route(action, path=None):
                 name=f"api_order_{path or action}")
 
 
-for _action in TRANSITION_BODIES:
+for _action in orders.FORM_TRANSITIONS:
     transition_route(_action)
 transition_route("deliver", path="complete")  # the first name of delivering, kept for old clients
 
@@ -386,7 +485,7 @@ def api_order_offers(order_id):
 def api_offer_send(order_id):
     """Sends the performer's offer (201) or changes their active one (200)."""
     user = require_role("performer")
-    fields = read_body(order_id, "offer", {"price": int, "days": int, "message": str}, orders.read_offer_fields)
+    fields = read_json(orders.read_offer_fields, order_id=order_id, action="offer")
     created = orders.send_offer(order_id, user, **fields)
     return my_offer_reply(order_id, user, 201 if created else 200)
 
@@ -396,7 +495,7 @@ def api_offer_send(order_id):
 @idempotent
 def api_offer_withdraw(order_id):
     user = require_role("performer")
-    json_form({})
+    read_json()
     orders.withdraw_offer(order_id, user)
     return my_offer_reply(order_id, user)
 
@@ -406,7 +505,7 @@ def api_offer_withdraw(order_id):
 @idempotent
 def api_offer_accept(order_id, offer_id):
     user = require_role("customer")
-    json_form({})
+    read_json()
     orders.accept_offer(order_id, offer_id, user)
     return order_reply(order_id)
 
@@ -431,11 +530,11 @@ def api_me():
 @authenticate(required=False)
 def api_performers():
     """The catalogue of /performers: best rated first; `category` (slug) and `after` (an id)."""
-    form = Form(request.query)
+    form = query_form()
     after = form.integer("after", required=False, min_value=1, max_value=10**17)
     slug = form.text("category", required=False, max_len=100)
     if not form.ok:
-        raise invalid(form)
+        raise invalid(form.errors)
     category = db_one("category_visible_by_slug", slug=slug) if slug else None
     if slug and category is None:
         raise not_found(_("There is no such category."))
@@ -490,12 +589,39 @@ def closed(properties, optional=()):
 
 
 def nullable(schema):
+    if isinstance(schema.get("type"), str):  # its other keywords (format, minimum) pass a null by
+        return {**schema, "type": [schema["type"], "null"]}
     return {"oneOf": [schema, {"type": "null"}]}
+
+
+# What str.strip() removes (str.isspace), spelled out: ECMA 262 and Python read \s differently.
+SPACES = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def text_schema(max_len, *, min_len=0, multiline=False):
+    """A text field as web.Form.text reads it, spelled as a schema: no control characters (on one
+    line) or no NUL (multiline), and with min_len at least that many characters once the spaces
+    around are trimmed. maxLength counts every character sent (the server trims before storing)."""
+    control = r"\x00" if multiline else r"\x00-\x1f"
+    pattern = f"^[^{control}]*$"
+    if min_len:
+        inner = f"[\\s\\S]{{{min_len - 2},}}[^{SPACES}]" if min_len > 1 else ""
+        pattern = f"^(?![\\s\\S]*[{control}])[\\s\\S]*?[^{SPACES}]{inner}"
+    return {"type": "string", "maxLength": max_len, "pattern": pattern}
 
 
 TEXT, INTEGER, MOMENT = {"type": "string"}, {"type": "integer"}, {"type": "string", "format": "date-time"}
 DATE = {"type": "string", "format": "date"}
+ID = {"type": "integer", "minimum": 1, "maximum": 10**17}
+PATH_ID = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}  # web.id_filter: up to 18 digits
+SLUG = {"type": "string", "maxLength": 50, "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"}
+ID_TEXT = "[1-9][0-9]{0,17}"
+DAY_TEXT = "(?!0000)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"  # 02-30 passes: a 422
+MOMENT_TEXT = f"{DAY_TEXT}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{{6}})?[+-]([01][0-9]|2[0-3]):[0-5][0-9]"
+TIME_CURSOR = {"type": "string", "pattern": f"^{MOMENT_TEXT}_{ID_TEXT}$"}
+FEED_CURSOR = {"type": "string", "pattern": f"^({MOMENT_TEXT}|[0-9]{{1,10}}|{DAY_TEXT}|infinity)_{ID_TEXT}$"}
 PROBLEM = {"$ref": "#/components/responses/Problem"}
+PROBLEM_CONTENT = {"application/problem+json": {"schema": ref("Problem")}}
 UNAUTHORIZED = {"$ref": "#/components/responses/Unauthorized"}
 
 
@@ -504,18 +630,25 @@ def json_content(schema):
 
 
 def operation(summary, status, schema, *, problems=(), secured=False, body=None, parameters=(), headers=None,
-              also=None):
+              also=None, rules=None, credentials=True, database=True):
     """One path/method: its success response (and `also` {status: description} answered with the
-    same schema), the problems it may answer, its credentials."""
+    same schema), the problems it may answer, its credentials. Any request may be answered 400 (a
+    Content-Length that is not a number), 411 (a chunked body) or 413 (a body over 1 MB), and 503
+    when the database is down; one with credentials 401; one with a body 409 (a collision) and 415;
+    `rules` says what makes a 422: a request the schemas allow that breaks a rule they cannot state."""
+    problems = {400, 411, 413, *problems, *([503] if database else []), *([401] if credentials else []),
+                *([409, 415] if body is not None else [])}
     success = {"description": summary, "content": json_content(schema), **({"headers": headers} if headers else {})}
     others = {str(code): {"description": text, "content": json_content(schema)} for code, text in (also or {}).items()}
+    if rules:
+        others["422"] = {"description": rules, "content": PROBLEM_CONTENT}
     op = {"summary": summary, "parameters": list(parameters),
           "responses": {str(status): success, **others,
-                        **{str(code): UNAUTHORIZED if code == 401 else PROBLEM for code in problems},
+                        **{str(code): UNAUTHORIZED if code == 401 else PROBLEM for code in sorted(problems)},
                         "default": PROBLEM},
-          "security": [{"bearer": []}, {"cookie": []}] + ([] if secured else [{}])}
+          "security": ([{"bearer": []}, {"cookie": []}] + ([] if secured else [{}])) if credentials else []}
     if body is not None:
-        op["requestBody"] = {"required": False, "content": json_content(body)}
+        op["requestBody"] = {"required": bool(body.get("required")), "content": json_content(body)}
     return op
 
 
@@ -524,15 +657,16 @@ def parameter(name, where, schema, description=""):
             "description": description}
 
 
-ORDER_ID = parameter("order_id", "path", {"type": "integer", "minimum": 1})
-OFFER_ID = parameter("offer_id", "path", {"type": "integer", "minimum": 1})
+ORDER_ID = parameter("order_id", "path", PATH_ID)
+OFFER_ID = parameter("offer_id", "path", PATH_ID)
 TRANSITION_PROBLEMS = (400, 401, 403, 404, 409, 415)
+BUDGET_FILTER = {"type": "integer", "minimum": 0, "maximum": orders.BUDGET_MAX}
 FEED_PARAMETERS = [
-    parameter("q", "query", TEXT, "full-text search"),
-    parameter("category", "query", TEXT, "category slug"),
-    parameter("min_budget", "query", INTEGER), parameter("max_budget", "query", INTEGER),
+    parameter("q", "query", text_schema(200), "full-text search"),
+    parameter("category", "query", SLUG, "category slug (an unknown one is a 404)"),
+    parameter("min_budget", "query", BUDGET_FILTER), parameter("max_budget", "query", BUDGET_FILTER),
     parameter("sort", "query", {"type": "string", "enum": list(orders.FEED_SORTS)}),
-    parameter("after", "query", TEXT, "the `next` of the previous page"),
+    parameter("after", "query", FEED_CURSOR, "the `next` of the previous page (of the same sort)"),
 ]
 CATEGORY = closed({"slug": TEXT, "name_ru": TEXT, "name_en": TEXT, "open_orders": INTEGER},
                   optional=("open_orders",))
@@ -540,12 +674,17 @@ PERSON = closed({"id": INTEGER, "name": TEXT})
 PERFORMER = {"id": INTEGER, "name": TEXT, "rating_avg": nullable({"type": "number"}),
              "rating_count": INTEGER, "orders_completed": INTEGER,
              "categories": {"type": "array", "items": ref("Category")}}
-PRICE = {"type": "integer", "minimum": 1, "maximum": 100000000}
+PRICE = {"type": "integer", "minimum": 1, "maximum": orders.BUDGET_MAX}
 RATING = {"type": "integer", "minimum": 1, "maximum": 10}
-MODE = {"enum": ["take", "offers"]}
-REASON = closed({"reason": TEXT})
-ORDER_FIELDS_SCHEMA = {"title": TEXT, "description": TEXT, "category": TEXT, "budget": INTEGER,
-                       "deadline": nullable(DATE), "mode": MODE}
+MODE = {"enum": list(orders.MODES)}
+REASON = closed({"reason": text_schema(1000, min_len=1, multiline=True)})
+REVIEW_TEXT = text_schema(5000, multiline=True)
+ORDER_FIELDS_SCHEMA = {"title": text_schema(200, min_len=3),
+                       "description": text_schema(10000, min_len=1, multiline=True),
+                       "category": SLUG, "budget": PRICE, "deadline": nullable(DATE), "mode": MODE}
+ORDER_RULES_TEXT = ("The deadline is today or later (an edit may keep the one the order has), and the category "
+                    "is one of GET /api/v1/categories")
+MESSAGE_TEXT = text_schema(5000, min_len=1, multiline=True)
 REVIEW = closed({"order_id": INTEGER, "title": TEXT, "rating": {"type": "integer", "minimum": 1, "maximum": 10},
                  "review": nullable(TEXT), "rated_at": MOMENT})
 
@@ -556,9 +695,13 @@ OPENAPI = {
     "paths": {
         "/api/v1/orders": {
             "get": operation("Open orders, filtered like /orders", 200, ref("OrderList"),
-                             problems=(400, 401), parameters=FEED_PARAMETERS),
+                             problems=(400, 401, 404), parameters=FEED_PARAMETERS,
+                             rules="`after` is not a `next` of this sort (or names no moment or day), or "
+                                   "`max_budget` is below `min_budget`"),
             "post": operation("Publish an order (customers)", 201, ref("Order"),
-                              problems=(400, 401, 403, 415), secured=True, body=ref("NewOrder"),
+                              problems=(400, 401, 403, 415), secured=True,
+                              body=closed(ORDER_FIELDS_SCHEMA, optional=("deadline", "mode")),
+                              rules=ORDER_RULES_TEXT,
                               headers={"Location": {"description": "The new order's URL",
                                                     "schema": TEXT}}),
         },
@@ -570,7 +713,7 @@ OPENAPI = {
                               "deadline clears it; the mode changes only while the order has no active offer",
                               200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
                               body=closed(ORDER_FIELDS_SCHEMA, optional=list(ORDER_FIELDS_SCHEMA)),
-                              parameters=[ORDER_ID]),
+                              rules=ORDER_RULES_TEXT, parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/take": {
             "post": operation("Take an open order in take mode (performers)", 200, ref("Order"),
@@ -580,12 +723,12 @@ OPENAPI = {
         "/api/v1/orders/{order_id}/deliver": {
             "post": operation("Hand in the work of an order in progress (its performer): it becomes delivered",
                               200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
-                              body=closed({"message": TEXT}), parameters=[ORDER_ID]),
+                              body=closed({"message": MESSAGE_TEXT}), parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/complete": {
             "post": operation("The first name of /deliver, kept for old clients: the same body and answer", 200,
                               ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
-                              body=closed({"message": TEXT}), parameters=[ORDER_ID]),
+                              body=closed({"message": MESSAGE_TEXT}), parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/withdraw": {
             "post": operation("Give an order in progress back, with a reason (its performer): it is open again",
@@ -595,8 +738,9 @@ OPENAPI = {
         "/api/v1/orders/{order_id}/accept": {
             "post": operation("Accept the delivered work (its customer), with an optional rating and review: done",
                               200, ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
-                              body=closed({"rating": nullable(RATING), "review": TEXT},
+                              body=closed({"rating": nullable(RATING), "review": REVIEW_TEXT},
                                           optional=("rating", "review")),
+                              rules="A review (not only spaces) without a rating",
                               parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/revision": {
@@ -613,12 +757,13 @@ OPENAPI = {
             "post": operation("Cancel an order (its customer): an open one, or one in progress past its deadline; "
                               "staff use the admin area", 200,
                               ref("Order"), problems=TRANSITION_PROBLEMS, secured=True,
-                              body=closed({"reason": TEXT}, optional=("reason",)), parameters=[ORDER_ID]),
+                              body=closed({"reason": text_schema(1000, multiline=True)}, optional=("reason",)),
+                              parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/rate": {
             "post": operation("Rate a done order once (its customer)", 200, ref("Order"),
                               problems=TRANSITION_PROBLEMS, secured=True,
-                              body=closed({"rating": RATING, "review": TEXT}, optional=("review",)),
+                              body=closed({"rating": RATING, "review": REVIEW_TEXT}, optional=("review",)),
                               parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/deliveries": {
@@ -635,7 +780,7 @@ OPENAPI = {
                               also={200: "Your active offer is changed"}, problems=TRANSITION_PROBLEMS,
                               secured=True, body=closed({"price": PRICE,
                                                          "days": {"type": "integer", "minimum": 1, "maximum": 365},
-                                                         "message": TEXT}),
+                                                         "message": text_schema(2000, min_len=1, multiline=True)}),
                               parameters=[ORDER_ID]),
         },
         "/api/v1/orders/{order_id}/offers/withdraw": {
@@ -654,18 +799,18 @@ OPENAPI = {
         "/api/v1/performers": {
             "get": operation("The performer catalogue: best rated first", 200, ref("PerformerList"),
                              problems=(400, 401, 404),
-                             parameters=[parameter("category", "query", TEXT, "category slug"),
-                                         parameter("after", "query", TEXT, "the `next` of the previous page")]),
+                             parameters=[parameter("category", "query", SLUG, "category slug"),
+                                         parameter("after", "query", ID, "the `next` of the previous page")]),
         },
         "/api/v1/performers/{performer_id}": {
             "get": operation("A performer's public profile", 200, ref("PerformerProfile"), problems=(401, 404),
-                             parameters=[parameter("performer_id", "path", {"type": "integer", "minimum": 1})]),
+                             parameters=[parameter("performer_id", "path", PATH_ID)]),
         },
         "/api/v1/categories": {
-            "get": operation("The visible categories", 200, ref("CategoryList")),
+            "get": operation("The visible categories", 200, ref("CategoryList"), credentials=False),
         },
         "/api/v1/openapi.json": {
-            "get": operation("This document", 200, {"type": "object"}),
+            "get": operation("This document", 200, {"type": "object"}, credentials=False, database=False),
         },
     },
     "components": {
@@ -700,7 +845,6 @@ OPENAPI = {
                 "taken_at": nullable(MOMENT), "delivered_at": nullable(MOMENT), "disputed_at": nullable(MOMENT),
                 "completed_at": nullable(MOMENT), "cancelled_at": nullable(MOMENT), "rated_at": nullable(MOMENT)}),
             "OrderList": closed({"items": {"type": "array", "items": ref("Order")}, "next": nullable(TEXT)}),
-            "NewOrder": closed(ORDER_FIELDS_SCHEMA, optional=("deadline", "mode")),
             "Offer": closed({
                 "id": INTEGER, "price": PRICE, "days": INTEGER, "message": TEXT,
                 "performer": closed({"id": INTEGER, "name": TEXT, "rating_avg": nullable({"type": "number"}),
@@ -776,27 +920,15 @@ def notification_json(row):
             "created_at": iso(row["created_at"]), "read_at": iso(row["read_at"])}
 
 
-def query_id(name):
-    """A positive id from the query string, or None; a malformed one is a 400."""
-    form = Form(request.query)
-    value = talk.read_id(form, name)
-    if not form.ok:
-        raise invalid(form)
-    return value
-
-
 @routes.get("/api/v1/conversations")
 @authenticate(required=True)
 def api_conversations():
     """The caller's conversations, the latest first (as /messages); `after` is the last `next`."""
     user = current_user()
-    form = Form(request.query)
-    after = form.text("after", required=False, max_len=100)
-    cursor = orders.parse_time_cursor(after) if after and form.ok else (talk.END_OF_TIME, talk.LAST_ID)
-    if cursor is None:
-        form.errors["after"] = _("This page link is broken. Start again from the first page.")
-    if not form.ok:
-        raise invalid(form)
+    after = query_form().source.get("after")
+    cursor = orders.parse_time_cursor(after) if after else (talk.END_OF_TIME, talk.LAST_ID)
+    if cursor is None:  # of the document's form, but no moment (a 31st of November)
+        raise invalid({"after": _("This page link is broken. Start again from the first page.")}, 422)
     rows = db_all("conversations_inbox", user_id=user["id"], after_at=cursor[0], after_id=cursor[1],
                   limit=talk.INBOX_PAGE + 1)
     page = rows[:talk.INBOX_PAGE]
@@ -804,20 +936,26 @@ def api_conversations():
                   "next": orders.cursor_after(page[-1], "last_message_at") if len(rows) > talk.INBOX_PAGE else None})
 
 
+def load_conversation(order_id, with_id):
+    """The conversation of the order that the caller reads; its customer must say `with` whom (422)."""
+    view = talk.load_view(order_id, with_id)
+    if view.listing:
+        raise error_response(422, _("Choose the performer to write to."),
+                             problem={"errors": {"with": _("This field is required.")}})
+    return view
+
+
 @routes.get("/api/v1/orders/<order_id:id>/messages")
 @authenticate(required=True)
 def api_order_messages(order_id):
     """One conversation of an order: the performer's own, or the customer's `with` a performer
     (the customer's list is GET /api/v1/conversations). Reading it marks it read."""
-    with_id = query_id("with")
-    view = talk.load_view(order_id, with_id)
-    if view.listing:
-        raise error_response(400, _("Choose the performer to write to."),
-                             problem={"errors": {"with": _("This field is required.")}})
-    form = Form(request.query)
+    form = query_form()
+    with_id = talk.read_id(form, "with")
     before = form.integer("before", required=False, min_value=1, max_value=talk.LAST_SEQ)
     if not form.ok:
-        raise invalid(form)
+        raise invalid(form.errors)
+    view = load_conversation(order_id, with_id)
     page, earlier = talk.page_of_messages(view.conversation, before)
     if before is None:
         talk.mark_read(view)
@@ -833,15 +971,10 @@ def api_order_messages(order_id):
 @authenticate(required=True)
 @idempotent
 def api_order_message_send(order_id):
-    form = json_form({"body": str, "with": int})
-    body = form.text("body", max_len=5000, multiline=True).strip()
-    with_id = talk.read_id(form, "with")
-    if not form.ok:
-        raise invalid(form)
-    view = talk.load_view(order_id, with_id)
-    if view.listing:
-        raise error_response(400, _("Choose the performer to write to."),
-                             problem={"errors": {"with": _("This field is required.")}})
+    fields = read_json(lambda form: {"body": form.text("body", max_len=5000, multiline=True).strip(),
+                                     "with": talk.read_id(form, "with")})
+    body = fields["body"]
+    view = load_conversation(order_id, fields["with"])
     if view.staff:
         raise error_response(403, _("Staff read a disputed order's conversation but do not write in it."))
     message = talk.send_message(view, body)
@@ -864,7 +997,7 @@ def api_file(file_id):
 def api_notifications():
     """The caller's notifications, newest first; `after` is the last `next`."""
     user = current_user()
-    page, next_after = talk.notifications_page(user, query_id("after"))
+    page, next_after = talk.notifications_page(user, talk.read_id(query_form(), "after"))
     unread = db_one("user_unread_counts", user_id=user["id"])
     return reply({"items": [notification_json(row) for row in page],
                   "next": str(next_after) if next_after else None,
@@ -877,10 +1010,7 @@ def api_notifications():
 def api_notifications_read():
     """Marks one notification read (`id`), or all of the caller's when no id is sent."""
     user = current_user()
-    form = json_form({"id": int})
-    notification_id = talk.read_id(form, "id")
-    if not form.ok:
-        raise invalid(form)
+    notification_id = read_json(lambda form: talk.read_id(form, "id"))
     if notification_id is None:
         db_run("notifications_read_all", user_id=user["id"])
     elif db_one("notification_read", id=notification_id, user_id=user["id"]) is None \
@@ -906,46 +1036,47 @@ NOTIFICATION = closed({
     "id": INTEGER, "kind": {"enum": NOTIFICATION_KINDS}, "order_id": INTEGER, "order_title": TEXT,
     "text": TEXT, "detail": TEXT, "url": TEXT, "params": {"type": "object"}, "created_at": MOMENT,
     "read_at": nullable(MOMENT)})
-WITH = parameter("with", "query", {"type": "integer", "minimum": 1},
-                 "the performer of the conversation: required for the order's customer")
+WITH = parameter("with", "query", ID, "the performer of the conversation: required for the order's customer")
+WITH_RULE = "The order's customer did not say `with` which performer"
+FILE_OPERATION = operation("A file's bytes, as a download, to the people of its message or delivery", 200,
+                           {"type": "string"}, problems=(401, 404), secured=True,
+                           parameters=[parameter("file_id", "path", PATH_ID)])
+FILE_OPERATION["responses"]["200"] = {
+    "description": "The file (Content-Disposition: attachment), as the type it was sent with if that is one of "
+                   "these, else application/octet-stream",
+    "content": {kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in sorted({*talk_files.SAFE_TYPES, "application/octet-stream"})}}
 TALK_PATHS = {
     "/api/v1/conversations": {
         "get": operation("Your conversations, the latest first", 200, ref("ConversationList"),
                          problems=(400, 401), secured=True,
-                         parameters=[parameter("after", "query", TEXT, "the `next` of the previous page")]),
+                         rules="`after` is of the form of a `next` but names no moment",
+                         parameters=[parameter("after", "query", TIME_CURSOR, "the `next` of the previous page")]),
     },
     "/api/v1/orders/{order_id}/messages": {
         "get": operation("A conversation of an order (read: marks it read). Staff read one only while the "
                          "order is disputed, and each read is logged", 200, ref("ConversationMessages"),
-                         problems=(400, 401, 403, 404), secured=True,
+                         problems=(400, 401, 403, 404), secured=True, rules=WITH_RULE,
                          parameters=[ORDER_ID, WITH,
-                                     parameter("before", "query", {"type": "integer", "minimum": 1},
+                                     parameter("before", "query", {"type": "integer", "minimum": 1,
+                                                                   "maximum": talk.LAST_SEQ},
                                                "the `earlier` of the page shown: older messages")]),
         "post": operation("Write a message (JSON; files go through the HTML form at /orders/{id}/messages)",
                           201, ref("Message"), problems=(400, 401, 403, 404, 409, 415), secured=True,
-                          body=closed({"body": {"type": "string", "minLength": 1, "maxLength": 5000},
-                                       "with": {"type": "integer", "minimum": 1}}, optional=("with",)),
-                          parameters=[ORDER_ID],
+                          body=closed({"body": MESSAGE_TEXT, "with": ID}, optional=("with",)),
+                          rules=WITH_RULE, parameters=[ORDER_ID],
                           headers={"Location": {"description": "The conversation's URL", "schema": TEXT}}),
     },
-    "/api/v1/files/{file_id}": {
-        "get": {**operation("A file's bytes, as a download, to the people of its message or delivery", 200,
-                            {"type": "string"}, problems=(401, 404), secured=True,
-                            parameters=[parameter("file_id", "path", {"type": "integer", "minimum": 1})]),
-                "responses": {"200": {"description": "The file (Content-Disposition: attachment)",
-                                      "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                           "format": "binary"}}}},
-                              "401": UNAUTHORIZED, "404": PROBLEM, "default": PROBLEM}},
-    },
+    "/api/v1/files/{file_id}": {"get": FILE_OPERATION},
     "/api/v1/notifications": {
         "get": operation("Your notifications, newest first", 200, ref("NotificationList"), problems=(400, 401),
-                         secured=True, parameters=[parameter("after", "query", TEXT, "the `next` of the previous page")]),
+                         secured=True, parameters=[parameter("after", "query", ID, "the `next` of the previous page")]),
     },
     "/api/v1/notifications/read": {
         "post": operation("Mark one notification read (`id`), or all of them (no id)", 200,
                           closed({"unread": {"type": "integer", "minimum": 0}}),
                           problems=(400, 401, 403, 404, 415), secured=True,
-                          body=closed({"id": {"type": "integer", "minimum": 1}}, optional=("id",))),
+                          body=closed({"id": ID}, optional=("id",))),
     },
 }
 TALK_SCHEMAS = {

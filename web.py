@@ -822,7 +822,7 @@ class Form:
             return None
         # People write "12 000" (and word processors "12\u00a0000"): spaces between digits are fine.
         text = re.sub(r"(?<=\d)[ \u00a0\u202f\u2009](?=\d)", "", text)
-        if not re.fullmatch(r"[+-]?\d{1,12}", text):
+        if not re.fullmatch(r"[+-]?\d{1,18}", text):
             self.errors[name] = _("Enter a whole number.")
             return None
         number = int(text)

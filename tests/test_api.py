@@ -13,9 +13,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import psycopg
 import pytest
+import jsonschema_rs  # schemathesis' validator: it reads patterns as ECMA 262 does
 from jsonschema import Draft202012Validator, ValidationError
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 import api as api_module
 import app as birzha
@@ -26,8 +25,8 @@ from test_feed import catalogue, walk  # noqa: F401  (catalogue is a fixture)
 from test_security import snapshot
 
 DOCUMENT = api_module.OPENAPI
-DOCUMENT_URI = "urn:birzha:openapi"
-REGISTRY = Registry().with_resource(DOCUMENT_URI, Resource.from_contents(DOCUMENT, DRAFT202012))
+DOCUMENT_URI = api_module.DOCUMENT_URI
+REGISTRY = api_module.document_registry()
 
 
 def pointer(*parts):
@@ -48,7 +47,8 @@ def check_against_document(method, url, resp):
     template = document_path(url)
     assert template, f"{url} is not in the OpenAPI document"
     responses = DOCUMENT["paths"][template][method.lower()]["responses"]
-    status = str(resp.status_int) if str(resp.status_int) in responses else "default"
+    status = str(resp.status_int)
+    assert status in responses, f"{method} {template} answered {status}, which its operation does not list"
     base = ["paths", template, method.lower(), "responses", status]
     answer = responses[status]
     if "$ref" in answer:
@@ -269,7 +269,7 @@ def test_every_refusal_has_its_status_and_changes_nothing(db, app, make_client, 
     # 415: not JSON; 413: too big
     customer.post("/api/v1/orders", raw=b"title=Form+post", status=415,
                   content_type="application/x-www-form-urlencoded")
-    customer.post(f"/api/v1/orders/{open_order['id']}/cancel", raw=b"", status=415, content_type="text/plain")
+    customer.post(f"/api/v1/orders/{open_order['id']}/cancel", raw=b"Fraud", status=415, content_type="text/plain")
     resp = customer.post("/api/v1/orders", raw=b" " * (web.MAX_BODY_BYTES + 1), status=413)
     assert resp.json["title"] == "Request too large"
     assert snapshot(db) == before
@@ -477,14 +477,18 @@ def test_the_order_list_matches_the_html_feed_page_by_page(client, make_client, 
         assert len(api_ids) == 45
 
 
-def test_bad_list_filters_are_400_with_the_field(client, catalogue):  # noqa: F811
+def test_bad_list_filters_are_400_with_the_field_and_unknown_categories_404(client, catalogue):  # noqa: F811
     api = Api(client)
-    errors = api.get("/api/v1/orders?min_budget=9000&max_budget=10", status=400).json["errors"]
-    assert list(errors) == ["max_budget"]
+    # what the document forbids: 400
     assert list(api.get("/api/v1/orders?after=garbage", status=400).json["errors"]) == ["after"]
-    assert list(api.get("/api/v1/orders?category=nope", status=400).json["errors"]) == ["category"]
+    assert list(api.get("/api/v1/orders?category=No+such", status=400).json["errors"]) == ["category"]
     assert list(api.get("/api/v1/performers?after=x", status=400).json["errors"]) == ["after"]
+    # what it allows but says is refused: 404 for a category that is not there, 422 for the rest
+    api.get("/api/v1/orders?category=nope", status=404)
     api.get("/api/v1/performers?category=nope", status=404)
+    errors = api.get("/api/v1/orders?min_budget=9000&max_budget=10", status=422).json["errors"]
+    assert list(errors) == ["max_budget"]
+    assert list(api.get("/api/v1/orders?sort=budget&after=2026-01-01_5", status=422).json["errors"]) == ["after"]
 
 
 def test_performers_and_categories_match_the_catalogue(db, client, make_client, make_user, make_order, sign_in):
@@ -556,6 +560,102 @@ def test_the_api_answers_a_problem_while_the_database_is_down(app, client, monke
     resp = Api(client).get("/api/v1/categories", status=503)
     assert resp.json["title"] == "Service unavailable" and "database" in resp.json["detail"]
     database.close_pool()
+
+
+# ---------------------------------------------------------------------------------------------
+# The server refuses exactly what the document forbids (tests/test_api_schemathesis.py checks the
+# same at large, with generated requests)
+
+def test_a_body_the_document_leaves_optional_may_be_left_out_whatever_the_content_type(db, make_client,
+                                                                                        people, make_order):
+    performer = bearer(make_client, people["performer"]["token"])
+    for content_type in ("", "text/plain", "application/json"):
+        order = make_order(people["customer"]["user"])
+        assert performer.post(f"/api/v1/orders/{order['id']}/take", raw=b"",
+                              content_type=content_type).json["status"] == "in_progress"
+    cancelled = bearer(make_client, people["customer"]["token"]).post(
+        f"/api/v1/orders/{make_order(people['customer']['user'])['id']}/cancel", raw=b"", content_type="").json
+    assert cancelled["status"] == "cancelled"
+
+
+def test_what_the_document_forbids_is_a_400_with_the_field(db, make_client, people, make_order):
+    customer = bearer(make_client, people["customer"]["token"])
+    performer = bearer(make_client, people["performer"]["token"])
+    order = make_order(people["customer"]["user"])
+    before = snapshot(db)
+    # keys the body's schema does not have (additionalProperties is false)
+    assert customer.post("/api/v1/orders", dict(NEW_ORDER, colour="red"), status=400).json["errors"] == {
+        "colour": "There is no such field."}
+    assert performer.post(f"/api/v1/orders/{order['id']}/take", {"force": True}, status=400).json["errors"] == {
+        "force": "There is no such field."}
+    # a query parameter twice, an empty number, an empty choice
+    assert customer.get("/api/v1/orders?min_budget=1&min_budget=2", status=400).json["errors"] == {
+        "min_budget": "Send this parameter once."}
+    assert customer.get("/api/v1/notifications?after=1&after=2", status=400).json["errors"] == {
+        "after": "Send this parameter once."}
+    assert customer.get("/api/v1/orders?min_budget=", status=400).json["errors"] == {
+        "min_budget": "Enter a whole number."}
+    assert list(customer.get("/api/v1/orders?sort=", status=400).json["errors"]) == ["sort"]
+    assert list(customer.get("/api/v1/performers?after=1.5", status=400).json["errors"]) == ["after"]
+    # what the form reader would trim and take: a tab around a title, 201 characters with the spaces
+    # around them, a date in another ISO form, 5.5 as a rating
+    errors = customer.post("/api/v1/orders", dict(NEW_ORDER, title="\tLogo", deadline="29990101"), status=400).json
+    assert errors["errors"] == {"title": "The text contains control characters.",
+                                "deadline": "Enter a date as YYYY-MM-DD."}
+    assert customer.post("/api/v1/orders", dict(NEW_ORDER, title=" " + "x" * 199 + " "), status=400).json[
+        "errors"] == {"title": "At most 200 characters, please."}
+    assert snapshot(db) == before
+
+
+def test_what_the_document_allows_is_taken(db, make_client, people, make_order):
+    customer = bearer(make_client, people["customer"]["token"])
+    created = customer.post("/api/v1/orders", dict(NEW_ORDER, title="  Abc  ", budget=100_000_000,
+                                                   description="\tTabs and\r\nlines\x1f"), status=201).json
+    assert (created["title"], created["budget"]) == ("Abc", 100_000_000)
+    done = make_order(people["customer"]["user"], performer=people["performer"]["user"], status="done")
+    assert customer.post(f"/api/v1/orders/{done['id']}/rate", {"rating": 5.0}).json["rating"] == 5
+    # ids as long as the document allows (17 digits): no such conversation, notification
+    customer.get(f"/api/v1/orders/{created['id']}/messages?with={10**17 - 1}", status=404)
+    customer.post("/api/v1/notifications/read", {"id": 10**17 - 1}, status=404)
+
+
+def test_what_the_document_allows_but_its_rules_refuse_is_a_422(db, make_client, people, make_order):
+    customer = bearer(make_client, people["customer"]["token"])
+    refused = customer.post("/api/v1/orders", dict(NEW_ORDER, category="no-such", deadline="2001-01-01"), status=422)
+    assert set(refused.json["errors"]) == {"category", "deadline"}
+    delivered = make_order(people["customer"]["user"], performer=people["performer"]["user"], status="delivered")
+    assert customer.post(f"/api/v1/orders/{delivered['id']}/accept", {"review": "Fine"}, status=422).json[
+        "errors"] == {"rating": "A review goes with a rating: choose one, or leave the review empty."}
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == 1
+
+
+TEXTS = ["", " ", "a", "ab", "abc", " ab ", "  abc  ", "a b", "\tabc", "abc\n", "abc\r\n", "a\nb", "\r\n\t",
+         "a\x00b", "a\x1fb", "\x1c", "\x85ab", "\x85abc", "\u3000ab\u3000", "\ufeffab", "a\u2028b", "\xa0\xa0a",
+         "\u200b\u200b\u200b", "é", "日本語", "ab\U0001f600"]
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+@pytest.mark.parametrize("min_len", [0, 1, 3])
+def test_the_text_patterns_of_the_document_take_only_what_the_form_reader_takes(multiline, min_len):
+    """A text the schema allows (as JSON Schema's ECMA 262 reads it, and as the server reads it)
+    is one web.Form takes; the schema may refuse more (control characters the reader would trim)."""
+    schema = api_module.text_schema(50, min_len=min_len, multiline=multiline)
+    ecma = jsonschema_rs.validator_for(schema)
+    for value in TEXTS:
+        allowed = not api_module.document_errors({"text": value}, {"properties": {"text": schema}})
+        assert allowed == ecma.is_valid(value), repr(value)
+        form = web.Form(api_module.JsonFields(text=value))
+        with web.language("en"):
+            form.text("text", required=min_len > 0, min_len=min_len, max_len=50, multiline=multiline)
+        assert not allowed or form.ok, (repr(value), form.errors)
+        if form.ok and not any(ord(ch) < 32 for ch in value):
+            assert allowed, repr(value)
+
+
+def test_the_spaces_of_the_patterns_are_those_python_trims():
+    spaces = re.compile(f"[{api_module.SPACES}]")
+    assert {chr(n) for n in range(0x110000) if spaces.fullmatch(chr(n))} == {
+        chr(n) for n in range(0x110000) if chr(n).isspace()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_strangers_get_403_or_404_for_every_conversation_message_and_file_in_the
     assert db.execute("SELECT read_at FROM notifications WHERE id = %s", (note_id,)).fetchone()["read_at"] is None
 
 
-def test_bad_message_input_is_a_400_with_the_field(db, crew, make_order):
+def test_bad_message_input_is_a_400_or_422_with_the_field(db, crew, make_order):
     customer, performer = crew["customer"], crew["performer"]
     order = make_order(customer["user"])
     oid = order["id"]
@@ -119,9 +119,10 @@ def test_bad_message_input_is_a_400_with_the_field(db, crew, make_order):
     assert "body" in performer["api"].post(f"/api/v1/orders/{oid}/messages", {"body": "x" * 5001}, status=400).json["errors"]
     assert performer["api"].post(f"/api/v1/orders/{oid}/messages", {"body": 5}, status=400).json["errors"] == {
         "body": "Enter the value as a JSON string."}
-    assert customer["api"].post(f"/api/v1/orders/{oid}/messages", {"body": "Hi"}, status=400).json["errors"] == {
+    # the document allows leaving `with` out, and says that its customer must not (422)
+    assert customer["api"].post(f"/api/v1/orders/{oid}/messages", {"body": "Hi"}, status=422).json["errors"] == {
         "with": "This field is required."}
-    customer["api"].get(f"/api/v1/orders/{oid}/messages", status=400)
+    customer["api"].get(f"/api/v1/orders/{oid}/messages", status=422)
     customer["api"].get(f"/api/v1/orders/{oid}/messages?with=abc", status=400)
     performer["api"].post(f"/api/v1/orders/{oid}/messages", raw=b"body=form", status=415,
                           content_type="application/x-www-form-urlencoded")
