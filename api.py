@@ -152,14 +152,29 @@ DocumentValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator
 
 
 @functools.cache
+@functools.cache
 def document_registry():
+    """The document as a schema registry, made at the first request (OPENAPI is complete by then)."""
     return Registry().with_resource(DOCUMENT_URI, Resource.from_contents(OPENAPI, DRAFT202012))
 
 
-def document_errors(instance, schema):
-    """What `schema` (of the document) refuses in the JSON object `instance`: {field: (keyword, message)}."""
+# A validator per schema of the document, made at its first use: making one (and the registry)
+# for every request cost more than the rest of an API write's Python.
+_checkers = {}
+
+
+def document_errors(instance, key, schema):
+    """What `schema` of the document, named `key` (the same schema every time), refuses in the
+    JSON object `instance`: {field: (keyword, message)}."""
     found = {}
-    checker = DocumentValidator(schema, registry=document_registry(), format_checker=DocumentValidator.FORMAT_CHECKER)
+    checker = _checkers.get(key)
+    if checker is None:
+        if set(schema) == {"$ref"}:  # the schema it points to: no lookup of the reference per request
+            target = document_registry().resolver().lookup(schema["$ref"]).contents
+            if "$ref" not in json.dumps(target):  # its own references are relative to the document
+                schema = target
+        checker = _checkers[key] = DocumentValidator(schema, registry=document_registry(),
+                                                     format_checker=DocumentValidator.FORMAT_CHECKER)
     for error in checker.iter_errors(instance):
         if error.path:
             found.setdefault(error.path[0], (error.validator, error_message(error)))
@@ -217,7 +232,8 @@ def query_form():
             values[name] = request.query.getunicode(name)
     typed = {name: int(text) if schemas[name].get("type") == "integer" and re.fullmatch(r"-?[0-9]{1,30}", text)
              else text for name, text in values.items()}
-    refused = document_errors(typed, {"type": "object", "properties": schemas})
+    refused = document_errors(typed, f"{request.method} {document_path()} query",
+                              {"type": "object", "properties": schemas})
     errors.update({name: message for name, (_kind, message) in refused.items() if name not in errors})
     if errors:
         raise invalid(errors)
@@ -250,7 +266,7 @@ def read_json(reader=None, *, defaults=None, order_id=None, action=None, semanti
     data = json_body()
     pointer = f"#/paths/{document_path().replace('/', '~1')}/{request.method.lower()}/requestBody/content/" \
               "application~1json/schema"
-    refused = document_errors(data, {"$ref": DOCUMENT_URI + pointer})
+    refused = document_errors(data, pointer, {"$ref": DOCUMENT_URI + pointer})  # resolved once, see there
     form = Form(JsonFields(defaults or {}))
     for name, value in data.items():
         if isinstance(value, float) and value.is_integer():

@@ -642,7 +642,7 @@ def test_the_text_patterns_of_the_document_take_only_what_the_form_reader_takes(
     schema = api_module.text_schema(50, min_len=min_len, multiline=multiline)
     ecma = jsonschema_rs.validator_for(schema)
     for value in TEXTS:
-        allowed = not api_module.document_errors({"text": value}, {"properties": {"text": schema}})
+        allowed = not api_module.document_errors({"text": value}, repr(schema), {"properties": {"text": schema}})
         assert allowed == ecma.is_valid(value), repr(value)
         form = web.Form(api_module.JsonFields(text=value))
         with web.language("en"):
