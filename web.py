@@ -511,10 +511,11 @@ templates.globals.update(category_name=category_name, ngettext=ngettext)
 
 
 def render(name, status=200, **context):
-    """Renders a template with what every page needs: the viewer, CSRF token, flash, language."""
+    """Renders a template with what every page needs: the viewer, flash, language. The CSRF token
+    is made when a form asks for it (request_csrf_token()), so a guest's page without a form sets
+    no cookie."""
     response.status = status
     context.setdefault("user", current_user())
-    context.setdefault("csrf_token", csrf_token())
     context.setdefault("flashes", pop_flashes())
     context.setdefault("lang", current_lang())
     context.setdefault("path", request.fullpath + ("?" + request.query_string if request.query_string else ""))
@@ -911,7 +912,7 @@ def render_error(status, message, problem):
     page = templates.get_template("error.html").render(
         order_link=f"/orders/{order_match.group(1)}" if order_match and status != 404 else None,
         support_email=request.app.config.get("support_email", ""), status=status, title=_(ERROR_TITLES.get(status, "Error")), message=message or "",
-        user=user, csrf_token=csrf_token() if user else "", flashes=[], lang=current_lang(),
+        user=user, flashes=[], lang=current_lang(),
         path=request.fullpath)
     end_transaction(commit=False)  # an error never keeps half a change
     return page

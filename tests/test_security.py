@@ -444,7 +444,9 @@ def test_every_response_to_a_signed_in_request_says_no_store(db, make_client, si
 def test_a_response_that_sets_or_deletes_a_cookie_says_no_store(client, world):
     def set_cookies(resp):
         return [value for name, value in resp.headerlist if name == "Set-Cookie"]
-    first = client.get("/orders")  # a guest's first page sets the cookie its CSRF tokens come from
+    browsing = client.get("/orders")  # a page without a form needs no CSRF token: no cookie
+    assert not set_cookies(browsing) and browsing.headers["Cache-Control"] == "private, no-cache"
+    first = client.get("/login")  # a guest's first form sets the cookie its CSRF tokens come from
     assert set_cookies(first) and first.headers["Cache-Control"] == "no-store"
     switch = client.get("/lang/ru?next=/orders", status=303)
     assert set_cookies(switch) and switch.headers["Cache-Control"] == "no-store"
