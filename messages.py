@@ -141,7 +141,7 @@ def render_view(view, status=200, values=None, errors=None):
                                            customer_id=view.user["id"]),
                       messages=[], earlier=None, values={}, errors={}, limits=limits())
     page, earlier = page_of_messages(view.conversation, before)
-    if before is None:
+    if before is None and status == 200:  # re-shown with a refused message's errors, it writes nothing
         mark_read(view)
     return render("messages_order.html", status=status, view=view, order=view.order, conversations=[],
                   messages=page, earlier=earlier, values=values or {}, errors=errors or {}, limits=limits())

@@ -61,6 +61,7 @@ class Birzha(bottle.Bottle):
         super().__init__()
         self.router.add_filter("id", id_filter)
         self.add_hook("before_request", refuse_huge_bodies)
+        self.add_hook("before_request", read_forms_first)
         for status in (400, 403, 404, 405, 409, 411, 413, 500):
             self.error_handler[status] = handle_error
 
@@ -311,6 +312,15 @@ def refuse_huge_bodies():
         raise HTTPError(400, _("The Content-Length header is not a number."))
     if request.content_length > MAX_BODY_BYTES and request.content_length > body_limit():
         raise HTTPError(413, _("The request is too large."))
+
+
+def read_forms_first():
+    """Reads the form of every request for a page before any route does, so that a form that
+    cannot be read is a 400 here, whichever code would have read it first (the CSRF check, the
+    login page looking for `next`). The API reads JSON, not forms (check_csrf reads the form of a
+    POST signed in by session, through posted_form too)."""
+    if not request.path.startswith("/api/"):
+        posted_form()
 
 
 def body_limit():
@@ -677,12 +687,20 @@ def csrf_token():
 templates.globals["request_csrf_token"] = csrf_token  # the csrf() macro: macros need no context
 
 
+def posted_form():
+    """request.forms (Bottle parses the body once and keeps it); a 400 when its parser cannot read
+    the body or its Content-Type. Besides MultipartError, the parser raises ValueError (a
+    Content-Type parameter without "=", a part header or field that is not UTF-8, a part's
+    Content-Length that is not a number) and LookupError (a charset Python does not know)."""
+    try:
+        return request.forms
+    except (bottle.MultipartError, ValueError, LookupError):
+        raise HTTPError(400, _("The form data could not be read. Reload the page and try again."))
+
+
 def check_csrf():
     """403 unless the form field or X-CSRF-Token header carries this visitor's token."""
-    try:
-        sent = request.headers.get("X-CSRF-Token") or request.forms.getunicode("csrf_token") or ""
-    except bottle.MultipartError:  # a multipart body that does not parse
-        raise error_response(400, _("The form data could not be read. Reload the page and try again."))
+    sent = request.headers.get("X-CSRF-Token") or posted_form().getunicode("csrf_token") or ""
     expected = csrf_token()
     if not sent or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise error_response(403, _("The form has expired or did not come from this site. Reload the page and try again."))

@@ -103,6 +103,12 @@ def app(db_url):
     database.close_pool()
 
 
+def csrf_for(basis):
+    """The CSRF token the app expects from a visitor whose basis is their session token, or
+    "anon:" and their anonymous cookie (web.csrf_token)."""
+    return hmac.new(SECRET, basis.encode(), hashlib.sha256).hexdigest()
+
+
 class Client(webtest.TestApp):
     """webtest with Birzha's CSRF token filled in for form posts."""
 
@@ -115,7 +121,7 @@ class Client(webtest.TestApp):
             if not self.cookies.get(web.ANON_COOKIE):
                 self.get("/login", status="*")
             basis = "anon:" + self.cookies.get(web.ANON_COOKIE, "")
-        return hmac.new(SECRET, basis.encode(), hashlib.sha256).hexdigest()
+        return csrf_for(basis)
 
     def post_form(self, url, data=None, *, csrf=True, **kwargs):
         """POST a form with the CSRF token (unless csrf=False); status defaults to any."""
@@ -204,14 +210,19 @@ def make_order(db):
     return factory
 
 
+def open_session(db, user):
+    """A new session of the user, opened in SQL (no login form involved): its cookie's token."""
+    token = secrets.token_urlsafe(32)
+    db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"],
+                                     "days": 1, "user_agent": "test"})
+    return token
+
+
 @pytest.fixture
 def sign_in(db):
-    """Signs a client in as a user by opening a session in SQL (no login form involved)."""
+    """Signs a client in as a user by opening a session in SQL."""
     def do(client, user):
-        token = secrets.token_urlsafe(32)
-        db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"],
-                                                "days": 1, "user_agent": "test"})
-        client.set_cookie(web.SESSION_COOKIE, token)
+        client.set_cookie(web.SESSION_COOKIE, open_session(db, user))
         return client
     return do
 

@@ -61,14 +61,14 @@ def world(db, make_user, make_order):
 
 
 def fill_url(rule, ids):
-    """The rule with each wildcard replaced by the id of an object of the kind its name says, else 1
-    (or, for a `re:a|b` wildcard, its first word)."""
+    """The rule with each wildcard replaced by the id of an object of the kind its name says (the
+    first key of `ids` that the name contains), else 1 (or, for a `re:a|b` wildcard, its first word)."""
     def value(match):
         name, _, conf = match.group(1).partition(":")
         choices = re.fullmatch(r"re:(\w[\w-]*)(\|[\w-]+)*", conf)
         if choices:
             return choices.group(1)
-        return str(next((ids[kind] for kind in ("user", "performer", "order", "category") if kind in name.lower()), 1))
+        return str(next((ids[kind] for kind in ids if kind in name.lower()), 1))
     return WILDCARD.sub(value, rule)
 
 
