@@ -57,12 +57,14 @@ def prepare(url, writers):
                            GROUP BY 1 ORDER BY count(*) DESC LIMIT 1""")
         reviewed = one("""SELECT performer_id AS id, count(*) AS n FROM orders WHERE rating IS NOT NULL
                           GROUP BY 1 ORDER BY count(*) DESC LIMIT 1""")
+        # 1,000 pages deep, or as deep as a small data set goes
         deep = one("""SELECT created_at, id FROM orders WHERE status = 'open'
-                      ORDER BY created_at DESC, id DESC OFFSET 19999 LIMIT 1""")
+                      ORDER BY created_at DESC, id DESC
+                      OFFSET least(19999, (SELECT count(*) FROM orders WHERE status = 'open') - 21) LIMIT 1""")
         catalogue_deep = one("""SELECT s.performer_id AS id FROM performer_stats s JOIN users u ON u.id = s.performer_id
                                 WHERE NOT u.is_blocked
                                 ORDER BY s.rating_avg DESC NULLS LAST, s.orders_completed DESC, s.performer_id
-                                OFFSET 1979 LIMIT 1""")
+                                OFFSET least(1979, (SELECT count(*) FROM performer_stats) - 21) LIMIT 1""")
         order = one("""SELECT id FROM orders WHERE status = 'done' AND mode = 'offers' AND review IS NOT NULL
                        ORDER BY id LIMIT 1""")["id"]
         # writers: pairs of a customer and a performer with API tokens, none of them the heavy accounts
