@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (11);
+INSERT INTO schema_version (version) VALUES (12);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -1721,6 +1721,27 @@ COMMENT ON TRIGGER messages_refuse_truncate ON messages IS 'Messages go only wit
 CREATE TRIGGER notifications_refuse_truncate BEFORE TRUNCATE ON notifications
     FOR EACH STATEMENT EXECUTE FUNCTION talk_refuse_truncate();
 COMMENT ON TRIGGER notifications_refuse_truncate ON notifications IS 'Notifications go by DELETE, so user_counters.unread_notifications follows.';
+
+-- The append-only and guarded tables refuse it too: their row triggers allow no DELETE of their own.
+CREATE FUNCTION guarded_refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of % is refused: its rows are deleted only with what they belong to, which a row trigger checks and TRUNCATE would bypass', TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END $$;
+COMMENT ON FUNCTION guarded_refuse_truncate() IS 'Refuses TRUNCATE of the tables whose row triggers refuse a DELETE of their own (order_history, order_deliveries, files, admin_log): TRUNCATE fires no row trigger and would empty them behind those guards.';
+CREATE TRIGGER order_history_refuse_truncate BEFORE TRUNCATE ON order_history
+    FOR EACH STATEMENT EXECUTE FUNCTION guarded_refuse_truncate();
+COMMENT ON TRIGGER order_history_refuse_truncate ON order_history IS 'History is never emptied: it goes only with its order or its actor.';
+CREATE TRIGGER order_deliveries_refuse_truncate BEFORE TRUNCATE ON order_deliveries
+    FOR EACH STATEMENT EXECUTE FUNCTION guarded_refuse_truncate();
+COMMENT ON TRIGGER order_deliveries_refuse_truncate ON order_deliveries IS 'Deliveries go only with their order.';
+CREATE TRIGGER files_refuse_truncate BEFORE TRUNCATE ON files
+    FOR EACH STATEMENT EXECUTE FUNCTION guarded_refuse_truncate();
+COMMENT ON TRIGGER files_refuse_truncate ON files IS 'Files go only with their message or delivery.';
+CREATE TRIGGER admin_log_refuse_truncate BEFORE TRUNCATE ON admin_log
+    FOR EACH STATEMENT EXECUTE FUNCTION guarded_refuse_truncate();
+COMMENT ON TRIGGER admin_log_refuse_truncate ON admin_log IS 'The audit log is never emptied.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Counter audit and repair

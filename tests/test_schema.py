@@ -725,7 +725,7 @@ def test_truncating_orders_is_refused_even_by_cascade_so_the_counters_stay_exact
     make_order(customer, performer=performer, status="done", rating=6)
     send_offer(db, make_order(customer, mode="offers"), performer)
     before = db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"]
-    with pytest.raises(psycopg.Error, match="use DELETE"):
+    with pytest.raises(psycopg.Error, match="TRUNCATE of [a-z_]+ is refused"):
         with db.transaction():
             db.execute(statement)
     assert db.execute("SELECT count(*) AS n FROM orders").fetchone()["n"] == before == 3
@@ -1196,3 +1196,14 @@ def test_two_crossing_reassignments_at_once_never_deadlock(db, db_url, make_user
     rows = db.execute(f"SELECT id, {column} AS moved_to FROM orders WHERE id IN (%s, %s) ORDER BY id",
                       (one["id"], two["id"])).fetchall()
     assert [(r["id"], r["moved_to"]) for r in rows] == [(one["id"], high), (two["id"], low)]
+
+
+@pytest.mark.parametrize("table", ["order_history", "order_deliveries", "files", "admin_log"])
+def test_the_append_only_and_guarded_tables_cannot_be_emptied_by_truncate(db, people, make_order, table):
+    """Their row triggers refuse a DELETE of their own; TRUNCATE fires no row trigger, so it is refused."""
+    make_order(people["customer"], performer=people["performer"], status="delivered")
+    before = db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="TRUNCATE of [a-z_]+ is refused"):
+        with db.transaction():
+            db.execute(f"TRUNCATE {table} CASCADE")  # CASCADE: files refer to deliveries
+    assert db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == before
