@@ -7,7 +7,6 @@ Usage: python bench/explain.py [--orders N] [--queries FILE] [--plans]
 """
 import argparse
 import datetime
-import json
 import statistics
 import sys
 from pathlib import Path

@@ -114,7 +114,7 @@ def main():
                             ("/orders?q=логотип", "/orders?q=%D0%BB%D0%BE%D0%B3%D0%BE%D1%82%D0%B8%D0%BF"),
                             ("/orders?q=absentword", "/orders?q=absentword"),
                             ("/orders?category=design&sort=budget", "/orders?category=design&sort=budget"),
-                            (f"/orders/<id>", f"/orders/{order_id}"),
+                            ("/orders/<id>", f"/orders/{order_id}"),
                             ("/performers", "/performers")]:
             rps, p50, p99, errors = wrk(web.base + path)
             print(f"| {label} | {rps:.0f} | {p50} | {p99} | {errors} |")

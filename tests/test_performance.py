@@ -265,8 +265,9 @@ def test_the_top_performers_read_the_rank_index_instead_of_sorting_every_perform
 
 def test_the_pages_served_most_run_without_begin_and_commit_and_writes_keep_their_transaction(
         app, db, make_client, make_user, make_order, sign_in, monkeypatch):
-    """Routes marked read_only (GETs that only read) take their connection in autocommit: two round
-    trips fewer per page. A write still commits once, as one transaction."""
+    """Routes marked read_only (GETs that read, or write in one statement that stands alone) take
+    their connection in autocommit: two round trips fewer per page. A form's write still commits
+    once, as one transaction."""
     commits = []
     original = psycopg.Connection.commit
     monkeypatch.setattr(psycopg.Connection, "commit", lambda conn: commits.append(conn) or original(conn))
