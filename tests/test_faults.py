@@ -331,7 +331,10 @@ def test_a_soak_of_mixed_reads_and_writes_at_32_connections_has_no_errors_and_st
         workers = server.worker_pids()
         results, stop = [], threading.Event()
         started = time.monotonic()
-        threads = [threading.Thread(target=soaker, args=(server.port, pair, stop, started + SOAK_SECONDS, results))
+        # The sampler stops the soakers after its last sample (at SOAK_SECONDS); their own deadline
+        # is only a bound. Were it SOAK_SECONDS too, they could all end before that last sample.
+        bound = started + SOAK_SECONDS + 30
+        threads = [threading.Thread(target=soaker, args=(server.port, pair, stop, bound, results))
                    for pair in pairs]
         for thread in threads:
             thread.start()
