@@ -162,7 +162,7 @@ def run():
     """`make run`: the database (local unless DATABASE_URL), migrations, demo data, gunicorn, tick."""
     python = sys.executable
     with database_url() as url:
-        env = dict(os.environ, DATABASE_URL=url)
+        env = dict(os.environ, DATABASE_URL=url, TEMPLATES_AUTO_RELOAD="1")
         if "SECRET_KEY" not in env and not os.environ.get("DATABASE_URL"):
             env["SECRET_KEY"] = development_secret_key(local_pgdata())
         try:

@@ -183,6 +183,7 @@ def scenarios(p):
     logo = quote("логотип")
     anonymous = ()
     return [
+        ("the floor itself: /healthz", "/healthz", anonymous),
         ("feed, first page", "/orders", anonymous),
         ("feed by category", "/orders?category=design", anonymous),
         ("feed by budget", "/orders?sort=budget", anonymous),

@@ -190,6 +190,30 @@ def test_only_signed_in_performers_see_take_buttons(client, make_client, make_us
     assert take in sign_in(make_client(), make_user("performer")).get("/orders").text
 
 
+def test_kept_cards_follow_the_viewer_the_language_and_the_row(make_client, db, make_user, make_order, sign_in):
+    """The feed's cards are rendered once and kept (web.order_card): each performer still gets
+    their own CSRF token in a card's take form (and the take works with it), each language its
+    own words, and a changed order its new card."""
+    order_id = make_order(make_user("customer"), title="Kept card")["id"]
+    vera, gleb = make_user("performer"), make_user("performer")
+    browsers = {person["id"]: sign_in(make_client(), person) for person in (vera, gleb)}
+    tokens = {}
+    for person_id, browser in browsers.items():
+        page = browser.get("/orders").text
+        take_form = re.search(rf'action="/orders/{order_id}/take".*?</form>', page, re.S).group(0)
+        tokens[person_id] = re.search(r'name="csrf_token" value="([0-9a-f]+)"', take_form).group(1)
+        assert tokens[person_id] == browser.csrf()
+    assert tokens[vera["id"]] != tokens[gleb["id"]]
+    browsers[gleb["id"]].set_cookie("lang", "ru")
+    assert "Взять заказ" in browsers[gleb["id"]].get("/orders").text
+    assert "Take this order" in browsers[vera["id"]].get("/orders").text
+    db.execute("UPDATE orders SET title = 'Renamed card' WHERE id = %s", (order_id,))
+    assert "Renamed card" in browsers[vera["id"]].get("/orders").text
+    taken = browsers[gleb["id"]].post(f"/orders/{order_id}/take", {"csrf_token": tokens[gleb["id"]]}, status="*")
+    assert taken.status_int == 303
+    assert "Renamed card" not in browsers[vera["id"]].get("/orders").text
+
+
 def test_feed_sidebar_lists_visible_categories_with_open_counts(client, db, make_user, make_order):
     anna = make_user("customer")
     for _n in range(3):
