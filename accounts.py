@@ -386,13 +386,24 @@ def performers():
         category = db_one("category_visible_by_slug", slug=slug)
         if category is None:
             raise not_found(_("There is no such category."))
+    performers_page, more, categories = catalogue_page(after, category)
+    base = "/performers?" + (f"category={category['slug']}&" if category else "")
+    next_url = base + f"after={performers_page[-1]['id']}" if more else None
+    return render("accounts_performers.html", performers=performers_page, category=category,
+                  categories=categories, next_url=next_url, first_url=base.rstrip("?&") if after else None)
+
+
+def catalogue_page(after, category):
+    """A page of the catalogue after the performer `after` (of one category, or all): (performers,
+    whether more follow, the visible categories). Each performer's `categories` are the visible
+    ones of theirs, named from that list."""
     rows = db_all("performers_catalogue", after=after, limit=CATALOGUE_PAGE + 1,
                   category_id=category["id"] if category else None)
-    base = "/performers?" + (f"category={category['slug']}&" if category else "")
-    next_url = base + f"after={rows[CATALOGUE_PAGE - 1]['id']}" if len(rows) > CATALOGUE_PAGE else None
-    return render("accounts_performers.html", performers=rows[:CATALOGUE_PAGE], category=category,
-                  categories=db_all("categories_list"), next_url=next_url,
-                  first_url=base.rstrip("?&") if after else None)
+    categories = db_all("categories_list")
+    by_id = {row["id"]: row for row in categories}
+    for row in rows:
+        row["categories"] = [by_id[n] for n in row.pop("category_ids") if n in by_id]
+    return rows[:CATALOGUE_PAGE], len(rows) > CATALOGUE_PAGE, categories
 
 
 @routes.get("/performers/<performer_id:id>", read_only=True)

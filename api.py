@@ -554,11 +554,9 @@ def api_performers():
     category = db_one("category_visible_by_slug", slug=slug) if slug else None
     if slug and category is None:
         raise not_found(_("There is no such category."))
-    rows = db_all("performers_catalogue", after=after, limit=CATALOGUE_PAGE + 1,
-                  category_id=category["id"] if category else None)
-    page = rows[:CATALOGUE_PAGE]
+    page, more, _categories = accounts.catalogue_page(after, category)
     return reply({"items": [performer_json(row) for row in page],
-                  "next": str(page[-1]["id"]) if len(rows) > CATALOGUE_PAGE else None})
+                  "next": str(page[-1]["id"]) if more else None})
 
 
 @routes.get("/api/v1/performers/<performer_id:id>")
