@@ -1,5 +1,5 @@
 """CPU per request of one page, in process (no HTTP, no gunicorn): the app's own cost and a
-cProfile of it. `python bench/cpu.py /orders [--user customer|performer] [--n 2000] [--top 30]`
+cProfile of it. `python bench/cpu.py /orders [--cookie …] [--orders 10000] [--n 2000] [--top 30]`
 against the bench database (bench/out/pgdata)."""
 import argparse
 import cProfile
@@ -33,8 +33,9 @@ def main():
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--cookie", default="")
+    parser.add_argument("--orders", type=int, default=1_000_000, help="the data set (bench/run.py --orders)")
     args = parser.parse_args()
-    _server, url = bench_database()
+    _server, url = bench_database(args.orders)
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", "bench-secret")
     import app as birzha

@@ -438,6 +438,9 @@ WHERE customer_id = %(customer_id)s
 
 -- name: customer_orders_page
 -- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
+-- Planned for its values: a generic plan, made for a customer of average size, read and sorted
+-- every order of a customer with hundreds (1.1 ms instead of 0.07 at 10,000 orders).
+-- plan: each time
 SELECT o.id, o.title, o.budget, o.deadline, o.status, o.mode, o.offers_active, o.created_at,
        o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, o.rating, p.name AS performer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
@@ -874,6 +877,8 @@ FROM (
 
 -- name: performer_orders_page
 -- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
+-- Planned for its values, as customer_orders_page.
+-- plan: each time
 SELECT o.id, o.title, o.budget, o.agreed_price, o.deadline, o.status, o.created_at, o.delivered_at,
        CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+import db as db_module
 from db import Q
 import orders as orders_module
 from orders import END_OF_TIME, LAST_ID, TOP_BUDGET
@@ -166,6 +167,23 @@ def test_a_cabinet_reads_one_page_of_its_index_not_every_order_of_the_user(bench
     params = {key: user, "status": None, "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
     scan = assert_shape(explain(db, name, params), index)
     assert scan["Actual Rows"] <= 21
+
+
+@pytest.mark.parametrize("name, key", [("customer_orders_page", "customer_id"),
+                                       ("performer_orders_page", "performer_id")])
+def test_the_heaviest_users_cabinet_is_planned_for_them_however_often_it_runs(bench_data, name, key):
+    """psycopg prepares a statement after its fifth run, and PostgreSQL may then settle on a generic
+    plan, made for a user of average size: for the heaviest one it read and sorted every order
+    (1 ms instead of 0.07 at 10,000 orders). The cabinet queries are planned each time."""
+    db = bench_data
+    user = db.execute(f"SELECT {key} AS id FROM orders WHERE {key} IS NOT NULL GROUP BY 1 "
+                      "ORDER BY count(*) DESC LIMIT 1").fetchone()["id"]
+    params = {key: user, "status": None, "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
+    for _ in range(12):
+        assert len(db_module.run(db, name, params).fetchall()) == 21
+    generic = db.execute("SELECT statement, generic_plans FROM pg_prepared_statements "
+                         "WHERE generic_plans > 0 AND statement LIKE %s", (f"%{key} = $1%",)).fetchall()
+    assert generic == []
 
 
 # ---------------------------------------------------------------------------------------------
