@@ -1599,22 +1599,46 @@ WHERE user_id = %(user_id)s
 
 -- name: conversations_inbox
 -- The user's conversations with at least one message, the latest first, with their side's unread
--- count and the last message; keyset page after (last_message_at, id).
+-- count and the last message; keyset page after (last_message_at, id). The page is found first,
+-- walking the user's side's index in order (a user is the customer or the performer of theirs,
+-- never both: one walk finds nothing), then only its rows are joined: with "customer or
+-- performer" in one condition no index gave the order, and every conversation of the user was
+-- joined and sorted (0.6 ms for 200, growing with them).
+WITH mine AS (
+    (SELECT k.id, k.last_message_at
+     FROM conversations k
+     WHERE k.customer_id = %(user_id)s
+       AND k.message_count > 0
+       AND (k.last_message_at, k.id) < (%(after_at)s, %(after_id)s)
+     ORDER BY k.last_message_at DESC, k.id DESC
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT k.id, k.last_message_at
+     FROM conversations k
+     WHERE k.performer_id = %(user_id)s
+       AND k.message_count > 0
+       AND (k.last_message_at, k.id) < (%(after_at)s, %(after_id)s)
+     ORDER BY k.last_message_at DESC, k.id DESC
+     LIMIT %(limit)s)
+), page AS (
+    SELECT id
+    FROM mine
+    ORDER BY last_message_at DESC, id DESC
+    LIMIT %(limit)s
+)
 SELECT c.id, c.order_id, o.title, c.customer_id, c.performer_id, cu.name AS customer_name,
        pu.name AS performer_name, c.last_message_at, c.message_count,
        CASE WHEN c.customer_id = %(user_id)s THEN c.customer_unread ELSE c.performer_unread END AS unread,
        (o.status = 'open' OR o.performer_id = c.performer_id) AS goes_on,
        last.body AS last_body, last.sender_id AS last_sender_id
-FROM conversations c
+FROM page
+JOIN conversations c ON c.id = page.id
 JOIN orders o ON o.id = c.order_id
 JOIN users cu ON cu.id = c.customer_id
 JOIN users pu ON pu.id = c.performer_id
 JOIN messages last ON last.conversation_id = c.id
                   AND last.seq = c.message_count
-WHERE (c.customer_id = %(user_id)s OR c.performer_id = %(user_id)s)
-  AND (c.last_message_at, c.id) < (%(after_at)s, %(after_id)s)
 ORDER BY c.last_message_at DESC, c.id DESC
-LIMIT %(limit)s
 
 -- name: admin_log_conversation_read
 -- A staff member who is not one of its people reads a conversation (or one of its files): allowed

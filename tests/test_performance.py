@@ -15,6 +15,7 @@ import orders as orders_module
 from orders import END_OF_TIME, LAST_ID, TOP_BUDGET
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import run as bench_run  # noqa: E402
 import seed as bench_seed  # noqa: E402
 
 STATUSES = {"open", "in_progress", "delivered", "disputed", "done", "cancelled"}
@@ -167,6 +168,31 @@ def test_a_cabinet_reads_one_page_of_its_index_not_every_order_of_the_user(bench
     params = {key: user, "status": None, "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
     scan = assert_shape(explain(db, name, params), index)
     assert scan["Actual Rows"] <= 21
+
+
+def test_the_inbox_reads_one_page_of_the_users_conversations_not_all_of_them(bench_data):
+    """The inbox finds its page by walking the user's side's index, then joins only that page (with
+    "customer or performer" in one condition it joined and sorted every conversation of the user)."""
+    db = bench_data
+    customer = db.execute("SELECT customer_id AS id FROM orders WHERE performer_id IS NOT NULL GROUP BY 1 "
+                          "ORDER BY count(*) DESC LIMIT 1").fetchone()["id"]
+    assert bench_run.inbox_for(db, customer, 60) == 60
+    params = {"user_id": customer, "after_at": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
+    with db.transaction():
+        db.execute("SET LOCAL enable_seqscan = off")  # 60 conversations fit a page or two: read them all
+        nodes = explain(db, "conversations_inbox", params)
+    walks = [n for n in nodes if n.get("Index Name") == "conversations_customer_idx"]
+    assert walks and walks[0]["Actual Rows"] <= 21 and "ROW(" in walks[0]["Index Cond"]
+    everything = db.execute("SELECT id FROM conversations WHERE customer_id = %s AND message_count > 0 "
+                            "ORDER BY last_message_at DESC, id DESC", (customer,)).fetchall()
+    shown, params["after_at"], params["after_id"] = [], END_OF_TIME, LAST_ID
+    while True:
+        page = db.execute(Q["conversations_inbox"], params).fetchall()
+        shown += [row["id"] for row in page[:20]]
+        if len(page) <= 20:
+            break
+        params["after_at"], params["after_id"] = page[19]["last_message_at"], page[19]["id"]
+    assert shown == [row["id"] for row in everything]
 
 
 @pytest.mark.parametrize("name, key", [("customer_orders_page", "customer_id"),
