@@ -44,28 +44,6 @@ def load_queries(path=ROOT / "db" / "queries.sql"):
 Q = load_queries()
 
 
-def queries_planned_each_time(path=ROOT / "db" / "queries.sql"):
-    """The names of the queries marked `-- plan: each time` in their block's comments: psycopg
-    never prepares them, so PostgreSQL plans each run for its values (a prepared statement may
-    settle on a generic plan, which cannot know that this user has thousands of rows)."""
-    marked, name = set(), None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"--\s*name:\s*(\w+)\s*$", line)
-        if match:
-            name = match.group(1)
-        elif name and re.match(r"--\s*plan:\s*each time\s*$", line):
-            marked.add(name)
-    return marked
-
-
-PLANNED_EACH_TIME = queries_planned_each_time()
-
-
-def run(connection, name, params):
-    """Runs the named query on the connection; a query planned each time is not prepared."""
-    return connection.execute(Q[name], params, prepare=False if name in PLANNED_EACH_TIME else None)
-
-
 # ---------------------------------------------------------------------------------------------
 # The pool of this process
 

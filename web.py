@@ -197,17 +197,17 @@ def commit():
 
 def db_one(name, /, **params):
     """Runs a named query and returns its first row as a dict, or None."""
-    return db.run(conn(), name, params).fetchone()
+    return conn().execute(db.Q[name], params).fetchone()
 
 
 def db_all(name, /, **params):
     """Runs a named query and returns all rows as dicts."""
-    return db.run(conn(), name, params).fetchall()
+    return conn().execute(db.Q[name], params).fetchall()
 
 
 def db_run(name, /, **params):
     """Runs a named query and returns the number of rows it touched."""
-    return db.run(conn(), name, params).rowcount
+    return conn().execute(db.Q[name], params).rowcount
 
 
 def db_stream(name, /, **params):

@@ -438,20 +438,24 @@ WHERE customer_id = %(customer_id)s
 
 -- name: customer_orders_page
 -- A customer's own orders, newest first, optionally of one status; keyset page after (created_at, id).
--- Planned for its values: a generic plan, made for a customer of average size, read and sorted
--- every order of a customer with hundreds (1.1 ms instead of 0.07 at 10,000 orders).
--- plan: each time
+-- The page's ids first, then only they are joined: once prepared, PostgreSQL may keep a generic
+-- plan made for a customer of average size (a few orders), a bitmap scan and a sort; for a
+-- customer with hundreds it then joined every order before sorting (1 ms instead of 0.07 at
+-- 10,000 orders). Now the worst it does is sort the ids of one customer's orders.
 SELECT o.id, o.title, o.budget, o.deadline, o.status, o.mode, o.offers_active, o.created_at,
        o.delivered_at, o.performer_id, o.rating IS NOT NULL AS is_rated, o.rating, p.name AS performer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
-FROM orders o
+FROM (SELECT k.id
+      FROM orders k
+      WHERE k.customer_id = %(customer_id)s
+        AND (%(status)s::order_status IS NULL OR k.status = %(status)s::order_status)
+        AND (k.created_at, k.id) < (%(after_time)s, %(after_id)s)
+      ORDER BY k.created_at DESC, k.id DESC
+      LIMIT %(limit)s) AS page
+JOIN orders o ON o.id = page.id
 JOIN categories c ON c.id = o.category_id
 LEFT JOIN users p ON p.id = o.performer_id
-WHERE o.customer_id = %(customer_id)s
-  AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
-  AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
 ORDER BY o.created_at DESC, o.id DESC
-LIMIT %(limit)s
 
 -- =============================================================================================
 -- Orders: create, edit and every transition
@@ -877,8 +881,6 @@ FROM (
 
 -- name: performer_orders_page
 -- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
--- Planned for its values, as customer_orders_page.
--- plan: each time
 SELECT o.id, o.title, o.budget, o.agreed_price, o.deadline, o.status, o.created_at, o.delivered_at,
        CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
