@@ -505,7 +505,8 @@ def format_date(value):
     if isinstance(value, datetime.datetime):
         utc, shown, exact = local_time(value, viewer_timezone())
         recent = relative_time(value, datetime.datetime.now(datetime.timezone.utc))
-        return markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">{markupsafe.escape(recent or shown)}</time>')
+        return markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">'
+                                 f'{markupsafe.escape(recent or shown)}</time>')
     return value.isoformat()
 
 
