@@ -674,14 +674,19 @@ LIMIT 1
 
 -- name: performer_offers_page
 -- "My offers": a performer's offers, newest first, with their orders; keyset page after (created_at, id).
+-- The page's ids first, then only they are joined, as customer_orders_page (a generic plan made
+-- for a performer of a few offers joined all 524 of the heaviest one's before sorting).
 SELECT f.id, f.order_id, f.price, f.days, f.status, f.created_at,
        o.title, o.status AS order_status, o.budget
-FROM offers f
+FROM (SELECT k.id
+      FROM offers k
+      WHERE k.performer_id = %(performer_id)s
+        AND (k.created_at, k.id) < (%(after_at)s, %(after_id)s)
+      ORDER BY k.created_at DESC, k.id DESC
+      LIMIT 21) AS page
+JOIN offers f ON f.id = page.id
 JOIN orders o ON o.id = f.order_id
-WHERE f.performer_id = %(performer_id)s
-  AND (f.created_at, f.id) < (%(after_at)s, %(after_id)s)
 ORDER BY f.created_at DESC, f.id DESC
-LIMIT 21
 
 -- name: order_deliveries_list
 -- The work handed in, every round, oldest first.
