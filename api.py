@@ -152,7 +152,6 @@ DocumentValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator
 
 
 @functools.cache
-@functools.cache
 def document_registry():
     """The document as a schema registry, made at the first request (OPENAPI is complete by then)."""
     return Registry().with_resource(DOCUMENT_URI, Resource.from_contents(OPENAPI, DRAFT202012))
