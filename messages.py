@@ -14,7 +14,7 @@ import files
 import notices
 import orders
 from web import (FILES_BODY_BYTES, Form, Routes, _, csrf_protect, current_user, db_all, db_one, db_run,
-                 error_response, login_required, not_found, redirect, render, safe_next)
+                 error_response, login_required, not_found, redirect, render, reread_unread_counts, safe_next)
 
 routes = Routes()
 
@@ -127,7 +127,7 @@ def mark_read(view):
     if db_one("conversation_mark_read", conversation_id=view.conversation["id"], user_id=me):
         db_run("notifications_read_for_conversation", user_id=me, order_id=view.order["id"],
                conversation_id=view.conversation["id"])
-        view.user.update(db_one("user_unread_counts", user_id=me) or {})
+        reread_unread_counts(view.user)
 
 
 def render_view(view, status=200, values=None, errors=None):

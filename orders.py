@@ -11,8 +11,8 @@ from bottle import request
 
 import files
 from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all,
-                 db_one, db_run, error_response, login_required, not_found, redirect, render, role_required,
-                 safe_next)
+                 db_one, db_run, error_response, login_required, not_found, redirect, render, reread_unread_counts,
+                 role_required, safe_next)
 
 routes = Routes()
 
@@ -411,7 +411,7 @@ def order_page(order_id):
     user = current_user()
     if user and user.get("unread_notifications") and \
             db_run("notifications_read_for_order", user_id=user["id"], order_id=order_id):
-        user.update(db_one("user_unread_counts", user_id=user["id"]) or {})  # for the header
+        reread_unread_counts(user)
     return render_order(order)
 
 

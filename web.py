@@ -687,6 +687,12 @@ def current_user():
     return environ.get("birzha.user")
 
 
+def reread_unread_counts(user):
+    """The header's unread counts of `user`, read with the user at the start of the request, read
+    again after this request has read something (a conversation, an order's notifications)."""
+    user.update(db_one("user_unread_counts", user_id=user["id"]) or {})
+
+
 def set_current_user(user):
     """Signs this request in as `user` (the API's Bearer token) for current_user() and the checks
     that use it; no session or cookie is involved."""
