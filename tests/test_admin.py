@@ -948,6 +948,25 @@ def test_dashboard_figures_are_the_stored_ones_until_the_tick_or_check_now_compu
     assert db.execute("SELECT now() - computed_at < interval '1 minute' AS fresh FROM dashboard_figures").fetchone()["fresh"]
 
 
+def test_kept_dashboard_figures_follow_the_stored_figures_and_the_language(db, staff_client, make_user):
+    """The figures' HTML is kept per worker (admin.figures_html): under their content, so a figure
+    changed in place (its time the same) shows at once, and per language."""
+    make_user("customer")
+    english = staff_client.get("/admin").text
+    customers = counter_of(english, "/admin/users?role=customer")
+    assert "New orders per day" in english
+    russian = staff_client.get("/admin", headers={"Accept-Language": "ru"}).text
+    assert "New orders per day" not in russian and "Новые заказы по дням" in russian
+    assert counter_of(russian, "/admin/users?role=customer") == customers
+    db.execute("""UPDATE dashboard_figures
+                  SET users_by_role = jsonb_set(users_by_role, '{0,total}', '4321'),
+                      new_per_day = jsonb_set(new_per_day, '{29,orders}', '7')""")
+    page = staff_client.get("/admin").text
+    assert counter_of(page, "/admin/users?role=customer") == 4321
+    assert re.search(r"New orders per day · busiest day: 7</figcaption>", page)
+    assert "Новые заказы по дням" not in page
+
+
 def counter_of(page, href):
     """The number of the dashboard counter that links to href."""
     return int(re.search(r'<a class="counter" href="%s"><b>(\d+)</b>' % re.escape(href), page).group(1))
