@@ -812,7 +812,7 @@ def cabinet():
     page = {"orders": orders, "offers": None, "tab": status, **links}
     if user["role"] == "customer":
         return render("cabinet_customer.html", stats=db_one("customer_stats_read", customer_id=user["id"]),
-                      values={}, errors={}, category_options=category_options(), **page)
+                      category_names=dict(category_options()), **page)
     return render_performer_cabinet(user, **page)
 
 

@@ -139,6 +139,40 @@ def test_performer_cabinet_has_a_tab_per_status_the_counters_and_a_way_to_hand_i
     db.execute("SELECT recalc_counters()")
 
 
+def test_kept_cabinet_rows_follow_the_order_the_language_and_the_viewers_time_zone(
+        make_client, sign_in, db, make_user, make_order):
+    """The cabinets' rows and the blank order form are rendered once and kept (web.kept): a row
+    changes with its order, each language gets its words, each viewer their time zone."""
+    anna, vera = make_user("customer"), make_user("performer", name="Vera Kept")
+    order = make_order(anna, performer=vera, status="delivered", title="Kept row")
+    # moments older than a day, shown as dates: the same words in every language
+    db.execute("SET session_replication_role = replica")  # past the trigger that stamps created_at
+    db.execute("UPDATE orders SET created_at = '2026-01-15 21:30+00', delivered_at = '2026-01-16 08:00+00' "
+               "WHERE id = %s", (order["id"],))
+    db.execute("RESET session_replication_role")
+    customer, performer = sign_in(make_client(), anna), sign_in(make_client(), vera)
+    moscow = '<time datetime="2026-01-15T21:30:00+00:00" title="2026-01-16 00:30 MSK">2026-01-16 00:30</time>'
+    assert moscow in customer.get("/cabinet").text and moscow in performer.get("/cabinet").text
+    db.execute("UPDATE users SET timezone = 'Asia/Vladivostok' WHERE id = %s", (vera["id"],))
+    page = performer.get("/cabinet").text
+    assert moscow not in page and 'title="2026-01-16 07:30 +10">2026-01-16 07:30</time>' in page
+    assert 'title="2026-01-16 18:00 +10">2026-01-16 18:00</time>: waiting for the customer' in page
+    assert moscow in customer.get("/cabinet").text
+    assert rows_of(customer.get("/cabinet"))[0].startswith("Kept row Design")
+    assert "The work is handed in" in customer.get("/cabinet").text
+    customer.set_cookie("lang", "ru")
+    page = customer.get("/cabinet")
+    assert "The work is handed in" not in page.text and "Работа сдана" in page.text
+    assert "Choose a category" not in page.text and "Дизайн" in page.text
+    customer.set_cookie("lang", "en")
+    db.execute(Q["order_accept"], {"order_id": order["id"], "customer_id": anna["id"], "rating": 8, "review": ""})
+    row = rows_of(customer.get("/cabinet"))[0]
+    assert "Kept row Design · 2026-01-16 00:30 done your rating: 8/10" in row and "handed in" not in row
+    db.execute("UPDATE categories SET name_en = 'Design and art' WHERE slug = 'design'")
+    page = customer.get("/cabinet").text
+    assert '<option value="design" >Design and art</option>' in page and "Kept row</a><div class=\"meta\">Design and art" in page
+
+
 # ---------------------------------------------------------------------------------------------
 # My offers
 
