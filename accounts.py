@@ -7,10 +7,10 @@ import zoneinfo
 from bottle import request, response
 
 from web import (
-    DEFAULT_TIMEZONE, SESSION_COOKIE, Form, Routes, check_password, client_address, commit, csrf_protect,
-    current_lang, current_user, db_all, db_one, db_run, end_session, error_response, hash_password,
-    login_required, ngettext, not_found, password_error, redirect, render, safe_next, start_session,
-    token_hash, _,
+    DEFAULT_TIMEZONE, SESSION_COOKIE, Form, Routes, category_name, check_password, client_address, commit,
+    csrf_protect, current_lang, current_user, db_all, db_one, db_run, end_session, error_response,
+    hash_password, login_required, ngettext, not_found, password_error, redirect, render, safe_next,
+    start_session, token_hash, _,
 )
 
 routes = Routes()
@@ -389,7 +389,10 @@ def performers():
     performers_page, more, categories = catalogue_page(after, category)
     base = "/performers?" + (f"category={category['slug']}&" if category else "")
     next_url = base + f"after={performers_page[-1]['id']}" if more else None
-    return render("accounts_performers.html", performers=performers_page, category=category,
+    # a card's categories as (slug, name) pairs: a row kept rendered (web.kept) is made of values
+    cards = [dict(row, categories=tuple((c["slug"], category_name(c)) for c in row["categories"]))
+             for row in performers_page]
+    return render("accounts_performers.html", performers=cards, category=category,
                   categories=categories, next_url=next_url, first_url=base.rstrip("?&") if after else None)
 
 

@@ -1,5 +1,6 @@
 """Sign-up, sign-in, profiles and the performer catalogue, driven through the pages."""
 import re
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import bcrypt
@@ -348,6 +349,42 @@ def test_public_profile_shows_work_and_reviews_and_contacts_only_to_signed_in_us
     signed_in = sign_in(make_client(), customer).get(f"/performers/{vera['id']}")
     for contact in (vera["email"], "+7 900 000-00-00", "@vera_tg"):
         assert contact in signed_in.text
+
+
+def test_kept_catalogue_cards_and_reviews_follow_the_performer_the_language_and_the_viewer(
+        client, db, make_user, make_order, make_client, sign_in):
+    """The catalogue's cards and a profile's reviews are rendered once and kept (web.kept): a new
+    rating or a renamed category changes a card, each language gets its names, each viewer their
+    time zone."""
+    vera = make_user("performer", name="Vera Kept", categories=["design"])
+    customer = make_user("customer")
+    order = make_order(customer, performer=vera, status="done", rating=9, review="Great logo", title="Coffee logo")
+    db.execute("SET session_replication_role = replica")  # past the trigger that stamps rated_at
+    db.execute("UPDATE orders SET rated_at = '2026-01-15 21:30+00' WHERE id = %s", (order["id"],))
+    db.execute("RESET session_replication_role")
+
+    make_user("performer", name="Gleb Kept")
+
+    def card(page, n=0):
+        return text_of(SimpleNamespace(text=re.findall(r'<article class="card performer-card">.*?</article>',
+                                                       page.text, re.S)[n]))
+
+    assert card(client.get("/performers")) == "Vera Kept 9.0 / 10 1 rating · 1 order completed Design"
+    assert card(client.get("/performers"), 1) == "Gleb Kept no ratings yet 0 orders completed"
+    client.set_cookie("lang", "ru")
+    assert card(client.get("/performers")) == "Vera Kept 9.0 / 10 1 оценка · 1 заказ выполнен Дизайн"
+    assert card(client.get("/performers"), 1) == "Gleb Kept оценок пока нет 0 заказов выполнено"
+    client.set_cookie("lang", "en")
+    make_order(customer, performer=vera, status="done", rating=5)
+    db.execute("UPDATE categories SET name_en = 'Design and art' WHERE slug = 'design'")
+    assert card(client.get("/performers")) == "Vera Kept 7.0 / 10 2 ratings · 2 orders completed Design and art"
+
+    moscow = 'title="2026-01-16 00:30 MSK">2026-01-16 00:30</time>'
+    assert moscow in client.get(f"/performers/{vera['id']}").text
+    far = make_user("customer")
+    db.execute("UPDATE users SET timezone = 'Asia/Vladivostok' WHERE id = %s", (far["id"],))
+    page = sign_in(make_client(), far).get(f"/performers/{vera['id']}").text
+    assert moscow not in page and 'title="2026-01-16 07:30 +10">2026-01-16 07:30</time>' in page
 
 
 def test_public_profile_is_404_for_unknown_ids_customers_and_blocked_performers(client, make_user):

@@ -5,6 +5,7 @@ import io
 import os
 import re
 import wsgiref.util
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,6 +98,29 @@ def test_a_performer_asks_about_an_open_order_and_the_customer_answers_with_unre
     assert write(customer["browser"], oid, " ", with_id=pid, status=400).status_int == 400
     assert write(customer["browser"], oid, "x" * 5001, with_id=pid, status=400).status_int == 400
     assert db.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 2
+
+
+def test_kept_inbox_rows_follow_the_viewer_the_conversation_and_the_language(db, cast, make_order):
+    """The inbox's rows are rendered once and kept (web.kept): the two sides of one conversation
+    each see theirs, a new message its row, Russian its words; the excerpt is the last message's
+    first 140 characters, cut at a word, as before the query read only 200 of them."""
+    customer, performer = cast["customer"], cast["performer"]
+    oid, pid = make_order(customer["user"])["id"], performer["user"]["id"]
+    question = "Is a vector logo fine? " + "Tell me about the colours and the sizes you need. " * 8
+    write(performer["browser"], oid, question)
+    customer["browser"].get(f"/orders/{oid}/messages?with={pid}")  # read: no unread count on either side
+
+    def row(person):
+        return text_of(SimpleNamespace(text=person["browser"].get("/messages").text.split('class="conversation-list">')[1]))
+
+    excerpt = question[:137].rsplit(" ", 1)[0] + "..."
+    assert row(customer).startswith(f"A test order with Performer · just now {excerpt}")
+    assert row(performer).startswith(f"A test order with Customer · just now You: {excerpt}")
+    write(customer["browser"], oid, "Yes, SVG please", with_id=pid)
+    assert "with Performer · just now You: Yes, SVG please" in row(customer)
+    assert "1 unread with Customer · just now Yes, SVG please" in row(performer)
+    customer["browser"].set_cookie("lang", "ru")
+    assert "с Performer · только что Вы: Yes, SVG please" in row(customer)
 
 
 def test_after_the_take_only_the_assigned_performers_conversation_goes_on(db, cast, make_order, make_user, sign_in,
