@@ -110,10 +110,12 @@ def feed():
             "link": lambda **changes: link("/orders", form.values, **changes)}
     if not form.ok:
         return render("orders_feed.html", status=400, orders=[], next_url=None, first_url="/orders", **page)
-    orders, next_after = feed_page(filters, sort, cursor)
+    orders, next_after, edge = feed_page(filters, sort, cursor)
     next_url = link("/orders", form.values, after=next_after) if next_after else None
     first_url = link("/orders", form.values, after=None) if cursor else None
-    matches, cap = feed_matches(filters, categories, page["active"])
+    # the count's window is the first page's, newest first: this page's when it is that page
+    matches, cap = feed_matches(filters, categories, page["active"],
+                                edge if sort == "new" and not cursor and filters["q"] else None)
     return render("orders_feed.html", orders=with_categories(orders, categories), next_url=next_url,
                   first_url=first_url, matches=matches, matches_cap=cap, **page)
 
@@ -129,12 +131,15 @@ def with_categories(rows, categories):
     return rows
 
 
-def feed_matches(filters, categories, category):
+def feed_matches(filters, categories, category, edge=None):
     """How many open orders match: (n, None) from the counters the triggers keep (open orders of
     customers not blocked, by category) when only a category (or nothing) is chosen, else counted:
-    (n, cap) where n > cap means "more than cap"."""
+    (n, cap) where n > cap means "more than cap". Counting looks among the newest first, down to
+    the window edge of the first page of the newest-first feed (`edge`, when the caller has it)."""
     if filters["q"] or filters["min_budget"] is not None or filters["max_budget"] is not None:
-        return db_one("orders_feed_count", cap=FEED_COUNT_CAP, **filters)["n"], FEED_COUNT_CAP
+        if edge is None:
+            edge = window_edge({"sort": "new", **first_page_cursor("new")})
+        return db_one("orders_feed_count", cap=FEED_COUNT_CAP, **edge, **filters)["n"], FEED_COUNT_CAP
     if category:
         return category["open_orders"], None
     return sum(row["open_orders"] for row in categories), None
@@ -153,35 +158,45 @@ def first_page_cursor(sort):
 
 
 def feed_page(filters, sort, cursor):
-    """One page of the feed after the cursor: (orders, the `after` of the next page or None)."""
+    """One page of the feed after the cursor: (orders, the `after` of the next page or None, the
+    search's window edge: see feed_rows)."""
     position = first_page_cursor(sort)
     if cursor:
         key = {"new": "after_time", "budget": "after_budget", "cheap": "after_budget",
                "deadline": "after_deadline"}[sort]
         position[key], position["after_id"] = cursor
-    rows = feed_rows(sort, position, filters)
+    rows, edge = feed_rows(sort, position, filters)
     orders = rows[:PAGE_SIZE]
     if len(rows) <= PAGE_SIZE:
-        return orders, None
-    return orders, cursor_after(orders[-1], SORT_KEYS[sort])
+        return orders, None, edge
+    return orders, cursor_after(orders[-1], SORT_KEYS[sort]), edge
+
+
+NO_EDGE = {"edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None}
 
 
 def feed_rows(sort, position, filters):
-    """Up to PAGE_SIZE + 1 feed rows after the cursor; a search costs little whatever the term."""
+    """Up to PAGE_SIZE + 1 feed rows after the cursor, and the window edge a search used (NO_EDGE
+    when not a search, or when the window held every open order left); a search costs little
+    whatever the term."""
     cursor = {"sort": sort, **position}
-    edge = {"edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None}
-    if filters["q"]:
-        # Look for matches among the next SEARCH_WINDOW open orders first, by the feed index.
-        row = db_one("orders_feed_window_edge", window=SEARCH_WINDOW, **cursor)
-        if row:
-            edge = {"edge_id": row["id"], "edge_time": row["created_at"], "edge_budget": row["budget"],
-                    "edge_deadline": row["deadline_key"]}
+    edge = window_edge(cursor) if filters["q"] else NO_EDGE
     rows = db_all("orders_feed", **cursor, **edge, **filters)
     if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:
         # A rare term: the rest through the full-text index, beyond the window.
         rows += db_all("orders_feed_search_older", limit=PAGE_SIZE + 1 - len(rows),
                        **cursor, **edge, **filters)
-    return rows
+    return rows, edge
+
+
+def window_edge(cursor):
+    """The edge of the next SEARCH_WINDOW open orders after the feed cursor, in its sort (NO_EDGE
+    when fewer are left): a search looks for matches there first, by the feed index."""
+    row = db_one("orders_feed_window_edge", window=SEARCH_WINDOW, **cursor)
+    if row is None:
+        return NO_EDGE
+    return {"edge_id": row["id"], "edge_time": row["created_at"], "edge_budget": row["budget"],
+            "edge_deadline": row["deadline_key"]}
 
 
 def read_feed_filters(form, by_slug):

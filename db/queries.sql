@@ -867,20 +867,46 @@ LIMIT %(limit)s
 
 -- name: orders_feed_count
 -- How many open orders match the feed's filters, counted up to %(cap)s + 1 (the page says "more than
--- %(cap)s" beyond): bounded work whatever the filters, through the same indexes as the feed.
-SELECT count(*) AS n
-FROM (
-    SELECT 1
-    FROM orders o
-    JOIN users u ON u.id = o.customer_id
-    WHERE o.status = 'open'
-      AND NOT u.is_blocked
-      AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
-      AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
-      AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
-      AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
-    LIMIT %(cap)s + 1
-) AS capped
+-- %(cap)s" beyond). As a search page does, it counts first among the newest open orders down to the
+-- window edge (orders_feed_window_edge of the first page, newest first; NULL when the window holds
+-- every open order), walking the feed index, whose heap pages the feed keeps in memory; only when
+-- fewer than %(cap)s + 1 match there (a rare term) does it count older ones, through the indexes
+-- the planner picks for the filters (for a term, the GIN index), up to %(cap)s + 1 again (a
+-- constant LIMIT, which the planner weighs as it did before; the sum is then "more than %(cap)s"
+-- all the same). Counted in one pass, a common word was a sequential scan with a LIMIT reading its pages
+-- from outside PostgreSQL's memory (a big table's scan gets a small ring of buffers), from a
+-- different place each time (synchronized scans): 2 ms at a million orders.
+WITH newest AS (
+    SELECT count(*) AS n
+    FROM (SELECT 1
+          FROM orders o
+          JOIN users u ON u.id = o.customer_id
+          WHERE o.status = 'open'
+            AND NOT u.is_blocked
+            AND (%(edge_id)s::bigint IS NULL
+                 OR (o.created_at, o.id) >= (%(edge_time)s::timestamptz, %(edge_id)s::bigint))
+            AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
+            AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+            AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+            AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+          ORDER BY o.created_at DESC, o.id DESC
+          LIMIT %(cap)s + 1) AS window_matches
+)
+SELECT newest.n + (SELECT count(*)
+                   FROM (SELECT 1
+                         FROM orders o
+                         JOIN users u ON u.id = o.customer_id
+                         WHERE %(edge_id)s::bigint IS NOT NULL
+                           AND newest.n <= %(cap)s
+                           AND o.status = 'open'
+                           AND NOT u.is_blocked
+                           AND (o.created_at, o.id) < (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
+                           AND (%(q)s::text IS NULL OR o.search @@ websearch_to_tsquery('russian', %(q)s::text))
+                           AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
+                           AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
+                           AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
+                         LIMIT %(cap)s + 1) AS older_matches) AS n
+FROM newest
 
 -- (end of the orders section)
 

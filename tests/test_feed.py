@@ -2,7 +2,7 @@
 import datetime
 import html
 import re
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -344,7 +344,12 @@ def test_a_search_past_the_window_keeps_the_ascending_sorts(client, db, catalogu
         [o for o in orders if o["title"][-2:] in ("03", "24", "41")])
 
 
-def test_the_feed_says_how_many_orders_match(client, db, make_user, make_order, catalogue, monkeypatch):
+@pytest.mark.parametrize("window", [2000, 7, 45, 46, 47])
+def test_the_feed_says_how_many_orders_match(client, db, make_user, make_order, catalogue, monkeypatch, window):
+    """Counted filters are counted among the newest SEARCH_WINDOW open orders first, then the older
+    ones: the count is the same wherever the window's edge falls (46 orders: before the last, on
+    it, none)."""
+    monkeypatch.setattr("orders.SEARCH_WINDOW", window)
     # An open order in a category hidden since is still in the feed, and in its count.
     db.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('secret', 'Тайна', 'Secret')")
     make_order(make_user("customer"), title="Feed order in a hidden category", category="secret")
@@ -354,6 +359,10 @@ def test_the_feed_says_how_many_orders_match(client, db, make_user, make_order, 
     assert f">{texts} orders match<" in client.get("/orders?category=texts").text
     assert ">0 orders match<" in client.get("/orders?q=nosuchword").text
     assert ">46 orders match<" in client.get("/orders?q=feed").text
+    assert ">46 orders match<" in client.get("/orders?q=feed&sort=budget").text
+    assert ">46 orders match<" in client.get("/orders?q=feed&after=" + catalogue_cursor(db)).text
+    assert ">46 orders match<" in client.get("/orders?max_budget=100000").text
+    assert ">1 order matches<" in client.get("/orders?q=hidden").text
     # Filters are counted up to the cap; the whole feed and a category are read from the counters
     # the triggers keep, so they stay exact whatever their size.
     monkeypatch.setattr("orders.FEED_COUNT_CAP", 40)
@@ -361,6 +370,13 @@ def test_the_feed_says_how_many_orders_match(client, db, make_user, make_order, 
     assert ">More than 40 orders match<" in client.get("/orders?min_budget=0").text
     assert ">46 orders match<" in client.get("/orders").text
     assert f">{texts} orders match<" in client.get("/orders?category=texts").text
+
+
+def catalogue_cursor(db):
+    """The `after` of the feed's second page, newest first."""
+    row = db.execute("SELECT created_at, id FROM orders WHERE status = 'open' "
+                     "ORDER BY created_at DESC, id DESC OFFSET 19 LIMIT 1").fetchone()
+    return quote(f"{row['created_at'].isoformat()}_{row['id']}")
 
 
 def test_the_feed_count_groups_thousands(client, db, make_user):

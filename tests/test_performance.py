@@ -118,6 +118,29 @@ def test_the_search_window_is_an_index_only_walk_of_the_feed_index_of_its_sort(b
                 and n["Relation Name"] in ("orders", "users")]
 
 
+def test_a_common_words_count_reads_the_window_by_the_feed_index_and_nothing_older(bench_data):
+    """The feed's count (up to 100) looks among the newest open orders first, by the feed index:
+    a common word is counted there, and the older orders are not read at all (counted in one pass,
+    it was a sequential scan of orders); a rare one is counted past the window by the GIN index."""
+    db = bench_data
+    edge = db.execute(Q["orders_feed_window_edge"], FEED).fetchone()
+    params = dict(FEED, q="логотип", cap=100, edge_id=edge["id"], edge_time=edge["created_at"])
+    nodes = explain(db, "orders_feed_count", params)
+    # orders read only within the window (an index range of the feed index, or its bitmap)
+    read = [n for n in nodes if n.get("Relation Name") == "orders" and n["Actual Loops"] > 0]
+    assert read and all("ROW(created_at, id) >= ROW(" in n.get("Index Cond", n.get("Recheck Cond", ""))
+                        for n in read), nodes[0]
+    assert [n for n in nodes if n.get("Index Name") == "orders_feed_new_idx" and n["Actual Loops"] > 0]
+    assert db.execute(Q["orders_feed_count"], params).fetchone()["n"] == 101
+    title = db.execute("SELECT title FROM orders WHERE status = 'open' ORDER BY created_at LIMIT 1").fetchone()["title"]
+    params["q"] = title.rsplit("#", 1)[1]
+    nodes = explain(db, "orders_feed_count", params)
+    assert [n for n in nodes if n.get("Index Name") == "orders_search_idx" and n["Actual Loops"] > 0]
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan" and n["Relation Name"] in ("orders", "users")
+                and n["Actual Loops"] > 0]
+    assert db.execute(Q["orders_feed_count"], params).fetchone()["n"] == 1
+
+
 def test_the_search_window_edge_is_absent_when_fewer_orders_are_left(bench_data):
     deep = bench_data.execute("SELECT created_at, id FROM orders WHERE status = 'open' "
                               "ORDER BY created_at DESC, id DESC LIMIT 1 "
