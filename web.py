@@ -503,21 +503,24 @@ def format_date(value):
     if value is None:
         return ""
     if isinstance(value, datetime.datetime):
-        utc, shown, exact = local_time(value, viewer_timezone())
+        utc, exact, dated = local_time(value, viewer_timezone())
         recent = relative_time(value, datetime.datetime.now(datetime.timezone.utc))
-        return markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">'
-                                 f'{markupsafe.escape(recent or shown)}</time>')
+        if recent is None:
+            return dated
+        return markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">{markupsafe.escape(recent)}</time>')
     return value.isoformat()
 
 
 @functools.lru_cache(maxsize=4096)
 def local_time(value, zone):
-    """A moment as (UTC ISO time, local "YYYY-MM-DD HH:MM", the same with the zone's abbreviation,
-    escaped): a pure function, kept for the moments shown again and again (a feed page's forty)."""
+    """A moment as (UTC ISO time, its local time with the zone's abbreviation, escaped, and the
+    whole <time> as shown once it is more than a day old): a pure function, kept for the moments
+    shown again and again (a feed page's forty)."""
     local = value.astimezone(zone)
     shown = local.strftime("%Y-%m-%d %H:%M")
     exact = markupsafe.escape(f"{shown} {local.tzname() or ''}".rstrip())
-    return value.astimezone(datetime.timezone.utc).isoformat(timespec="seconds"), shown, exact
+    utc = value.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")
+    return utc, exact, markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">{markupsafe.escape(shown)}</time>')
 
 
 def category_name(row, prefix="category_"):
