@@ -214,6 +214,34 @@ def test_kept_cards_follow_the_viewer_the_language_and_the_row(make_client, db, 
     assert "Renamed card" not in browsers[vera["id"]].get("/orders").text
 
 
+def test_kept_filter_form_shows_each_searchs_values_its_category_and_language(client, make_user, make_order):
+    """The feed's filter form is rendered once per set of values and kept (web.kept); with errors
+    it is rendered as it is."""
+    make_order(make_user("customer"), title="Logo order")
+
+    def form(url, **kwargs):
+        page = client.get(url, **kwargs)
+        return page.status_int, re.search(r'<form method="get" action="/orders" class="filters">.*?</form>',
+                                          page.text, re.S).group(0)
+
+    _status, logo = form("/orders?q=logo&min_budget=100")
+    assert 'name="q" type="search" value="logo"' in logo and 'name="min_budget" type="text" value="100"' in logo
+    assert 'name="category"' not in logo and '<option value="new" >' in logo
+    _status, other = form("/orders?q=other")
+    assert 'value="other"' in other and 'value="100"' not in other
+    _status, coffee = form("/orders?" + urlencode({"q": "кофе", "sort": "budget", "category": "design"}))
+    assert 'value="кофе"' in coffee and "logo" not in coffee and 'name="min_budget" type="text" value=""' in coffee
+    assert '<option value="budget" selected>' in coffee
+    assert '<input type="hidden" name="category" value="design">' in coffee
+    client.set_cookie("lang", "ru")
+    _status, russian = form("/orders?q=logo&min_budget=100")
+    assert "Найти" in russian and "Бюджет от" in russian and 'value="logo"' in russian
+    client.set_cookie("lang", "en")
+    status, broken = form("/orders?q=logo&min_budget=abc", status=400)
+    assert status == 400 and 'aria-invalid="true"' in broken and 'value="abc"' in broken
+    assert 'aria-invalid' not in form("/orders?q=logo&min_budget=100")[1]
+
+
 def test_feed_sidebar_lists_visible_categories_with_open_counts(client, db, make_user, make_order):
     anna = make_user("customer")
     for _n in range(3):
