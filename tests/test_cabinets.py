@@ -171,6 +171,21 @@ def test_kept_cabinet_rows_follow_the_order_the_language_and_the_viewers_time_zo
     db.execute("UPDATE categories SET name_en = 'Design and art' WHERE slug = 'design'")
     page = customer.get("/cabinet").text
     assert '<option value="design" >Design and art</option>' in page and "Kept row</a><div class=\"meta\">Design and art" in page
+    # the counters, the tabs and the performer's ratings beside the orders are kept too
+    assert re.search(r'href="/cabinet\?status=done"><b>1</b><span>done', page)
+    assert '<a href="/cabinet" class="active">All</a>' in page
+    done_tab = customer.get("/cabinet?status=done").text
+    assert '<a href="/cabinet" class="">All</a>' in done_tab and 'href="/cabinet?status=done" class="active"' in done_tab
+    db.execute("SET session_replication_role = replica")
+    db.execute("UPDATE orders SET rated_at = '2026-01-17 08:00+00' WHERE id = %s", (order["id"],))
+    db.execute("RESET session_replication_role")
+    aside = performer.get("/cabinet").text.split("<aside>")[1]
+    assert "8 / 10" in aside and 'title="2026-01-17 18:00 +10">2026-01-17 18:00</time>' in aside
+    db.execute("UPDATE users SET timezone = 'Europe/Moscow' WHERE id = %s", (vera["id"],))
+    aside = performer.get("/cabinet").text.split("<aside>")[1]
+    assert 'title="2026-01-17 11:00 MSK">2026-01-17 11:00</time>' in aside
+    performer.set_cookie("lang", "ru")
+    assert "средняя из 1 оценки" in performer.get("/cabinet").text
 
 
 # ---------------------------------------------------------------------------------------------
