@@ -17,7 +17,7 @@ from bottle import request, response
 
 from orders import cursor_after, parse_time_cursor
 from web import (Form, Routes, _, act_as, csrf_protect, current_lang, current_user, db_all, db_one, db_stream,
-                 error_response, ngettext, not_found, redirect, role_required, templates)
+                 error_response, ngettext, not_found, redirect, role_required, template, templates)
 from web import render as render_page
 
 routes = Routes()
@@ -153,7 +153,7 @@ def figures_html(figures):
 @functools.lru_cache(maxsize=16)
 def _figures_html(lang, users_by_role, orders_by_status, new_per_day):
     days = [dict(day, day=datetime.date.fromisoformat(dict(day)["day"])) for day in new_per_day]
-    return templates.get_template("admin_macros.html").module.dashboard_figures(
+    return template("admin_macros.html", lang).module.dashboard_figures(
         [dict(row) for row in users_by_role], [dict(row) for row in orders_by_status], days,
         bar_chart(days, "users"), bar_chart(days, "orders"))
 

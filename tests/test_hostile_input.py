@@ -145,7 +145,7 @@ def test_cookies_that_are_not_utf8_or_absurd_are_ignored_on_every_route(app, wor
 def test_when_the_error_page_itself_fails_a_static_page_keeps_the_status(client, monkeypatch):
     def broken(name, *args, **kwargs):
         raise RuntimeError("the templates are gone")
-    monkeypatch.setattr(web.templates, "get_template", broken)
+    monkeypatch.setattr(web, "template", broken)
     for method, url, status in [("GET", "/no/such/page", 404), ("POST", "/orders", 403),
                                 ("POST", "/performers", 405), ("GET", "/", 500)]:
         resp = client.request(url, method=method, status="*", expect_errors=True)

@@ -92,3 +92,20 @@ def test_language_follows_accept_language_and_the_switch(client):
     assert 'lang="ru"' in page.text and "Открытые заказы" in page.text
     assert client.get("/lang/xx", status=404)
     assert client.get("/lang/en?next=//evil.example/x", status=303).headers["Location"].endswith("/")
+
+
+def test_constant_messages_are_translated_when_a_template_is_compiled():
+    """Each language has its own compiled templates, with the constant messages in them as text
+    (anywhere an expression goes); only a message with values is translated when shown."""
+    source = ('{{ _("Orders") }}|{{ "x"|replace("x", gettext("Performers")) }}|{{ pgettext("counter", "staff") }}'
+              '|<a title="{{ _("Orders") }}">|{{ _("%(num)s orders done", num=3) }}|{{ web._("Orders") }}')
+    shown = {"ru": 'Заказы|Исполнители|сотрудники|<a title="Заказы">|%(num)s orders done|Заказы',
+             "en": 'Orders|Performers|staff|<a title="Orders">|%(num)s orders done|Orders'}
+    for lang, expected in shown.items():
+        compiled = web.templates_in[lang]
+        code = compiled.compile(source, raw=True)
+        assert code.count("resolve('_')") == 1 and "gettext" not in code
+        with web.language(lang):
+            assert compiled.from_string(source).render(web=web) == expected.replace("%(num)s", "3")
+    # The environment messages are extracted with keeps every call as written
+    assert len(list(web.templates.extract_translations(source))) == 5
