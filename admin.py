@@ -158,9 +158,11 @@ def _figures_html(lang, users_by_role, orders_by_status, new_per_day):
         bar_chart(days, "users"), bar_chart(days, "orders"))
 
 
-@routes.get("/admin")
+@routes.get("/admin", read_only=True)
 @staff_only
 def dashboard():
+    """Reads, but for the first visit before the tick has run: the figures are then stored by
+    one statement of their own (dashboard_figures_refresh)."""
     return render_dashboard()
 
 

@@ -350,6 +350,11 @@ def test_the_pages_served_most_run_without_begin_and_commit_and_writes_keep_thei
     for url in ("/", "/orders", f"/orders/{order['id']}", "/performers", "/cabinet", "/messages"):
         commits.clear()
         assert client.get(url).status_int == 200 and commits == [], url
+    # The dashboard's first visit before any tick stores the figures, in a statement of its own
+    assert db.execute("SELECT count(*) AS n FROM dashboard_figures").fetchone()["n"] == 0
+    staff = sign_in(make_client("203.0.113.31"), make_user("customer", staff=True))
+    assert "Top performers" in staff.get("/admin").text and commits == []
+    assert db.execute("SELECT count(*) AS n FROM dashboard_figures").fetchone()["n"] == 1
     commits.clear()
     cancelled = client.post_form(f"/orders/{order['id']}/cancel", {"reason": "Not needed", "confirm": "yes"})
     assert cancelled.status_int == 303 and len(commits) == 1
