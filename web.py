@@ -577,7 +577,7 @@ def relative_time(moment, now):
 
 @functools.lru_cache(maxsize=256)
 def _relative_phrase(lang, unit, count):
-    """One of the day's 84 phrases in one language, kept: a cabinet shows sixty recent moments."""
+    """One of the day's 83 phrases in one language, kept: a cabinet shows sixty recent moments."""
     with language(lang):
         if unit == "now":
             return markupsafe.escape(_("just now"))
