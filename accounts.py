@@ -23,7 +23,7 @@ COMMON_TIMEZONES = ("Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asi
                     "Asia/Vladivostok", "Asia/Magadan", "Asia/Kamchatka", "UTC")
 ALL_TIMEZONES = sorted(zoneinfo.available_timezones())
 PHONE = re.compile(r"[0-9+()\- ]*")
-CATALOGUE_PAGE = 20
+CATALOGUE_PAGE = 20  # performers_catalogue says LIMIT 21: a page and one more
 REVIEWS_PAGE = 20
 
 
@@ -400,8 +400,10 @@ def catalogue_page(after, category):
     """A page of the catalogue after the performer `after` (of one category, or all): (performers,
     whether more follow, the visible categories). Each performer's `categories` are the visible
     ones of theirs, named from that list."""
-    rows = db_all("performers_catalogue", after=after, limit=CATALOGUE_PAGE + 1,
-                  category_id=category["id"] if category else None)
+    if category is None:
+        rows = db_all("performers_catalogue", after=after)
+    else:
+        rows = db_all("performers_catalogue_in_category", after=after, category_id=category["id"])
     categories = db_all("categories_list")
     by_id = {row["id"]: row for row in categories}
     for row in rows:

@@ -181,6 +181,29 @@ def test_the_catalogue_pages_walk_every_performer_once_in_rank_order(bench_data)
     assert seen == catalogue_order(db)
 
 
+def test_the_catalogue_is_planned_once_and_its_plan_kept_for_every_page(bench_data, db_url):
+    """After psycopg prepares the catalogue's statements, PostgreSQL keeps their generic plan
+    (planning was over half of a page's query at a million orders): the first page, a deep one, an
+    unknown cursor, of all performers and of one category; each page still the right one."""
+    order = catalogue_order(bench_data)
+    category = bench_data.execute("SELECT category_id AS id FROM performer_categories "
+                                  "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()["id"]
+    in_category = set(r["id"] for r in bench_data.execute(
+        "SELECT performer_id AS id FROM performer_categories WHERE category_id = %s", (category,)))
+    ranked = {None: order, category: [performer for performer in order if performer in in_category]}
+    with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:  # its own prepared statements
+        for name, category_id in [("performers_catalogue", None), ("performers_catalogue_in_category", category)]:
+            expected = ranked[category_id]
+            for after in [None, expected[99], 10**15] * 7:  # planned for its values five times, then kept
+                rows = conn.execute(Q[name], {"after": after, "category_id": category_id}, prepare=True).fetchall()
+                start = 0 if after is None else len(expected) if after == 10**15 else expected.index(after) + 1
+                assert [row["id"] for row in rows] == expected[start:start + 21]
+        plans = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                             "WHERE statement LIKE '%%FROM performer_stats s%%'").fetchall()
+    # psycopg prepares a statement per type of its values (None, int4, int8): each keeps its plan
+    assert len(plans) >= 2 and all(plan["generic_plans"] == 2 for plan in plans), plans
+
+
 @pytest.mark.parametrize("name, key, index", [("customer_orders_page", "customer_id", "orders_customer_idx"),
                                               ("performer_orders_page", "performer_id", "orders_performer_idx")])
 def test_a_cabinet_reads_one_page_of_its_index_not_every_order_of_the_user(bench_data, name, key, index):
