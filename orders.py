@@ -188,6 +188,11 @@ def feed_rows(sort, position, filters):
     when not a search, or when the window held every open order left); a search costs little
     whatever the term."""
     cursor = {"sort": sort, **position}
+    only_a_category = (filters["category_id"] is not None and not filters["q"]
+                       and filters["min_budget"] is None and filters["max_budget"] is None)
+    if sort == "new" and only_a_category:  # a category's link in the sidebar: a statement with one plan
+        return db_all("orders_feed_in_category", category_id=filters["category_id"],
+                      after_time=position["after_time"], after_id=position["after_id"]), NO_EDGE
     edge = window_edge(cursor) if filters["q"] else NO_EDGE
     rows = db_all("orders_feed", **cursor, **edge, **filters)
     if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:
