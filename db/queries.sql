@@ -341,7 +341,8 @@ ON CONFLICT DO NOTHING
 -- LIMIT is the constant 21 (a page of accounts.CATALOGUE_PAGE and one more), so PostgreSQL keeps
 -- the generic plan of the prepared statement instead of planning each call (0.13 ms of 0.22 at a
 -- million orders). A cursor folded away when absent, a LIMIT given as a value (costed as a tenth
--- of the rows) or an optional category condition each made the generic plan look dearer.
+-- of the rows) or an optional category condition each made the generic plan look dearer; a
+-- category's page has a query of its own (performers_catalogue_in_category).
 WITH cursor AS (
     SELECT coalesce(k.rating_avg, 0) AS rating, k.orders_completed AS completed, -k.performer_id AS rank_id
     FROM performer_stats k
@@ -365,15 +366,11 @@ ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_i
 LIMIT 21
 
 -- name: performers_catalogue_in_category
--- performers_catalogue of one category's performers (a query of its own for the one plan).
-WITH cursor AS (
-    SELECT coalesce(k.rating_avg, 0) AS rating, k.orders_completed AS completed, -k.performer_id AS rank_id
-    FROM performer_stats k
-    WHERE k.performer_id = %(after)s::bigint
-    UNION ALL
-    SELECT 11, 2147483647, 0
-    WHERE %(after)s::bigint IS NULL
-)
+-- performers_catalogue of one category's performers, planned for its values at each call: there
+-- the cursor folds to constants, the rank index is walked and the category's performers are
+-- picked on the way. With the cursor read through subqueries the planner expected a third of
+-- the performers past it, and at 5,000 performers started from the category's 1,429 instead,
+-- with a sort (5.4 ms against 0.8).
 SELECT u.id, u.name, s.rating_avg, s.rating_count, s.orders_completed,
        ARRAY(SELECT pc.category_id
              FROM performer_categories pc
@@ -388,7 +385,18 @@ WHERE u.role = 'performer'
               WHERE pc.performer_id = u.id
                 AND pc.category_id = %(category_id)s::integer)
   AND (coalesce(s.rating_avg, 0), s.orders_completed, -s.performer_id)
-      < ((SELECT rating FROM cursor), (SELECT completed FROM cursor), (SELECT rank_id FROM cursor))
+      < (CASE WHEN %(after)s::bigint IS NULL
+              THEN 11
+              ELSE (SELECT coalesce(k.rating_avg, 0) FROM performer_stats k WHERE k.performer_id = %(after)s::bigint)
+         END,
+         CASE WHEN %(after)s::bigint IS NULL
+              THEN 2147483647
+              ELSE (SELECT k.orders_completed FROM performer_stats k WHERE k.performer_id = %(after)s::bigint)
+         END,
+         CASE WHEN %(after)s::bigint IS NULL
+              THEN 0
+              ELSE (SELECT -k.performer_id FROM performer_stats k WHERE k.performer_id = %(after)s::bigint)
+         END)
 ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
 LIMIT 21
 
