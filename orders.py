@@ -144,13 +144,18 @@ def feed_matches(filters, categories, category, edge=None):
     customers not blocked, by category) when only a category (or nothing) is chosen, else counted:
     (n, cap) where n > cap means "more than cap". Counting looks among the newest first, down to
     the window edge of the first page of the newest-first feed (`edge`, when the caller has it)."""
-    if filters["q"] or filters["min_budget"] is not None or filters["max_budget"] is not None:
+    if beyond_category(filters):
         if edge is None:
             edge = window_edge({"sort": "new", **first_page_cursor("new")})
         return db_one("orders_feed_count", cap=FEED_COUNT_CAP, **edge, **filters)["n"], FEED_COUNT_CAP
     if category:
         return category["open_orders"], None
     return sum(row["open_orders"] for row in categories), None
+
+
+def beyond_category(filters):
+    """Whether the feed's filters ask for more than a category: a term or a budget."""
+    return bool(filters["q"]) or filters["min_budget"] is not None or filters["max_budget"] is not None
 
 
 SORT_KEYS = {"new": "created_at", "budget": "budget", "cheap": "budget", "deadline": "deadline"}
@@ -188,9 +193,8 @@ def feed_rows(sort, position, filters):
     when not a search, or when the window held every open order left); a search costs little
     whatever the term."""
     cursor = {"sort": sort, **position}
-    only_a_category = (filters["category_id"] is not None and not filters["q"]
-                       and filters["min_budget"] is None and filters["max_budget"] is None)
-    if sort == "new" and only_a_category:  # a category's link in the sidebar: a statement with one plan
+    if sort == "new" and filters["category_id"] is not None and not beyond_category(filters):
+        # a category's link in the sidebar: a statement with one plan
         return db_all("orders_feed_in_category", category_id=filters["category_id"],
                       after_time=position["after_time"], after_id=position["after_id"]), NO_EDGE
     edge = window_edge(cursor) if filters["q"] else NO_EDGE

@@ -596,7 +596,7 @@ def format_date(value):
         recent = relative_time(value, datetime.datetime.now(datetime.timezone.utc))
         if recent is None:
             return dated
-        return markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">{recent}</time>')
+        return time_tag(utc, exact, recent)
     return value.isoformat()
 
 
@@ -609,7 +609,12 @@ def local_time(value, zone):
     shown = local.strftime("%Y-%m-%d %H:%M")
     exact = markupsafe.escape(f"{shown} {local.tzname() or ''}".rstrip())
     utc = value.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")
-    return utc, exact, markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">{markupsafe.escape(shown)}</time>')
+    return utc, exact, time_tag(utc, exact, markupsafe.escape(shown))
+
+
+def time_tag(utc, exact, text):
+    """<time> of a moment: its UTC time, its exact local time as the title, and `text`, already escaped."""
+    return markupsafe.Markup(f'<time datetime="{utc}" title="{exact}">{text}</time>')
 
 
 def category_name(row, prefix="category_"):
