@@ -193,10 +193,12 @@ def feed_rows(sort, position, filters):
     when not a search, or when the window held every open order left); a search costs little
     whatever the term."""
     cursor = {"sort": sort, **position}
-    if sort == "new" and filters["category_id"] is not None and not beyond_category(filters):
-        # a category's link in the sidebar: a statement with one plan
-        return db_all("orders_feed_in_category", category_id=filters["category_id"],
-                      after_time=position["after_time"], after_id=position["after_id"]), NO_EDGE
+    if sort == "new" and not beyond_category(filters):
+        # the feed's own link and the sidebar's: statements with one plan
+        after = {"after_time": position["after_time"], "after_id": position["after_id"]}
+        if filters["category_id"] is None:
+            return db_all("orders_feed_newest", **after), NO_EDGE
+        return db_all("orders_feed_in_category", category_id=filters["category_id"], **after), NO_EDGE
     edge = window_edge(cursor) if filters["q"] else NO_EDGE
     rows = db_all("orders_feed", **cursor, **edge, **filters)
     if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:

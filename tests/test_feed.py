@@ -5,6 +5,7 @@ import re
 from urllib.parse import quote, urlencode
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from db import Q
@@ -330,31 +331,41 @@ def test_repeated_feed_queries_keep_custom_plans(big_feed):
     assert sum(plan["custom_plans"] for plan in plans) == 24
 
 
-def test_a_categorys_feed_keeps_one_plan_and_the_rows_of_the_general_feed(big_feed, db_url):
-    """A category's link in the sidebar (newest first, nothing else chosen) has a statement of its
-    own (orders_feed_in_category), whose plan PostgreSQL keeps after psycopg prepares it: the
-    category's feed index with the cursor in its condition, and at any depth the rows orders_feed
-    gives for the same category."""
+@pytest.mark.parametrize("name, category, index", [
+    ("orders_feed_newest", None, "orders_feed_new_idx"),
+    ("orders_feed_in_category", 3, "orders_feed_category_new_idx")])
+def test_the_newest_first_feed_keeps_one_plan_and_the_rows_of_the_general_feed(big_feed, db_url, name, category,
+                                                                               index):
+    """The feed's own link and a category's link in the sidebar (newest first, nothing else
+    chosen) have statements of their own, whose plan PostgreSQL keeps after psycopg prepares them:
+    the feed index with the cursor in its condition (not a walk of every order by date with a
+    sort), and at any depth the rows orders_feed gives for the same choice."""
     db = big_feed
     db.execute("UPDATE users SET is_blocked = true WHERE id = (SELECT customer_id FROM orders LIMIT 1)")
-    category = 3
-    deep = db.execute("SELECT created_at, id FROM orders WHERE status = 'open' AND category_id = %s "
-                      "ORDER BY created_at DESC, id DESC OFFSET 200 LIMIT 1", (category,)).fetchone()
+    deep = db.execute("SELECT created_at, id FROM orders WHERE status = 'open' "
+                      "AND (%(category)s::integer IS NULL OR category_id = %(category)s::integer) "
+                      "ORDER BY created_at DESC, id DESC OFFSET 200 LIMIT 1", {"category": category}).fetchone()
     cursors = [FIRST_PAGE, dict(FIRST_PAGE, after_time=deep["created_at"], after_id=deep["id"])]
+    chosen = {} if category is None else {"category_id": category}
     with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:  # its own prepared statements
         for cursor in cursors * 7:  # planned for its values five times, then kept
-            rows = conn.execute(Q["orders_feed_in_category"], dict(cursor, category_id=category),
-                                prepare=True).fetchall()
-            general = db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort="new", category_id=category,
-                                                        **cursor)).fetchall()
+            rows = conn.execute(Q[name], dict(cursor, **chosen), prepare=True).fetchall()
+            general = db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort="new", **chosen, **cursor)).fetchall()
             assert len(rows) == 21 and rows == general
-        plans = conn.execute("SELECT generic_plans FROM pg_prepared_statements "
-                             "WHERE statement LIKE '%%o.category_id = $%%'").fetchall()
-    assert plans and all(plan["generic_plans"] == 2 for plan in plans), plans
-    nodes = explain(db, "orders_feed_in_category", dict(cursors[1], category_id=category))
-    scans = [node for node in nodes if node.get("Index Name") == "orders_feed_category_new_idx"]
-    # a page, and the orders of the blocked customer in between: not the 200 before the cursor
-    assert scans and scans[0]["Actual Rows"] < 50 and "ROW(" in scans[0]["Index Cond"], nodes[0]
+        plans = conn.execute("SELECT name, generic_plans FROM pg_prepared_statements "
+                             "WHERE statement LIKE '%%LIMIT 21'").fetchall()
+        # psycopg prepares one statement per set of parameter types (the first page's id is a bigint)
+        assert plans and all(plan["generic_plans"] == 2 for plan in plans), plans
+        values = dict(cursors[1], **chosen)
+        order = dict.fromkeys(re.findall(r"%\((\w+)\)s", Q[name]))
+        for plan in plans:  # each plan kept, run for the deep page
+            run = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {}({})").format(
+                sql.Identifier(plan["name"]), sql.SQL(", ").join(sql.Literal(values[key]) for key in order))
+            nodes = list(plan_nodes(conn.execute(run).fetchone()["QUERY PLAN"][0]["Plan"]))
+            scans = [node for node in nodes if node.get("Index Name") == index]
+            # a page, and the orders of the blocked customer in between: not the 200 before the cursor
+            assert scans and scans[0]["Actual Rows"] < 50 and "ROW(" in scans[0]["Index Cond"], nodes[0]
+            assert not [node for node in nodes if "Sort" in node["Node Type"]], nodes[0]
 
 
 def lowest_budget_first(orders):

@@ -93,6 +93,27 @@ def test_the_feed_walks_its_partial_index_without_scanning_orders_or_users(bench
     assert_shape(explain(bench_data, "orders_feed", dict(FEED, sort="budget")), "orders_feed_budget_idx")
 
 
+def test_no_index_gives_every_order_in_date_order(db):
+    """At a million orders the generic plan of the newest-first feed (orders_feed_newest) walked a
+    B-tree on orders.created_at backwards, past every closed order, with an incremental sort (8.7
+    ms against 0.05 by orders_feed_new_idx); at this suite's sizes the planner does not make that
+    choice, so the index itself is what is checked. Date ranges have a BRIN index, which cannot
+    give rows in order."""
+    ordered = db.execute("""
+        SELECT i.indexrelid::regclass::text AS name
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = c.relam
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = 'orders'::regclass
+          AND a.attname = 'created_at'
+          AND i.indpred IS NULL
+          AND pg_indexam_has_property(am.oid, 'can_order')""").fetchall()
+    assert ordered == []
+    assert db.execute("SELECT amname FROM pg_class JOIN pg_am ON pg_am.oid = relam "
+                      "WHERE relname = 'orders_created_at_brin'").fetchone()["amname"] == "brin"
+
+
 @pytest.mark.parametrize("sort, index", [("new", "orders_feed_new_idx"), ("budget", "orders_feed_budget_idx")])
 def test_the_search_window_is_an_index_only_walk_of_the_feed_index_of_its_sort(bench_data, sort, index):
     db = bench_data
@@ -100,7 +121,6 @@ def test_the_search_window_is_an_index_only_walk_of_the_feed_index_of_its_sort(b
     nodes = explain(db, "orders_feed_window_edge", params)
     scan = assert_shape(nodes, index)
     assert scan["Node Type"] == "Index Only Scan", scan
-    assert not [n for n in nodes if n.get("Index Name") == "orders_created_at_idx"]
     edge = db.execute(Q["orders_feed_window_edge"], params).fetchone()
     # the edge is the window-th open order of the sort, and it carries that sort's key
     key = "created_at" if sort == "new" else "budget"
@@ -219,7 +239,7 @@ def test_the_catalogue_is_planned_once_and_its_plan_kept_for_every_page(bench_da
 def test_a_cabinet_reads_one_page_of_its_index_not_every_order_of_the_user(bench_data, name, key, index):
     db = bench_data
     # a user with a few orders spread over the table (the heaviest one's are the newest, where
-    # walking orders_created_at_idx is as good)
+    # walking the orders by date is as good)
     user = db.execute(f"SELECT {key} AS id FROM orders WHERE {key} IS NOT NULL GROUP BY 1 "
                       "ORDER BY count(*) DESC LIMIT 1 OFFSET 1").fetchone()["id"]
     params = {key: user, "status": None, "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
