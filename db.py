@@ -166,6 +166,9 @@ class Lease:
         self.pool = pool(url)
         self.conn = self.pool.getconn()
         self.conn.autocommit = autocommit
+        # one cursor for every statement of the request: making one per statement was a third of
+        # psycopg's own time for a one-row read
+        self.cursor = self.conn.cursor()
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after
@@ -173,6 +176,7 @@ class Lease:
         conn, self.conn = self.conn, None
         if conn is None:
             return
+        self.cursor.close()
         try:
             if conn.autocommit:
                 if not conn.closed:

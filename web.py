@@ -168,19 +168,19 @@ def id_filter(_config):
 # ---------------------------------------------------------------------------------------------
 # The transaction of a request
 
-def conn():
-    """The connection of the current request, taken on first use: one transaction per request,
+def lease():
+    """The connection (db.Lease) of the current request, taken on first use: one transaction per request,
     or none on the routes marked `read_only=True` (pages served most, where BEGIN and COMMIT
     would be two of five round trips to the server): there each statement is its own
     transaction, so such a route reads, or writes in one statement that stands alone (an order's
     page marks the viewer's notifications of it read)."""
-    lease = request.environ.get("birzha.lease")
-    if lease is None:
+    taken = request.environ.get("birzha.lease")
+    if taken is None:
         route = request.environ.get("bottle.route")
         read_only = route is not None and route.config.get("read_only", False)
-        lease = db.Lease(request.app.config["db.url"], autocommit=read_only)
-        request.environ["birzha.lease"] = lease
-    return lease.conn
+        taken = db.Lease(request.app.config["db.url"], autocommit=read_only)
+        request.environ["birzha.lease"] = taken
+    return taken
 
 
 def end_transaction(commit):
@@ -199,23 +199,23 @@ def commit():
 
 def db_one(name, /, **params):
     """Runs a named query and returns its first row as a dict, or None."""
-    return conn().execute(db.Q[name], params).fetchone()
+    return lease().cursor.execute(db.Q[name], params).fetchone()
 
 
 def db_all(name, /, **params):
     """Runs a named query and returns all rows as dicts."""
-    return conn().execute(db.Q[name], params).fetchall()
+    return lease().cursor.execute(db.Q[name], params).fetchall()
 
 
 def db_run(name, /, **params):
     """Runs a named query and returns the number of rows it touched."""
-    return conn().execute(db.Q[name], params).rowcount
+    return lease().cursor.execute(db.Q[name], params).rowcount
 
 
 def db_stream(name, /, **params):
     """Opens a server-side cursor on a named query (big exports) and returns it to iterate.
     The route opens it; its streamed body (see `stream`) only reads from it."""
-    cur = conn().cursor(name="stream")
+    cur = lease().conn.cursor(name="stream")
     cur.itersize = 2000
     cur.execute(db.Q[name], params)
     return cur
