@@ -49,7 +49,8 @@ BEGINNING_OF_TIME = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 def render(name, status=200, **context):
     """web.render with what every admin page shows: the number of open disputes in the navigation
     (an index-only count on a partial index, up to DISPUTES_BADGE_CAP + 1)."""
-    context.setdefault("disputes_open", db_one("admin_disputes_open", cap=DISPUTES_BADGE_CAP)["n"])
+    if "disputes_open" not in context:  # the dashboard reads it with its figures
+        context["disputes_open"] = db_one("admin_disputes_open", cap=DISPUTES_BADGE_CAP)["n"]
     context.setdefault("disputes_cap", DISPUTES_BADGE_CAP)
     return render_page(name, status=status, **context)
 
@@ -128,13 +129,17 @@ def render_dashboard(status=200, values=None, errors=None):
     """The dashboard; after a 400 of the recount form, with its values and errors. The figures over
     every user and order are the ones the tick stores every minute (computed here only when it
     has not run yet)."""
-    figures = db_one("dashboard_figures_read")
-    if figures is None:
+    read = db_one("admin_dashboard_read", cap=DISPUTES_BADGE_CAP)
+    if read["computed_at"] is None:
         db_one("dashboard_figures_refresh")
-        figures = db_one("dashboard_figures_read")
+        read = db_one("admin_dashboard_read", cap=DISPUTES_BADGE_CAP)
+    figures = {key: read[key] for key in ("computed_at", "age", *FIGURE_PARTS)}
+    audit = None
+    if read["audit_checked_at"] is not None:
+        audit = {key: read["audit_" + key] for key in ("checked_at", "age", "drifted", "drift")}
     return render("admin_dashboard.html", status=status, section="dashboard", figures=figures,
-                  figures_html=figures_html(figures),
-                  top=db_all("admin_top_performers", limit=10), audit=db_one("counter_audit_latest"),
+                  figures_html=figures_html(figures), disputes_open=read["disputes_open"],
+                  top=db_all("admin_top_performers", limit=10), audit=audit,
                   values=values or {}, errors=errors or {})
 
 

@@ -43,14 +43,6 @@ SELECT pg_try_advisory_xact_lock(hashtext('birzha.tick')) AS locked
 -- name: counter_audit_refresh
 SELECT counter_audit_refresh() AS drifted
 
--- name: counter_audit_latest
--- The stored audit for the dashboard: when it ran, how long ago, what drifted.
-SELECT checked_at,
-       now() - checked_at AS age,
-       drifted,
-       drift
-FROM counter_audit
-
 -- name: counters_audit
 SELECT counter, subject_id, stored, actual
 FROM audit_counters()
@@ -1015,14 +1007,28 @@ ORDER BY wanted.position
 -- yourself" and by the actor still being active staff, plus its admin_log row; when nothing
 -- changed it logs nothing and returns no row (the route then reads to pick 404/403/409).
 
--- name: dashboard_figures_read
--- The dashboard's figures as the tick (or "check now") last computed them.
-SELECT computed_at,
-       now() - computed_at AS age,
-       users_by_role,
-       orders_by_status,
-       new_per_day
-FROM dashboard_figures
+-- name: admin_dashboard_read
+-- The dashboard's figures as the tick (or "check now") last computed them (NULLs before its first
+-- run), the stored counter audit (audit_*: when it ran, how long ago, what drifted; NULLs before
+-- the first audit) and the open disputes of the navigation (as admin_disputes_open), in one
+-- statement: as three they were a fifth of the page's time.
+SELECT f.computed_at,
+       now() - f.computed_at AS age,
+       f.users_by_role,
+       f.orders_by_status,
+       f.new_per_day,
+       a.checked_at AS audit_checked_at,
+       now() - a.checked_at AS audit_age,
+       a.drifted AS audit_drifted,
+       a.drift AS audit_drift,
+       (SELECT count(*)
+        FROM (SELECT 1
+              FROM orders
+              WHERE status = 'disputed'
+              LIMIT %(cap)s + 1) AS capped) AS disputes_open
+FROM (VALUES (1)) AS one
+LEFT JOIN dashboard_figures f ON true
+LEFT JOIN counter_audit a ON true
 
 -- name: dashboard_figures_refresh
 SELECT dashboard_figures_refresh() AS computed_at

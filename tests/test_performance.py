@@ -372,6 +372,10 @@ def test_no_page_runs_more_statements_as_its_data_grows(db, make_client, make_us
     grown = {key: (len(small[key]), len(large[key]), large[key]) for key in small if len(large[key]) > len(small[key])}
     assert not grown, json.dumps({" ".join(k): v for k, v in grown.items()}, ensure_ascii=False, indent=1)
     assert all(small.values())  # the counter sees the app's statements
+    # pages folded to their fewest round trips: the feed (its categories, its page) and the
+    # dashboard (the session; the stored figures, audit and open disputes; the top performers)
+    fewest = {("anonymous", "/orders"): 2, ("staff", "/admin"): 3}
+    assert {key: len(large[key]) for key in fewest} == fewest, {key: large[key] for key in fewest}
 
 
 @pytest.mark.parametrize("name", ["home_performers_top", "admin_top_performers"])
