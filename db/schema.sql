@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (13);
+INSERT INTO schema_version (version) VALUES (14);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -882,21 +882,31 @@ COMMENT ON FUNCTION orders_auto_accept(interval) IS 'Accepts, as the system, eve
 -- Blocking a customer takes their open orders out of the feed, and their category counts.
 CREATE FUNCTION users_block_listing() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    category integer;
+    n integer;
 BEGIN
-    UPDATE categories c
-    SET open_orders = c.open_orders + CASE WHEN NEW.is_blocked THEN -o.n ELSE o.n END
-    FROM (SELECT category_id, count(*)::int AS n
-          FROM orders
-          WHERE customer_id = NEW.id
-            AND status = 'open'
-          GROUP BY category_id) AS o
-    WHERE c.id = o.category_id;
+    -- one category at a time, in id order, as orders_count_contribution writes them: a join
+    -- writes them in the order it finds them, and a move of an order between two categories at
+    -- the same moment could then deadlock with it
+    FOR category, n IN
+        SELECT category_id, count(*)::int
+        FROM orders
+        WHERE customer_id = NEW.id
+          AND status = 'open'
+        GROUP BY category_id
+        ORDER BY category_id
+    LOOP
+        UPDATE categories
+        SET open_orders = open_orders + CASE WHEN NEW.is_blocked THEN -n ELSE n END
+        WHERE id = category;
+    END LOOP;
     IF NEW.is_blocked THEN
         DELETE FROM sessions WHERE user_id = NEW.id;
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION users_block_listing() IS 'On block: ends every session of the user and takes their open orders out of the category counts; on unblock: puts them back.';
+COMMENT ON FUNCTION users_block_listing() IS 'On block: ends every session of the user and takes their open orders out of the category counts; on unblock: puts them back. Categories are written in id order, as orders_count_contribution writes them, so a block and a move of an order between categories queue instead of deadlocking.';
 CREATE TRIGGER users_block_listing AFTER UPDATE OF is_blocked ON users
     FOR EACH ROW WHEN (NEW.is_blocked IS DISTINCT FROM OLD.is_blocked)
     EXECUTE FUNCTION users_block_listing();

@@ -1198,6 +1198,50 @@ def test_two_crossing_reassignments_at_once_never_deadlock(db, db_url, make_user
     assert [(r["id"], r["moved_to"]) for r in rows] == [(one["id"], high), (two["id"], low)]
 
 
+def test_a_block_and_a_crossing_category_move_at_once_never_deadlock(db, db_url, make_user, make_order):
+    """Blocking a customer writes the count of every category they have open orders in; a move of an
+    order between categories writes two, lowest id first. The test fixes the interleaving: the move
+    holds the lower category when the block starts and waits, then the move goes on to the higher
+    one. Had the block taken the higher category first (rows stored out of id order, as counters
+    rows are after their updates), the move would then wait for it: a deadlock. Taken lowest id
+    first, the block waits holding nothing, and both go through."""
+    slugs = {r["id"]: r["slug"] for r in db.execute(
+        "SELECT id, slug FROM categories WHERE slug IN ('design', 'development')")}
+    low, high = sorted(slugs)
+    blocked = make_user("customer")
+    make_order(blocked, category=slugs[low])
+    make_order(blocked, category=slugs[high])
+    moved = make_order(make_user("customer"), category=slugs[low])
+    db.execute("UPDATE categories SET name_en = name_en WHERE id = %s", (low,))  # stored after the higher one
+    outcome = {}
+
+    def run(connection, name, statement, params):
+        try:
+            connection.execute(statement, params)
+            connection.commit()
+            outcome[name] = "committed"
+        except psycopg.Error as err:
+            connection.rollback()
+            outcome[name] = type(err).__name__
+
+    with psycopg.connect(db_url) as mover, psycopg.connect(db_url) as blocker:
+        # the plan of a bigger database: every category scanned in stored order, joined by hash
+        blocker.execute("SET enable_nestloop = off")
+        blocker.execute("SET enable_mergejoin = off")
+        mover.execute("SELECT 1 FROM categories WHERE id = %s FOR NO KEY UPDATE", (low,))  # the move's first row
+        threads = [threading.Thread(target=run, args=(blocker, "block", "UPDATE users SET is_blocked = true "
+                                                      "WHERE id = %s", (blocked["id"],)))]
+        threads[0].start()
+        wait_until_blocked(db, blocker.info.backend_pid)
+        threads.append(threading.Thread(target=run, args=(mover, "move", "UPDATE orders SET category_id = %s "
+                                                          "WHERE id = %s", (high, moved["id"]))))
+        threads[1].start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert outcome == {"block": "committed", "move": "committed"}
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+
+
 @pytest.mark.parametrize("table", ["order_history", "order_deliveries", "files", "admin_log"])
 def test_the_append_only_and_guarded_tables_cannot_be_emptied_by_truncate(db, people, make_order, table):
     """Their row triggers refuse a DELETE of their own; TRUNCATE fires no row trigger, so it is refused."""
