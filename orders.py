@@ -159,6 +159,10 @@ def beyond_category(filters):
 
 
 SORT_KEYS = {"new": "created_at", "budget": "budget", "cheap": "budget", "deadline": "deadline"}
+CURSOR_PARAMS = {"new": "after_time", "budget": "after_budget", "cheap": "after_budget", "deadline": "after_deadline"}
+# The feed in each sort with no filter: a statement each, whose plan PostgreSQL keeps
+ONE_PLAN_FEEDS = {"new": "orders_feed_newest", "budget": "orders_feed_highest_budget",
+                  "cheap": "orders_feed_lowest_budget", "deadline": "orders_feed_nearest_deadline"}
 CURSOR_PARSERS = {"new": lambda text: parse_time_cursor(text), "budget": lambda text: parse_budget_cursor(text),
                   "cheap": lambda text: parse_budget_cursor(text), "deadline": lambda text: parse_deadline_cursor(text)}
 
@@ -175,9 +179,7 @@ def feed_page(filters, sort, cursor):
     search's window edge: see feed_rows)."""
     position = first_page_cursor(sort)
     if cursor:
-        key = {"new": "after_time", "budget": "after_budget", "cheap": "after_budget",
-               "deadline": "after_deadline"}[sort]
-        position[key], position["after_id"] = cursor
+        position[CURSOR_PARAMS[sort]], position["after_id"] = cursor
     rows, edge = feed_rows(sort, position, filters)
     orders = rows[:PAGE_SIZE]
     if len(rows) <= PAGE_SIZE:
@@ -193,11 +195,11 @@ def feed_rows(sort, position, filters):
     when not a search, or when the window held every open order left); a search costs little
     whatever the term."""
     cursor = {"sort": sort, **position}
-    if sort == "new" and not beyond_category(filters):
-        # the feed's own link and the sidebar's: statements with one plan
-        after = {"after_time": position["after_time"], "after_id": position["after_id"]}
+    if not beyond_category(filters) and (filters["category_id"] is None or sort == "new"):
+        # the feed's own links, its sorts and the sidebar's: statements with one plan
+        after = {CURSOR_PARAMS[sort]: position[CURSOR_PARAMS[sort]], "after_id": position["after_id"]}
         if filters["category_id"] is None:
-            return db_all("orders_feed_newest", **after), NO_EDGE
+            return db_all(ONE_PLAN_FEEDS[sort], **after), NO_EDGE
         return db_all("orders_feed_in_category", category_id=filters["category_id"], **after), NO_EDGE
     edge = window_edge(cursor) if filters["q"] else NO_EDGE
     rows = db_all("orders_feed", **cursor, **edge, **filters)

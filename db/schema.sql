@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (14);
+INSERT INTO schema_version (version) VALUES (15);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -218,6 +218,16 @@ CREATE INDEX orders_disputed_idx ON orders (disputed_at, id) WHERE status = 'dis
 ALTER TABLE orders SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
                         autovacuum_analyze_scale_factor = 0.005, autovacuum_analyze_threshold = 1000,
                         autovacuum_vacuum_insert_scale_factor = 0.02);
+
+-- The feed's rows.
+CREATE VIEW feed_orders AS
+SELECT o.id, o.title, left(o.description, 240) AS excerpt, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
+       o.category_id
+FROM orders o
+JOIN users u ON u.id = o.customer_id
+WHERE o.status = 'open'
+  AND NOT u.is_blocked;
+COMMENT ON VIEW feed_orders IS 'The feed''s orders (open, of customers who are not blocked) as a feed page shows them: the statements of one feed each (newest first, by budget, by deadline, a category''s) read it in the order of a partial index of orders_feed_*_idx.';
 
 CREATE TABLE order_history (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -331,36 +331,54 @@ def test_repeated_feed_queries_keep_custom_plans(big_feed):
     assert sum(plan["custom_plans"] for plan in plans) == 24
 
 
-@pytest.mark.parametrize("name, category, index", [
-    ("orders_feed_newest", None, "orders_feed_new_idx"),
-    ("orders_feed_in_category", 3, "orders_feed_category_new_idx")])
-def test_the_newest_first_feed_keeps_one_plan_and_the_rows_of_the_general_feed(big_feed, db_url, name, category,
-                                                                               index):
-    """The feed's own link and a category's link in the sidebar (newest first, nothing else
-    chosen) have statements of their own, whose plan PostgreSQL keeps after psycopg prepares them:
-    the feed index with the cursor in its condition (not a walk of every order by date with a
-    sort), and at any depth the rows orders_feed gives for the same choice."""
+DEEP_KEYS = {"new": ("created_at", "after_time", "created_at DESC, id DESC"),
+             "budget": ("budget", "after_budget", "budget DESC, id DESC"),
+             "cheap": ("budget", "after_budget", "budget, id"),
+             "deadline": ("COALESCE(deadline, 'infinity')", "after_deadline", "COALESCE(deadline, 'infinity'), id")}
+
+
+@pytest.mark.parametrize("name, sort, category, index", [
+    ("orders_feed_newest", "new", None, "orders_feed_new_idx"),
+    ("orders_feed_highest_budget", "budget", None, "orders_feed_budget_idx"),
+    ("orders_feed_lowest_budget", "cheap", None, "orders_feed_budget_idx"),
+    ("orders_feed_nearest_deadline", "deadline", None, "orders_feed_deadline_idx"),
+    ("orders_feed_in_category", "new", 3, "orders_feed_category_new_idx")])
+def test_each_sort_of_the_feed_without_filters_keeps_one_plan_and_the_rows_of_the_general_feed(
+        big_feed, db_url, name, sort, category, index):
+    """The feed's own links (each sort) and a category's link in the sidebar (newest first,
+    nothing else chosen) have statements of their own, whose plan PostgreSQL keeps after psycopg
+    prepares them: the feed index of the sort with the cursor in its condition (not a walk of
+    every order with a sort), and at any depth the rows orders_feed gives for the same choice."""
     db = big_feed
+    # two orders in three with a deadline (four distinct days, so ties cross pages), the rest none
+    db.execute("UPDATE orders SET deadline = CASE WHEN id % 3 = 0 THEN NULL ELSE current_date + 1 + (id % 4)::int END "
+               "WHERE status = 'open'")
+    db.execute("ANALYZE orders")
     db.execute("UPDATE users SET is_blocked = true WHERE id = (SELECT customer_id FROM orders LIMIT 1)")
-    deep = db.execute("SELECT created_at, id FROM orders WHERE status = 'open' "
+    key, param, order = DEEP_KEYS[sort]
+    deep = db.execute(f"SELECT {key} AS key, id FROM orders WHERE status = 'open' "
                       "AND (%(category)s::integer IS NULL OR category_id = %(category)s::integer) "
-                      "ORDER BY created_at DESC, id DESC OFFSET 200 LIMIT 1", {"category": category}).fetchone()
-    cursors = [FIRST_PAGE, dict(FIRST_PAGE, after_time=deep["created_at"], after_id=deep["id"])]
+                      f"ORDER BY {order} OFFSET 200 LIMIT 1", {"category": category}).fetchone()
+    first = dict(FIRST_PAGE, after_budget=0 if sort == "cheap" else TOP_BUDGET,
+                 after_id=0 if sort in ("cheap", "deadline") else LAST_ID)
+    cursors = [first, dict(first, **{param: deep["key"], "after_id": deep["id"]})]
     chosen = {} if category is None else {"category_id": category}
+    wanted = dict.fromkeys(re.findall(r"%\((\w+)\)s", Q[name]))
     with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:  # its own prepared statements
         for cursor in cursors * 7:  # planned for its values five times, then kept
-            rows = conn.execute(Q[name], dict(cursor, **chosen), prepare=True).fetchall()
-            general = db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort="new", **chosen, **cursor)).fetchall()
+            values = {key: value for key, value in dict(cursor, **chosen).items() if key in wanted}
+            rows = conn.execute(Q[name], values, prepare=True).fetchall()
+            general = db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort=sort, **chosen, **cursor)).fetchall()
             assert len(rows) == 21 and rows == general
-        plans = conn.execute("SELECT name, generic_plans FROM pg_prepared_statements "
+        plans = conn.execute("SELECT name, generic_plans, custom_plans FROM pg_prepared_statements "
                              "WHERE statement LIKE '%%LIMIT 21'").fetchall()
-        # psycopg prepares one statement per set of parameter types (the first page's id is a bigint)
-        assert plans and all(plan["generic_plans"] == 2 for plan in plans), plans
-        values = dict(cursors[1], **chosen)
-        order = dict.fromkeys(re.findall(r"%\((\w+)\)s", Q[name]))
+        # psycopg prepares one statement per set of parameter types (the first page's id may be a
+        # bigint); PostgreSQL plans each for its values five times, then keeps the generic plan
+        assert plans and all(plan["custom_plans"] == 5 and plan["generic_plans"] >= 2 for plan in plans), plans
+        assert sum(plan["custom_plans"] + plan["generic_plans"] for plan in plans) == 14
         for plan in plans:  # each plan kept, run for the deep page
             run = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {}({})").format(
-                sql.Identifier(plan["name"]), sql.SQL(", ").join(sql.Literal(values[key]) for key in order))
+                sql.Identifier(plan["name"]), sql.SQL(", ").join(sql.Literal(values[key]) for key in wanted))
             nodes = list(plan_nodes(conn.execute(run).fetchone()["QUERY PLAN"][0]["Plan"]))
             scans = [node for node in nodes if node.get("Index Name") == index]
             # a page, and the orders of the blocked customer in between: not the 200 before the cursor
