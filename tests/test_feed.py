@@ -113,6 +113,33 @@ def test_search_past_the_window_finds_every_match_in_feed_order(client, catalogu
     assert ids == expected([o for o in orders if o["category"] == "texts" and o["budget"] >= 2500])
 
 
+def test_a_window_edge_kept_from_an_earlier_search_finds_and_counts_what_a_fresh_one_would(
+        client, db, catalogue, make_user, make_order, monkeypatch):
+    """A worker keeps a search's window edge for a few seconds (orders.window_edge). Orders
+    created before it since, and orders gone from the feed after it, change nothing in what a
+    search shows or counts: the edge only says where to look first."""
+    monkeypatch.setattr(orders_module, "SEARCH_WINDOW", 7)
+    monkeypatch.setattr(orders_module, "FEED_COUNT_CAP", 1000)
+    edges_read = []
+    read = orders_module.db_one
+    monkeypatch.setattr(orders_module, "db_one", lambda name, /, **params: (
+        edges_read.append(name) if name == "orders_feed_window_edge" else None) or read(name, **params))
+    assert walk(client, "/orders?q=feed")[0] == newest_first(catalogue["orders"]) and edges_read
+    # The feed moves on: twelve new matches, and the six newest of the window leave it.
+    customer = make_user("customer")
+    for n in range(12):
+        make_order(customer, title=f"Feed order new {n}")
+    gone = newest_first(catalogue["orders"])[:6]
+    db.execute("UPDATE orders SET status = 'cancelled' WHERE id = ANY(%s)", (gone,))
+    now_open = db.execute("SELECT id, created_at FROM orders WHERE status = 'open' AND title LIKE 'Feed order%%' "
+                          "AND customer_id NOT IN (SELECT id FROM users WHERE is_blocked)").fetchall()
+    edges_read.clear()
+    first = client.get("/orders?q=feed")
+    assert edges_read == []  # the first page's edge, kept
+    assert f">{len(now_open)} orders match<" in first.text and len(now_open) == 45 + 12 - 6
+    assert walk(client, "/orders?q=feed")[0] == newest_first(now_open)
+
+
 def test_a_search_for_an_absent_word_reads_the_window_and_the_gin_index_only(big_feed):
     db = big_feed
     params = dict(FEED_FILTERS, sort="new", q="nosuchword", window=500, **FIRST_PAGE)
