@@ -24,7 +24,7 @@ COMMON_TIMEZONES = ("Europe/Kaliningrad", "Europe/Moscow", "Europe/Samara", "Asi
 ALL_TIMEZONES = sorted(zoneinfo.available_timezones())
 PHONE = re.compile(r"[0-9+()\- ]*")
 CATALOGUE_PAGE = 20  # performers_catalogue says LIMIT 21: a page and one more
-REVIEWS_PAGE = 20
+REVIEWS_PAGE = 20  # performer_reviews says LIMIT 21: a page and one more
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ def performer_page(performer_id):
     if performer is None:
         raise not_found(_("There is no such performer."))
     after = cursor_from_query()
-    reviews = db_all("performer_reviews", performer_id=performer_id, after=after, limit=REVIEWS_PAGE + 1)
+    reviews = db_all("performer_reviews", performer_id=performer_id, after=after)  # a page and one more
     base = f"/performers/{performer_id}"
     next_url = f"{base}?after={reviews[REVIEWS_PAGE - 1]['id']}" if len(reviews) > REVIEWS_PAGE else None
     return render("accounts_performer.html", performer=performer, reviews=reviews[:REVIEWS_PAGE],

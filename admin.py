@@ -36,7 +36,6 @@ LOG_ACTIONS = ("block", "unblock", "grant_staff", "revoke_staff", "cancel_order"
 LOG_TARGETS = ("user", "order", "category", "review", "counters")
 SLUG_PATTERN = r"[a-z0-9]+(-[a-z0-9]+)*"
 REASON_MAX = 1000
-DISPUTES_BADGE_CAP = 99  # the navigation says "99+" beyond: a count that costs the same whatever the backlog
 
 
 # The first page of the disputes queue starts after a moment before any dispute.
@@ -48,10 +47,9 @@ BEGINNING_OF_TIME = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
 def render(name, status=200, **context):
     """web.render with what every admin page shows: the number of open disputes in the navigation
-    (an index-only count on a partial index, up to DISPUTES_BADGE_CAP + 1)."""
-    if "disputes_open" not in context:  # the dashboard reads it with its figures
-        context["disputes_open"] = db_one("admin_disputes_open", cap=DISPUTES_BADGE_CAP)["n"]
-    context.setdefault("disputes_cap", DISPUTES_BADGE_CAP)
+    (an index-only count on a partial index, up to a cap: "99+")."""
+    if "disputes_badge" not in context:  # the dashboard reads it with its figures
+        context["disputes_badge"] = db_one("admin_disputes_open")
     return render_page(name, status=status, **context)
 
 
@@ -129,17 +127,18 @@ def render_dashboard(status=200, values=None, errors=None):
     """The dashboard; after a 400 of the recount form, with its values and errors. The figures over
     every user and order are the ones the tick stores every minute (computed here only when it
     has not run yet)."""
-    read = db_one("admin_dashboard_read", cap=DISPUTES_BADGE_CAP)
+    read = db_one("admin_dashboard_read")
     if read["computed_at"] is None:
         db_one("dashboard_figures_refresh")
-        read = db_one("admin_dashboard_read", cap=DISPUTES_BADGE_CAP)
+        read = db_one("admin_dashboard_read")
     figures = {key: read[key] for key in ("computed_at", "age", *FIGURE_PARTS)}
     audit = None
     if read["audit_checked_at"] is not None:
         audit = {key: read["audit_" + key] for key in ("checked_at", "age", "drifted", "drift")}
     return render("admin_dashboard.html", status=status, section="dashboard", figures=figures,
-                  figures_html=figures_html(figures), disputes_open=read["disputes_open"],
-                  top=db_all("admin_top_performers", limit=10), audit=audit,
+                  figures_html=figures_html(figures),
+                  disputes_badge={"n": read["disputes_n"], "cap": read["disputes_cap"]},
+                  top=db_all("admin_top_performers"), audit=audit,
                   values=values or {}, errors=errors or {})
 
 

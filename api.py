@@ -565,7 +565,7 @@ def api_performer(performer_id):
     row = db_one("performer_public", performer_id=performer_id)
     if row is None:
         raise not_found(_("There is no such performer."))
-    reviews = db_all("performer_reviews", performer_id=performer_id, after=None, limit=CATALOGUE_PAGE)
+    reviews = db_all("performer_reviews", performer_id=performer_id, after=None)[:CATALOGUE_PAGE]
     contacts = None
     if current_user():
         contacts = {"email": row["email"], "phone": row["phone"], "messenger": row["messenger"]}

@@ -101,8 +101,7 @@ def query_pair(key, value):
 
 @routes.get("/", read_only=True)
 def home():
-    return render("home.html", latest=db_all("orders_latest_open", limit=10),
-                  top_performers=db_all("home_performers_top", limit=6))
+    return render("home.html", latest=db_all("orders_latest_open"), top_performers=db_all("home_performers_top"))
 
 
 @routes.get("/orders", read_only=True)

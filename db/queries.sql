@@ -409,20 +409,28 @@ WHERE u.id = %(performer_id)s
   AND NOT u.is_blocked
 
 -- name: performer_reviews
--- Ratings and reviews of a performer's orders, newest first, without those hidden by staff.
--- Keyset pagination: %(after)s is the id of the last order shown.
+-- Ratings and reviews of a performer's orders, newest first, without those hidden by staff: a
+-- page of 20 and one more (a next page exists). Keyset pagination: %(after)s is the id of the last
+-- order shown (another performer's order gives an empty page). One plan for every page, as
+-- performers_catalogue: the cursor is read by the same subqueries whether given or not, and the
+-- LIMIT is a constant.
+WITH cursor AS (
+    SELECT k.rated_at, k.id
+    FROM orders k
+    WHERE k.id = %(after)s::bigint
+      AND k.performer_id = %(performer_id)s
+    UNION ALL
+    SELECT 'infinity'::timestamptz, 9223372036854775807
+    WHERE %(after)s::bigint IS NULL
+)
 SELECT o.id, o.title, o.rating, o.review, o.rated_at
 FROM orders o
 WHERE o.performer_id = %(performer_id)s
   AND o.rating IS NOT NULL
   AND NOT o.review_hidden
-  AND (%(after)s::bigint IS NULL
-       OR (o.rated_at, o.id) < (SELECT k.rated_at, k.id
-                                FROM orders k
-                                WHERE k.id = %(after)s
-                                  AND k.performer_id = %(performer_id)s))
+  AND (o.rated_at, o.id) < ((SELECT rated_at FROM cursor), (SELECT id FROM cursor))
 ORDER BY o.rated_at DESC, o.id DESC
-LIMIT %(limit)s
+LIMIT 21
 
 -- (end of the accounts section)
 
@@ -443,14 +451,16 @@ FROM performer_stats
 WHERE performer_id = %(performer_id)s
 
 -- name: home_performers_top
--- The best performers for the home page: average rating, then completed orders.
+-- The six best performers for the home page: average rating, then completed orders. The LIMIT is
+-- a constant so that PostgreSQL keeps one plan: with a parameter it costs the generic plan for a
+-- tenth of the rows and plans every call.
 SELECT u.id, u.name, s.rating_avg, s.rating_count, s.orders_completed
 FROM performer_stats s
 JOIN users u ON u.id = s.performer_id
 WHERE NOT u.is_blocked
   AND s.orders_completed > 0
 ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
-LIMIT %(limit)s
+LIMIT 6
 
 -- =============================================================================================
 -- Customers
@@ -767,6 +777,7 @@ WHERE h.order_id = %(order_id)s
 ORDER BY h.id
 
 -- name: orders_latest_open
+-- The home page's ten newest open orders (a constant LIMIT: see home_performers_top).
 SELECT o.id, o.title, o.budget, o.deadline, o.created_at, o.mode, o.offers_active,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
@@ -775,7 +786,7 @@ JOIN users u ON u.id = o.customer_id
 WHERE o.status = 'open'
   AND NOT u.is_blocked
 ORDER BY o.created_at DESC, o.id DESC
-LIMIT %(limit)s
+LIMIT 10
 
 -- name: orders_feed
 -- The feed: open orders of customers who are not blocked, newest first (sort 'new'), highest
@@ -1031,8 +1042,8 @@ ORDER BY wanted.position
 -- name: admin_dashboard_read
 -- The dashboard's figures as the tick (or "check now") last computed them (NULLs before its first
 -- run), the stored counter audit (audit_*: when it ran, how long ago, what drifted; NULLs before
--- the first audit) and the open disputes of the navigation (as admin_disputes_open), in one
--- statement: as three they were a fifth of the page's time.
+-- the first audit) and the open disputes of the navigation (disputes_*: admin_disputes_open's row),
+-- in one statement: as three they were a fifth of the page's time.
 SELECT f.computed_at,
        now() - f.computed_at AS age,
        f.users_by_role,
@@ -1042,19 +1053,23 @@ SELECT f.computed_at,
        now() - a.checked_at AS audit_age,
        a.drifted AS audit_drifted,
        a.drift AS audit_drift,
-       (SELECT count(*)
-        FROM (SELECT 1
-              FROM orders
-              WHERE status = 'disputed'
-              LIMIT %(cap)s + 1) AS capped) AS disputes_open
+       d.n AS disputes_n,
+       d.cap AS disputes_cap
 FROM (VALUES (1)) AS one
 LEFT JOIN dashboard_figures f ON true
 LEFT JOIN counter_audit a ON true
+CROSS JOIN (SELECT count(*) AS n,
+                   99 AS cap
+            FROM (SELECT 1
+                  FROM orders
+                  WHERE status = 'disputed'
+                  LIMIT 100) AS capped) AS d
 
 -- name: dashboard_figures_refresh
 SELECT dashboard_figures_refresh() AS computed_at
 
 -- name: admin_top_performers
+-- The dashboard's ten best performers (a constant LIMIT: see home_performers_top).
 SELECT u.id,
        u.name,
        u.is_blocked,
@@ -1065,7 +1080,7 @@ SELECT u.id,
 FROM performer_stats s
 JOIN users u ON u.id = s.performer_id
 ORDER BY coalesce(s.rating_avg, 0) DESC, s.orders_completed DESC, -s.performer_id DESC
-LIMIT %(limit)s
+LIMIT 10
 
 -- name: admin_counters_recalc
 -- Repairs every drifted counter and logs what drifted (the first 100) and how many were fixed.
@@ -1382,15 +1397,17 @@ ORDER BY o.disputed_at, o.id
 LIMIT %(limit)s
 
 -- name: admin_disputes_open
--- For the admin area's navigation: the open disputes counted up to %(cap)s + 1 (shown as "99+"
--- beyond), an index-only walk of the partial index orders_disputed_idx that costs the same
--- whatever the backlog.
-SELECT count(*) AS n
+-- For the admin area's navigation: the open disputes counted up to 100 (n; shown as "99+" beyond
+-- cap), an index-only walk of the partial index orders_disputed_idx that costs the same whatever
+-- the backlog. The cap is a constant here, returned with the count, so that PostgreSQL keeps one
+-- plan (see home_performers_top).
+SELECT count(*) AS n,
+       99 AS cap
 FROM (
     SELECT 1
     FROM orders
     WHERE status = 'disputed'
-    LIMIT %(cap)s + 1
+    LIMIT 100
 ) AS capped
 
 -- name: admin_categories_all
