@@ -165,10 +165,14 @@ class Lease:
         and COMMIT round trips)."""
         self.pool = pool(url)
         self.conn = self.pool.getconn()
-        self.conn.autocommit = autocommit
-        # one cursor for every statement of the request: making one per statement was a third of
-        # psycopg's own time for a one-row read
-        self.cursor = self.conn.cursor()
+        try:
+            self.conn.autocommit = autocommit
+            # one cursor for every statement of the request: making one per statement was a third
+            # of psycopg's own time for a one-row read
+            self.cursor = self.conn.cursor()
+        except BaseException:  # a connection that broke since the pool checked it goes back
+            self.pool.putconn(self.conn)
+            raise
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after
@@ -176,8 +180,8 @@ class Lease:
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        self.cursor.close()
         try:
+            self.cursor.close()
             if conn.autocommit:
                 if not conn.closed:
                     conn.autocommit = False  # as the next lease expects it

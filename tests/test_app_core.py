@@ -140,6 +140,24 @@ def test_after_a_long_outage_the_app_serves_again_within_2_s_of_the_database_acc
         birzha.app.config["db.url"] = saved
 
 
+def test_a_connection_that_fails_as_a_request_takes_it_goes_back_to_the_pool(db_url, monkeypatch):
+    """A lease whose connection fails as it is set up (it broke since the pool checked it) gives it
+    back: the pool would otherwise lose a connection for good at every such failure."""
+    pool = database.pool(db_url)
+
+    def broken(self, *args, **kwargs):
+        raise psycopg.OperationalError("the connection broke")
+    with monkeypatch.context() as patched:
+        patched.setattr(psycopg.Connection, "cursor", broken)
+        with pytest.raises(psycopg.OperationalError):
+            database.Lease(db_url)
+    stats = pool.get_stats()
+    assert stats["pool_size"] == stats["pool_available"] >= 1
+    lease = database.Lease(db_url)  # and serves the next request
+    assert lease.cursor.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    lease.end(commit=True)
+
+
 def test_initdb_refuses_a_database_with_an_unknown_schema_version(db_url):
     assert database.apply_schema(db_url) == "current"
     with psycopg.connect(db_url, autocommit=True) as connection:
