@@ -1146,6 +1146,31 @@ def test_two_tokens_created_at_once_never_make_an_eleventh(db, db_url, make_user
     assert db.execute("SELECT count(*) AS n FROM api_tokens WHERE user_id = %s", (user["id"],)).fetchone()["n"] == 10
 
 
+def run_while_one_waits(db, holder, then, waiter, waiting):
+    """Runs the statement `waiting` (SQL, params) on `waiter` until it waits for a lock `holder`
+    holds, then `then` on `holder`, each committed in a thread of its own: how each ended
+    ({"holder": …, "waiter": …}), "committed" or the name of its error (DeadlockDetected)."""
+    outcome = {}
+
+    def run(connection, name, statement, params):
+        try:
+            connection.execute(statement, params)
+            connection.commit()
+            outcome[name] = "committed"
+        except psycopg.Error as err:
+            connection.rollback()
+            outcome[name] = type(err).__name__
+
+    threads = [threading.Thread(target=run, args=(waiter, "waiter", *waiting))]
+    threads[0].start()
+    wait_until_blocked(db, waiter.info.backend_pid)
+    threads.append(threading.Thread(target=run, args=(holder, "holder", *then)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcome
+
+
 @pytest.mark.parametrize("counters", ["performer_stats", "categories"])
 def test_two_crossing_reassignments_at_once_never_deadlock(db, db_url, make_user, make_order, counters):
     """Order one moves from the lower counters row to the higher while order two moves the other way.
@@ -1171,28 +1196,12 @@ def test_two_crossing_reassignments_at_once_never_deadlock(db, db_url, make_user
         column = "category_id"
         take_row = "SELECT 1 FROM categories WHERE id = %s FOR NO KEY UPDATE"
     assert low < high
-    outcome = {}
-
-    def move(connection, name, order, target):
-        try:
-            connection.execute(f"UPDATE orders SET {column} = %s WHERE id = %s", (target, order["id"]))
-            connection.commit()
-            outcome[name] = "committed"
-        except psycopg.Error as err:
-            connection.rollback()
-            outcome[name] = type(err).__name__
-
+    move = f"UPDATE orders SET {column} = %s WHERE id = %s"
     with psycopg.connect(db_url) as first, psycopg.connect(db_url) as second:
         first.execute(take_row, (low,))        # the lock the first move takes first, held from now on
-        pid = second.info.backend_pid
-        moves = [threading.Thread(target=move, args=(second, "two", two, low))]
-        moves[0].start()
-        wait_until_blocked(db, pid)
-        moves.append(threading.Thread(target=move, args=(first, "one", one, high)))
-        moves[1].start()
-        for thread in moves:
-            thread.join(timeout=30)
-    assert outcome == {"one": "committed", "two": "committed"}
+        outcome = run_while_one_waits(db, holder=first, then=(move, (high, one["id"])),
+                                      waiter=second, waiting=(move, (low, two["id"])))
+    assert outcome == {"holder": "committed", "waiter": "committed"}
     rows = db.execute(f"SELECT id, {column} AS moved_to FROM orders WHERE id IN (%s, %s) ORDER BY id",
                       (one["id"], two["id"])).fetchall()
     assert [(r["id"], r["moved_to"]) for r in rows] == [(one["id"], high), (two["id"], low)]
@@ -1213,32 +1222,15 @@ def test_a_block_and_a_crossing_category_move_at_once_never_deadlock(db, db_url,
     make_order(blocked, category=slugs[high])
     moved = make_order(make_user("customer"), category=slugs[low])
     db.execute("UPDATE categories SET name_en = name_en WHERE id = %s", (low,))  # stored after the higher one
-    outcome = {}
-
-    def run(connection, name, statement, params):
-        try:
-            connection.execute(statement, params)
-            connection.commit()
-            outcome[name] = "committed"
-        except psycopg.Error as err:
-            connection.rollback()
-            outcome[name] = type(err).__name__
-
     with psycopg.connect(db_url) as mover, psycopg.connect(db_url) as blocker:
         # the plan of a bigger database: every category scanned in stored order, joined by hash
         blocker.execute("SET enable_nestloop = off")
         blocker.execute("SET enable_mergejoin = off")
         mover.execute("SELECT 1 FROM categories WHERE id = %s FOR NO KEY UPDATE", (low,))  # the move's first row
-        threads = [threading.Thread(target=run, args=(blocker, "block", "UPDATE users SET is_blocked = true "
-                                                      "WHERE id = %s", (blocked["id"],)))]
-        threads[0].start()
-        wait_until_blocked(db, blocker.info.backend_pid)
-        threads.append(threading.Thread(target=run, args=(mover, "move", "UPDATE orders SET category_id = %s "
-                                                          "WHERE id = %s", (high, moved["id"]))))
-        threads[1].start()
-        for thread in threads:
-            thread.join(timeout=30)
-    assert outcome == {"block": "committed", "move": "committed"}
+        outcome = run_while_one_waits(
+            db, holder=mover, then=("UPDATE orders SET category_id = %s WHERE id = %s", (high, moved["id"])),
+            waiter=blocker, waiting=("UPDATE users SET is_blocked = true WHERE id = %s", (blocked["id"],)))
+    assert outcome == {"holder": "committed", "waiter": "committed"}
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
 
 
