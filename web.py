@@ -642,10 +642,8 @@ def kept_each(template_name, macro, rows, moments=(), *shown):
     from the template, Jinja's own calling was a third of a kept row's cost). `moments` name the
     row's columns shown as dates (format_date), passed after the row, then `shown`, the same for
     every row."""
-    lang = current_lang()
     return markupsafe.Markup("\n").join([
-        _kept(lang, template_name, macro, tuple(row.items()), tuple([format_date(row[key]) for key in moments]) + shown)
-        for row in rows])
+        kept(template_name, macro, row, *[format_date(row[key]) for key in moments], *shown) for row in rows])
 
 
 def order_cards(orders, viewer=None, excerpt=False):
