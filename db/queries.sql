@@ -1042,7 +1042,7 @@ ORDER BY wanted.position
 -- name: admin_dashboard_read
 -- The dashboard's figures as the tick (or "check now") last computed them (NULLs before its first
 -- run), the stored counter audit (audit_*: when it ran, how long ago, what drifted; NULLs before
--- the first audit) and the open disputes of the navigation (disputes_*: admin_disputes_open's row),
+-- the first audit) and the open disputes of the navigation (disputes_*: open_disputes_badge),
 -- in one statement: as three they were a fifth of the page's time.
 SELECT f.computed_at,
        now() - f.computed_at AS age,
@@ -1058,12 +1058,7 @@ SELECT f.computed_at,
 FROM (VALUES (1)) AS one
 LEFT JOIN dashboard_figures f ON true
 LEFT JOIN counter_audit a ON true
-CROSS JOIN (SELECT count(*) AS n,
-                   99 AS cap
-            FROM (SELECT 1
-                  FROM orders
-                  WHERE status = 'disputed'
-                  LIMIT 100) AS capped) AS d
+CROSS JOIN open_disputes_badge d
 
 -- name: dashboard_figures_refresh
 SELECT dashboard_figures_refresh() AS computed_at
@@ -1397,18 +1392,9 @@ ORDER BY o.disputed_at, o.id
 LIMIT %(limit)s
 
 -- name: admin_disputes_open
--- For the admin area's navigation: the open disputes counted up to 100 (n; shown as "99+" beyond
--- cap), an index-only walk of the partial index orders_disputed_idx that costs the same whatever
--- the backlog. The cap is a constant here, returned with the count, so that PostgreSQL keeps one
--- plan (see home_performers_top).
-SELECT count(*) AS n,
-       99 AS cap
-FROM (
-    SELECT 1
-    FROM orders
-    WHERE status = 'disputed'
-    LIMIT 100
-) AS capped
+-- For the admin area's navigation: the open disputes, up to a cap (see the view).
+SELECT n, cap
+FROM open_disputes_badge
 
 -- name: admin_categories_all
 -- Hidden ones included (categories_list shows only the visible ones).

@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (15);
+INSERT INTO schema_version (version) VALUES (16);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -228,6 +228,16 @@ JOIN users u ON u.id = o.customer_id
 WHERE o.status = 'open'
   AND NOT u.is_blocked;
 COMMENT ON VIEW feed_orders IS 'The feed''s orders (open, of customers who are not blocked) as a feed page shows them: the statements of one feed each (newest first, by budget, by deadline, a category''s) read it in the order of a partial index of orders_feed_*_idx.';
+
+-- The admin area's count of open disputes.
+CREATE VIEW open_disputes_badge AS
+SELECT count(*) AS n,
+       99 AS cap
+FROM (SELECT 1
+      FROM orders
+      WHERE status = 'disputed'
+      LIMIT 100) AS capped;
+COMMENT ON VIEW open_disputes_badge IS 'The open disputes for the admin area''s navigation, counted up to 100 (n; shown as "99+" beyond cap): an index-only walk of orders_disputed_idx that costs the same whatever the backlog. The cap is a constant, so PostgreSQL keeps one plan for the statements that read it.';
 
 CREATE TABLE order_history (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
