@@ -399,7 +399,7 @@ def api_orders():
     filters, sort, cursor = orders.read_feed_filters(form, by_slug)
     if not form.ok:
         raise invalid(form.errors, 422 if set(form.errors) <= set(FEED_RULES) else 400)
-    rows, next_after, _edge = orders.feed_page(filters, sort, cursor)
+    rows, next_after, _counted = orders.feed_page(filters, sort, cursor)
     user = current_user()
     full = db_all("api_orders_by_ids", ids=[row["id"] for row in rows], staff=bool(user and user["is_staff"]))
     return reply({"items": [order_json(row) for row in full], "next": next_after})

@@ -29,10 +29,6 @@ END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
 LAST_ID = 2**63 - 1
 TOP_BUDGET = 2**31 - 1
 FEED_SORTS = ("new", "budget", "cheap", "deadline")
-# A search or budget filter counts its matches up to this, then says "more than": counting to 1,000
-# matches of a common word cost 3-4 ms at a million orders, to 100 a tenth of that. The whole feed
-# and a category read their exact number from the counters.
-FEED_COUNT_CAP = 100
 RATING_OPTIONS = [(str(n), str(n)) for n in range(10, 0, -1)]
 
 
@@ -107,7 +103,7 @@ def home():
 @routes.get("/orders", read_only=True)
 def feed():
     """Open orders: full-text search, category, budget range, four sorts, keyset pages of 20, and
-    how many match (counted up to FEED_COUNT_CAP)."""
+    how many match (counted up to feed_count_cap() in SQL)."""
     categories = db_all("feed_categories")
     visible = [category for category in categories if not category["is_hidden"]]
     by_slug = {category["slug"]: category for category in visible}
@@ -118,12 +114,10 @@ def feed():
             "link": lambda **changes: link("/orders", form.values, **changes)}
     if not form.ok:
         return render("orders_feed.html", status=400, orders=[], next_url=None, first_url="/orders", **page)
-    orders, next_after, edge = feed_page(filters, sort, cursor)
+    orders, next_after, counted = feed_page(filters, sort, cursor)
     next_url = link("/orders", form.values, after=next_after) if next_after else None
     first_url = link("/orders", form.values, after=None) if cursor else None
-    # the count's window is the first page's, newest first: this page's when it is that page
-    matches, cap = feed_matches(filters, categories, page["active"],
-                                edge if sort == "new" and not cursor and filters["q"] else None)
+    matches, cap = feed_matches(filters, categories, page["active"], counted)
     return render("orders_feed.html", orders=with_categories(orders, categories), next_url=next_url,
                   first_url=first_url, matches=matches, matches_cap=cap, **page)
 
@@ -139,15 +133,18 @@ def with_categories(rows, categories):
     return rows
 
 
-def feed_matches(filters, categories, category, edge=None):
+def feed_matches(filters, categories, category, counted=None):
     """How many open orders match: (n, None) from the counters the triggers keep (open orders of
     customers not blocked, by category) when only a category (or nothing) is chosen, else counted:
     (n, cap) where n > cap means "more than cap". Counting looks among the newest first, down to
-    the window edge of the first page of the newest-first feed (`edge`, when the caller has it)."""
+    the window edge of the first page of the newest-first feed, then beyond it when fewer than
+    cap + 1 matched there; `counted` is that first look when the page made it (see feed_page)."""
     if beyond_category(filters):
-        if edge is None:
-            edge = window_edge({"sort": "new", **first_page_cursor("new")})
-        return db_one("orders_feed_count", cap=FEED_COUNT_CAP, **edge, **filters)["n"], FEED_COUNT_CAP
+        if counted is not None and counted["final"]:
+            return counted["n"], counted["cap"]
+        edge = counted["edge"] if counted is not None else window_edge({"sort": "new", **first_page_cursor("new")})
+        row = db_one("orders_feed_count", **edge, **filters)
+        return row["n"], row["cap"]
     if category:
         return category["open_orders"], None
     return sum(row["open_orders"] for row in categories), None
@@ -176,38 +173,51 @@ def first_page_cursor(sort):
 
 def feed_page(filters, sort, cursor):
     """One page of the feed after the cursor: (orders, the `after` of the next page or None, the
-    search's window edge: see feed_rows)."""
+    count of matches a search's first page newest first makes on its way: {"n", "cap", "edge",
+    "final"}, see feed_matches; else None)."""
     position = first_page_cursor(sort)
     if cursor:
         position[CURSOR_PARAMS[sort]], position["after_id"] = cursor
-    rows, edge = feed_rows(sort, position, filters)
+    rows, counted = feed_rows(sort, position, filters)
     orders = rows[:PAGE_SIZE]
+    if cursor:
+        counted = None  # counted from this page on, not from the first
     if len(rows) <= PAGE_SIZE:
-        return orders, None, edge
-    return orders, cursor_after(orders[-1], SORT_KEYS[sort]), edge
+        return orders, None, counted
+    return orders, cursor_after(orders[-1], SORT_KEYS[sort]), counted
 
 
 NO_EDGE = {"edge_id": None, "edge_time": None, "edge_budget": None, "edge_deadline": None}
 
 
 def feed_rows(sort, position, filters):
-    """Up to PAGE_SIZE + 1 feed rows after the cursor, and the window edge a search used (NO_EDGE
-    when not a search, or when the window held every open order left); a search costs little
+    """Up to PAGE_SIZE + 1 feed rows after the cursor, and for a search newest first the matches
+    it counted in its window on the way (see feed_page; else None); a search costs little
     whatever the term."""
     cursor = {"sort": sort, **position}
     if not beyond_category(filters) and (filters["category_id"] is None or sort == "new"):
         # the feed's own links, its sorts and the sidebar's: statements with one plan
         after = {CURSOR_PARAMS[sort]: position[CURSOR_PARAMS[sort]], "after_id": position["after_id"]}
         if filters["category_id"] is None:
-            return db_all(ONE_PLAN_FEEDS[sort], **after), NO_EDGE
-        return db_all("orders_feed_in_category", category_id=filters["category_id"], **after), NO_EDGE
+            return db_all(ONE_PLAN_FEEDS[sort], **after), None
+        return db_all("orders_feed_in_category", category_id=filters["category_id"], **after), None
     edge = window_edge(cursor) if filters["q"] else NO_EDGE
-    rows = db_all("orders_feed", **cursor, **edge, **filters)
+    counted = None
+    if filters["q"] and sort == "new":
+        rows = db_all("orders_search_newest", after_time=position["after_time"], after_id=position["after_id"],
+                      edge_time=edge["edge_time"], edge_id=edge["edge_id"], **filters)
+        counted = {"n": 0, "cap": None, "edge": edge}
+        for row in rows:
+            counted.update(n=row.pop("window_matches"), cap=row.pop("matches_cap"))
+        # the whole count when more than the cap matched in the window, or it held every open order left
+        counted["final"] = edge["edge_id"] is None or bool(rows) and counted["n"] > counted["cap"]
+    else:
+        rows = db_all("orders_feed", **cursor, **edge, **filters)
     if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:
         # A rare term: the rest through the full-text index, beyond the window.
         rows += db_all("orders_feed_search_older", limit=PAGE_SIZE + 1 - len(rows),
                        **cursor, **edge, **filters)
-    return rows, edge
+    return rows, counted
 
 
 def window_edge(cursor):

@@ -886,6 +886,47 @@ WHERE f.category_id = %(category_id)s::integer
 ORDER BY f.created_at DESC, f.id DESC
 LIMIT 21
 
+-- name: orders_search_newest
+-- A search newest first (the search box's, with or without a category or budget), and how many
+-- open orders match in its window: one statement whose plan PostgreSQL keeps. orders_feed and
+-- orders_feed_count, each planned at every call, were 0.8 ms of backend CPU per search at a
+-- million orders, most of it planning.
+-- It walks orders_feed_new_idx from the cursor down to the window edge (orders_feed_window_edge;
+-- none when the window holds every open order left), takes the first feed_count_cap() + 1
+-- matches, and returns the first 21 of them with their count (window_matches; matches_cap, the
+-- cap: the page's count when this is the first page and the term common). The term is tested
+-- by ts_match_vq(), the function behind @@, so that no plan can take the GIN index instead: for
+-- a common word (half the open orders at a million) that read 166,000 index entries, 43 ms, and
+-- a plan kept for every term cannot know which it will get. The edge bounds the walk whatever
+-- the term (2,000 open orders); beyond it, orders_feed_search_older goes through the GIN index.
+-- The values are read through subqueries, so the plans made for the first calls' values cost
+-- what the generic one does (see orders_feed_newest).
+WITH window_matches AS MATERIALIZED (
+    SELECT o.id, o.created_at
+    FROM orders o
+    JOIN users u ON u.id = o.customer_id
+    WHERE o.status = 'open'
+      AND NOT u.is_blocked
+      AND (o.created_at, o.id) < ((SELECT %(after_time)s::timestamptz), (SELECT %(after_id)s::bigint))
+      AND (o.created_at, o.id) >= ((SELECT COALESCE(%(edge_time)s::timestamptz, '-infinity')),
+                                   (SELECT COALESCE(%(edge_id)s::bigint, 0)))
+      AND ts_match_vq(o.search, (SELECT websearch_to_tsquery('russian', %(q)s::text)))
+      AND ((SELECT %(category_id)s::integer) IS NULL OR o.category_id = (SELECT %(category_id)s::integer))
+      AND ((SELECT %(min_budget)s::integer) IS NULL OR o.budget >= (SELECT %(min_budget)s::integer))
+      AND ((SELECT %(max_budget)s::integer) IS NULL OR o.budget <= (SELECT %(max_budget)s::integer))
+    ORDER BY o.created_at DESC, o.id DESC
+    LIMIT feed_count_cap() + 1
+)
+SELECT f.*,
+       (SELECT count(*) FROM window_matches) AS window_matches,
+       feed_count_cap() AS matches_cap
+FROM feed_orders f
+WHERE f.id IN (SELECT m.id
+               FROM window_matches m
+               ORDER BY m.created_at DESC, m.id DESC
+               LIMIT 21)
+ORDER BY f.created_at DESC, f.id DESC
+
 -- name: orders_feed_window_edge
 -- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search
 -- first looks only between the cursor and this edge (see orders_feed_search_older for why).
@@ -955,16 +996,16 @@ ORDER BY CASE WHEN %(sort)s::text = 'budget' THEN o.budget END DESC,
 LIMIT %(limit)s
 
 -- name: orders_feed_count
--- How many open orders match the feed's filters, counted up to %(cap)s + 1 (the page says "more than
--- %(cap)s" beyond). As a search page does, it counts first among the newest open orders down to the
--- window edge (orders_feed_window_edge of the first page, newest first; NULL when the window holds
--- every open order), walking the feed index, whose heap pages the feed keeps in memory; only when
--- fewer than %(cap)s + 1 match there (a rare term) does it count older ones, through the indexes
--- the planner picks for the filters (for a term, the GIN index), up to %(cap)s + 1 again (a
--- constant LIMIT, which the planner weighs as it did before; the sum is then "more than %(cap)s"
--- all the same). Counted in one pass, a common word was a sequential scan with a LIMIT reading its pages
--- from outside PostgreSQL's memory (a big table's scan gets a small ring of buffers), from a
--- different place each time (synchronized scans): 2 ms at a million orders.
+-- How many open orders match the feed's filters (n), counted up to feed_count_cap() + 1 (cap: the
+-- page says "more than cap" beyond). As a search page does, it counts first among the newest open
+-- orders down to the window edge (orders_feed_window_edge of the first page, newest first; NULL
+-- when the window holds every open order), walking the feed index, whose heap pages the feed
+-- keeps in memory; only when fewer than cap + 1 match there (a rare term) does it count older
+-- ones, through the indexes the planner picks for the filters (for a term, the GIN index), up to
+-- cap + 1 again (a constant LIMIT, which the planner weighs as it did before; the sum is then
+-- "more than cap" all the same). Counted in one pass, a common word was a sequential scan with a
+-- LIMIT reading its pages from outside PostgreSQL's memory (a big table's scan gets a small ring
+-- of buffers), from a different place each time (synchronized scans): 2 ms at a million orders.
 WITH newest AS (
     SELECT count(*) AS n
     FROM (SELECT 1
@@ -979,14 +1020,14 @@ WITH newest AS (
             AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
             AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
           ORDER BY o.created_at DESC, o.id DESC
-          LIMIT %(cap)s + 1) AS window_matches
+          LIMIT feed_count_cap() + 1) AS window_matches
 )
 SELECT newest.n + (SELECT count(*)
                    FROM (SELECT 1
                          FROM orders o
                          JOIN users u ON u.id = o.customer_id
                          WHERE %(edge_id)s::bigint IS NOT NULL
-                           AND newest.n <= %(cap)s
+                           AND newest.n <= feed_count_cap()
                            AND o.status = 'open'
                            AND NOT u.is_blocked
                            AND (o.created_at, o.id) < (%(edge_time)s::timestamptz, %(edge_id)s::bigint)
@@ -994,7 +1035,8 @@ SELECT newest.n + (SELECT count(*)
                            AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s::integer)
                            AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s::integer)
                            AND (%(max_budget)s::integer IS NULL OR o.budget <= %(max_budget)s::integer)
-                         LIMIT %(cap)s + 1) AS older_matches) AS n
+                         LIMIT feed_count_cap() + 1) AS older_matches) AS n,
+       feed_count_cap() AS cap
 FROM newest
 
 -- (end of the orders section)

@@ -119,7 +119,6 @@ def test_a_window_edge_kept_from_an_earlier_search_finds_and_counts_what_a_fresh
     created before it since, and orders gone from the feed after it, change nothing in what a
     search shows or counts: the edge only says where to look first."""
     monkeypatch.setattr(orders_module, "SEARCH_WINDOW", 7)
-    monkeypatch.setattr(orders_module, "FEED_COUNT_CAP", 1000)
     edges_read = []
     read = orders_module.db_one
     monkeypatch.setattr(orders_module, "db_one", lambda name, /, **params: (
@@ -292,6 +291,23 @@ def plan_nodes(plan):
         yield from plan_nodes(child)
 
 
+def kept_plans(conn, statement, values, runs):
+    """The plans PostgreSQL kept for `statement`, prepared on `conn` and run `runs` times, each run
+    (EXPLAIN ANALYZE) with `values`: their nodes. psycopg prepares one statement per set of
+    parameter types (the first page's id may be a bigint); PostgreSQL plans each for its values
+    five times, then keeps the generic plan."""
+    plans = [plan for plan in conn.execute("SELECT name, statement, generic_plans, custom_plans "
+                                           "FROM pg_prepared_statements").fetchall()
+             if plan["statement"].startswith(statement[:statement.index("%(")])]  # as sent: $1 for %(name)s
+    assert plans and all(plan["custom_plans"] == 5 and plan["generic_plans"] >= 2 for plan in plans), plans
+    assert sum(plan["custom_plans"] + plan["generic_plans"] for plan in plans) == runs
+    wanted = dict.fromkeys(re.findall(r"%\((\w+)\)s", statement))
+    for plan in plans:
+        run = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {}({})").format(
+            sql.Identifier(plan["name"]), sql.SQL(", ").join(sql.Literal(values[key]) for key in wanted))
+        yield list(plan_nodes(conn.execute(run).fetchone()["QUERY PLAN"][0]["Plan"]))
+
+
 def explain(db, name, params):
     row = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + Q[name], params).fetchone()
     return list(plan_nodes(row["QUERY PLAN"][0]["Plan"]))
@@ -397,20 +413,58 @@ def test_each_sort_of_the_feed_without_filters_keeps_one_plan_and_the_rows_of_th
             rows = conn.execute(Q[name], values, prepare=True).fetchall()
             general = db.execute(Q["orders_feed"], dict(FEED_FILTERS, sort=sort, **chosen, **cursor)).fetchall()
             assert len(rows) == 21 and rows == general
-        plans = conn.execute("SELECT name, generic_plans, custom_plans FROM pg_prepared_statements "
-                             "WHERE statement LIKE '%%LIMIT 21'").fetchall()
-        # psycopg prepares one statement per set of parameter types (the first page's id may be a
-        # bigint); PostgreSQL plans each for its values five times, then keeps the generic plan
-        assert plans and all(plan["custom_plans"] == 5 and plan["generic_plans"] >= 2 for plan in plans), plans
-        assert sum(plan["custom_plans"] + plan["generic_plans"] for plan in plans) == 14
-        for plan in plans:  # each plan kept, run for the deep page
-            run = sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {}({})").format(
-                sql.Identifier(plan["name"]), sql.SQL(", ").join(sql.Literal(values[key]) for key in wanted))
-            nodes = list(plan_nodes(conn.execute(run).fetchone()["QUERY PLAN"][0]["Plan"]))
+        for nodes in kept_plans(conn, Q[name], values, runs=14):  # each plan kept, run for the deep page
             scans = [node for node in nodes if node.get("Index Name") == index]
             # a page, and the orders of the blocked customer in between: not the 200 before the cursor
             assert scans and scans[0]["Actual Rows"] < 50 and "ROW(" in scans[0]["Index Cond"], nodes[0]
             assert not [node for node in nodes if "Sort" in node["Node Type"]], nodes[0]
+
+
+@pytest.mark.parametrize("term, filters", [
+    ("order", {}), ("order", {"category_id": 3, "min_budget": 2000}), ("2999 or 1717", {}), ("nosuchword", {})])
+def test_a_search_newest_first_keeps_one_plan_that_walks_the_window_and_counts_it(big_feed, db_url, term, filters):
+    """A search newest first (the search box's) is one statement whose plan PostgreSQL keeps
+    (orders_search_newest): at any depth, the rows orders_feed gives between the cursor and the
+    window edge, and how many match there (up to feed_count_cap() + 1). The plan kept reads
+    orders_feed_new_idx between the two, and the term once: never the GIN index (a common word
+    matched half the open orders at a million, and the plan cannot know the term), nor parallel
+    workers (a plan kept for every term guesses few matches, and started two for each search)."""
+    db = big_feed
+    db.execute("UPDATE users SET is_blocked = true WHERE id = (SELECT customer_id FROM orders LIMIT 1)")
+    deep = db.execute("SELECT created_at, id FROM orders WHERE status = 'open' "
+                      "ORDER BY created_at DESC, id DESC OFFSET 150 LIMIT 1").fetchone()
+    chosen = dict(FEED_FILTERS, q=term, **filters)
+    cursors = [FIRST_PAGE, dict(FIRST_PAGE, after_time=deep["created_at"], after_id=deep["id"])]
+    for cursor in cursors:  # the window: 500 open orders after the cursor
+        edge = db.execute(Q["orders_feed_window_edge"], dict(cursor, sort="new", window=500)).fetchone()
+        cursor.update(edge_time=edge["created_at"], edge_id=edge["id"])
+    wanted = dict.fromkeys(re.findall(r"%\((\w+)\)s", Q["orders_search_newest"]))
+    with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:  # its own prepared statements
+        for cursor in cursors * 7:  # planned for its values five times, then kept
+            values = {key: value for key, value in dict(chosen, **cursor).items() if key in wanted}
+            rows = conn.execute(Q["orders_search_newest"], values, prepare=True).fetchall()
+            general = db.execute(Q["orders_feed"], dict(chosen, sort="new", **cursor)).fetchall()
+            in_window = db.execute(
+                "SELECT count(*) AS n FROM orders o JOIN users u ON u.id = o.customer_id "
+                "WHERE o.status = 'open' AND NOT u.is_blocked "
+                "AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s) "
+                "AND (o.created_at, o.id) >= (%(edge_time)s, %(edge_id)s) "
+                "AND o.search @@ websearch_to_tsquery('russian', %(q)s) "
+                "AND (%(category_id)s::integer IS NULL OR o.category_id = %(category_id)s) "
+                "AND (%(min_budget)s::integer IS NULL OR o.budget >= %(min_budget)s)", values).fetchone()["n"]
+            counts = {(row.pop("window_matches"), row.pop("matches_cap")) for row in rows}
+            assert rows == general and counts <= {(min(in_window, 101), 100)}
+            assert len(rows) == min(in_window, 21) and (rows or in_window == 0)
+        for nodes in kept_plans(conn, Q["orders_search_newest"], values, runs=14):  # run for the deep page
+            scans = [node for node in nodes if node.get("Index Name") == "orders_feed_new_idx"]
+            assert scans and "ROW(" in scans[0]["Index Cond"] and scans[0]["Actual Rows"] <= 500, nodes[0]
+            # (at this size a bitmap of that range, sorted; at a million, the index in order)
+            matching = [node["Filter"] for node in nodes if "ts_match_vq" in node.get("Filter", "")]
+            assert matching and "websearch_to_tsquery" not in matching[0], matching
+            assert not [node for node in nodes if node.get("Index Name") == "orders_search_idx"
+                        or "Gather" in node["Node Type"]], nodes[0]
+    assert db.execute("SELECT reloptions FROM pg_class WHERE relname = 'orders'").fetchone()["reloptions"].count(
+        "parallel_workers=0") == 1
 
 
 def lowest_budget_first(orders):
@@ -475,12 +529,21 @@ def test_the_feed_says_how_many_orders_match(client, db, make_user, make_order, 
     assert ">46 orders match<" in client.get("/orders?q=feed&after=" + catalogue_cursor(db)).text
     assert ">46 orders match<" in client.get("/orders?max_budget=100000").text
     assert ">1 order matches<" in client.get("/orders?q=hidden").text
-    # Filters are counted up to the cap; the whole feed and a category are read from the counters
-    # the triggers keep, so they stay exact whatever their size.
-    monkeypatch.setattr("orders.FEED_COUNT_CAP", 40)
-    assert ">More than 40 orders match<" in client.get("/orders?q=feed").text
-    assert ">More than 40 orders match<" in client.get("/orders?min_budget=0").text
-    assert ">46 orders match<" in client.get("/orders").text
+    # Filters are counted up to feed_count_cap() (100), then "more than"; the whole feed and a
+    # category are read from the counters the triggers keep, so they stay exact whatever their size.
+    assert db.execute("SELECT feed_count_cap() AS cap").fetchone()["cap"] == 100
+    bulk = ("INSERT INTO orders (customer_id, category_id, title, description, budget) "
+            "SELECT %(customer)s, (SELECT id FROM categories WHERE slug = 'design'), 'Feed order bulk ' || n, 'Text', "
+            "1000 FROM generate_series(1, %(n)s) AS n")
+    customer = make_user("customer")["id"]
+    db.execute(bulk, {"customer": customer, "n": 54})
+    assert ">100 orders match<" in client.get("/orders?q=feed").text
+    assert ">100 orders match<" in client.get("/orders?min_budget=0").text
+    db.execute(bulk, {"customer": customer, "n": 1})
+    assert ">More than 100 orders match<" in client.get("/orders?q=feed").text
+    assert ">More than 100 orders match<" in client.get("/orders?q=feed&after=" + catalogue_cursor(db)).text
+    assert ">More than 100 orders match<" in client.get("/orders?min_budget=0").text
+    assert ">101 orders match<" in client.get("/orders").text
     assert f">{texts} orders match<" in client.get("/orders?category=texts").text
 
 
