@@ -851,8 +851,11 @@ def keyset_links(base, params, rows, key):
 
 
 def render_performer_cabinet(user, **page):
-    return render("cabinet_performer.html", stats=db_one("performer_stats_read", performer_id=user["id"]),
-                  reviews=db_all("performer_reviews_latest", performer_id=user["id"], limit=20), **page)
+    """A performer cabinet's tab with its counters and latest reviews (one statement: each row has
+    the counters and a review, or no review on the one row of a performer without any)."""
+    aside = db_all("performer_cabinet_aside", performer_id=user["id"])
+    reviews = aside if aside[0]["id"] is not None else []
+    return render("cabinet_performer.html", stats=aside[0], reviews=reviews, **page)
 
 
 @routes.get("/cabinet", read_only=True)

@@ -139,6 +139,21 @@ def test_performer_cabinet_has_a_tab_per_status_the_counters_and_a_way_to_hand_i
     db.execute("SELECT recalc_counters()")
 
 
+def test_performer_cabinet_shows_the_twenty_latest_reviews_newest_first_without_hidden_ones(
+        client, sign_in, db, make_user, make_order):
+    vera, gleb, anna = make_user("performer"), make_user("performer"), make_user("customer")
+    rated = [make_order(anna, performer=vera, status="done", rating=1 + n % 10, review=f"Review number {n:02}",
+                        title=f"Rated order {n:02}") for n in range(23)]
+    db.execute("UPDATE orders SET review_hidden = true WHERE id = %s", (rated[-1]["id"],))
+    page = text_of(sign_in(client, vera).get("/cabinet"))
+    shown = re.findall(r"Review number (\d\d)", page)
+    assert shown == [f"{n:02}" for n in range(21, 1, -1)]  # 22 is hidden, 0 and 1 are older than twenty
+    assert "23 completed" in page and "average of 22 ratings" in page
+    sign_in(client, gleb)
+    page = text_of(client.get("/cabinet"))
+    assert "No ratings yet." in page and "0 completed" in page and "Review number" not in page
+
+
 def test_kept_cabinet_rows_follow_the_order_the_language_and_the_viewers_time_zone(
         make_client, sign_in, db, make_user, make_order):
     """The cabinets' rows and the blank order form are rendered once and kept (web.kept): a row
