@@ -202,21 +202,27 @@ def feed_rows(sort, position, filters):
             return db_all(ONE_PLAN_FEEDS[sort], **after), None
         return db_all("orders_feed_in_category", category_id=filters["category_id"], **after), None
     edge = window_edge(cursor) if filters["q"] else NO_EDGE
-    counted = None
     if filters["q"] and sort == "new":
-        rows = db_all("orders_search_newest", after_time=position["after_time"], after_id=position["after_id"],
-                      edge_time=edge["edge_time"], edge_id=edge["edge_id"], **filters)
-        counted = {"n": 0, "cap": None, "edge": edge}
-        for row in rows:
-            counted.update(n=row.pop("window_matches"), cap=row.pop("matches_cap"))
-        # the whole count when more than the cap matched in the window, or it held every open order left
-        counted["final"] = edge["edge_id"] is None or bool(rows) and counted["n"] > counted["cap"]
+        rows, counted = search_newest(position, edge, filters)
     else:
-        rows = db_all("orders_feed", **cursor, **edge, **filters)
+        rows, counted = db_all("orders_feed", **cursor, **edge, **filters), None
     if filters["q"] and edge["edge_id"] and len(rows) <= PAGE_SIZE:
         # A rare term: the rest through the full-text index, beyond the window.
         rows += db_all("orders_feed_search_older", limit=PAGE_SIZE + 1 - len(rows),
                        **cursor, **edge, **filters)
+    return rows, counted
+
+
+def search_newest(position, edge, filters):
+    """A search's rows newest first after the cursor down to the window edge (orders_search_newest),
+    and the matches it counted there: {"n", "cap", "edge", "final"}, final when more than the cap
+    matched in the window, or the window held every open order left."""
+    rows = db_all("orders_search_newest", after_time=position["after_time"], after_id=position["after_id"],
+                  edge_time=edge["edge_time"], edge_id=edge["edge_id"], **filters)
+    counted = {"n": 0, "cap": None, "edge": edge}
+    for row in rows:  # each row says it: the statement's count, and the cap
+        counted.update(n=row.pop("window_matches"), cap=row.pop("matches_cap"))
+    counted["final"] = edge["edge_id"] is None or bool(rows) and counted["n"] > counted["cap"]
     return rows, counted
 
 
