@@ -4,17 +4,15 @@ Every transition is one conditional SQL statement (db/queries.sql) that checks r
 state itself; only when it touches no row do we read the order once to answer 404, 403 or 409.
 """
 import datetime
-import functools
 import re
 import time
-from urllib.parse import quote_plus
 
 from bottle import request
 
 import files
 from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all,
-                 db_one, db_run, error_response, login_required, not_found, redirect, render, reread_unread_counts,
-                 role_required, safe_next)
+                 db_one, db_run, error_response, link, login_required, not_found, redirect, render,
+                 reread_unread_counts, role_required, safe_next)
 
 routes = Routes()
 
@@ -79,19 +77,6 @@ def parse_budget_cursor(text):
     return (int(key), int(id_text)) if int(key) <= TOP_BUDGET else None
 
 
-def link(base, params, **changes):
-    """A URL of `base` with the current query parameters, some changed (None drops one): as
-    urlencode writes it, each pair encoded once per worker (a search's dozen links, each with
-    the term, were a tenth of its page)."""
-    merged = {key: value for key, value in {**params, **changes}.items() if value}
-    return base + ("?" + "&".join(query_pair(key, value) for key, value in merged.items()) if merged else "")
-
-
-@functools.lru_cache(maxsize=1024)
-def query_pair(key, value):
-    return quote_plus(key) + "=" + quote_plus(str(value))
-
-
 # ---------------------------------------------------------------------------------------------
 # The home page and the feed
 
@@ -109,9 +94,11 @@ def feed():
     by_slug = {category["slug"]: category for category in visible}
     form = Form(request.query)
     filters, sort, cursor = read_feed_filters(form, by_slug)
-    page = {"categories": visible, "values": form.values, "errors": form.errors,
-            "active": by_slug.get(form.values.get("category")), "sort": sort,
-            "link": lambda **changes: link("/orders", form.values, **changes)}
+    # the sidebar's categories, as its kept macro takes them (feed_sidebar)
+    sidebar = tuple((category["slug"], category["name_ru"], category["name_en"], category["open_orders"])
+                    for category in visible)
+    page = {"values": form.values, "errors": form.errors, "active": by_slug.get(form.values.get("category")),
+            "sort": sort, "sidebar": sidebar}
     if not form.ok:
         return render("orders_feed.html", status=400, orders=[], next_url=None, first_url="/orders", **page)
     orders, next_after, counted = feed_page(filters, sort, cursor)

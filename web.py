@@ -24,7 +24,7 @@ import types
 import zoneinfo
 from functools import wraps
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 import bcrypt
 import bottle
@@ -662,8 +662,21 @@ def _kept(lang, template_name, macro, items, shown):
     return getattr(template(template_name, lang).module, macro)(dict(items), *shown)
 
 
+def link(base, params, **changes):
+    """A URL of `base` with the current query parameters, some changed (None drops one): as
+    urlencode writes it, each pair encoded once per worker (a search's dozen links, each with
+    the term, were a tenth of its page)."""
+    merged = {key: value for key, value in {**params, **changes}.items() if value}
+    return base + ("?" + "&".join(query_pair(key, value) for key, value in merged.items()) if merged else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def query_pair(key, value):
+    return quote_plus(key) + "=" + quote_plus(str(value))
+
+
 templates.filters.update(money=format_money, number=format_number, date=format_date)
-templates.globals.update(category_name=category_name, ngettext=ngettext, order_cards=order_cards, kept=kept,
+templates.globals.update(category_name=category_name, ngettext=ngettext, order_cards=order_cards, kept=kept, link=link,
                          kept_each=kept_each)
 
 

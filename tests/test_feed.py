@@ -282,6 +282,29 @@ def test_feed_sidebar_lists_visible_categories_with_open_counts(client, db, make
     assert text_of(client.get("/orders?category=texts")).count("A test order") == 3
 
 
+def test_kept_sidebar_follows_the_search_the_category_the_counts_and_the_language(client, make_user, make_order):
+    """The sidebar is rendered once per set of filters, counts and language and kept (web.kept):
+    its links keep the other filters of this page, not of an earlier one, and a new order shows."""
+    anna = make_user("customer")
+    make_order(anna, category="texts", title="Logo text")
+
+    def sidebar(url):
+        return re.search(r"<aside>.*?</aside>", client.get(url).text, re.S).group(0)
+
+    logo = sidebar("/orders?q=logo&sort=budget&after=5000_1")
+    assert 'href="/orders?q=logo&amp;category=texts&amp;sort=budget"' in logo and "after" not in logo
+    assert '<li class="active"><a href="/orders?q=logo&amp;sort=budget">All categories</a>' in logo
+    other = sidebar("/orders?q=other&category=texts")
+    assert 'href="/orders?q=other&amp;category=design"' in other and "logo" not in other
+    assert '<li class="active">\n      <a href="/orders?q=other&amp;category=texts">Writing &amp; translation</a>' in other
+    texts = re.compile(r'category=texts">[^<]*</a>\s*<span[^>]*>(\d+)</span>')
+    assert texts.search(sidebar("/orders")).group(1) == "1"
+    make_order(anna, category="texts", title="Another text")
+    assert texts.search(sidebar("/orders")).group(1) == "2"
+    client.set_cookie("lang", "ru")
+    assert "Тексты и переводы" in sidebar("/orders") and "Все категории" in sidebar("/orders")
+
+
 # ---------------------------------------------------------------------------------------------
 # The feed queries walk the partial indexes, and a deep page costs what the first one does
 
