@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (17);
+INSERT INTO schema_version (version) VALUES (18);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -712,7 +712,10 @@ BEGIN
             RAISE EXCEPTION 'order %: offers are sent only to open orders in offers mode', NEW.order_id
                 USING ERRCODE = 'check_violation';
         END IF;
-        IF EXISTS (SELECT 1 FROM users WHERE id = NEW.performer_id AND is_blocked) THEN
+        -- FOR SHARE: a block of the performer under way waits for this offer, then withdraws it
+        -- (users_block_listing), or this waits for the block and refuses
+        PERFORM 1 FROM users WHERE id = NEW.performer_id AND NOT is_blocked FOR SHARE;
+        IF NOT FOUND THEN
             RAISE EXCEPTION 'a blocked performer sends no offers' USING ERRCODE = 'check_violation';
         END IF;
         NEW.created_at := now();
@@ -740,7 +743,7 @@ BEGIN
     NEW.updated_at := now();
     RETURN NEW;
 END $$;
-COMMENT ON FUNCTION offers_guard() IS 'Offers go only to open orders in offers mode, from performers who are not blocked, and start active. An active offer may be changed (price, days, message), withdrawn or accepted only while its order is open, and declined at any time, never together with a change of its terms; withdrawn, accepted and declined offers never change. Its order, performer and creation time are fixed. Reads the order FOR SHARE, so it waits for a transition under way.';
+COMMENT ON FUNCTION offers_guard() IS 'Offers go only to open orders in offers mode, from performers who are not blocked, and start active. An active offer may be changed (price, days, message), withdrawn or accepted only while its order is open, and declined at any time, never together with a change of its terms; withdrawn, accepted and declined offers never change. Its order, performer and creation time are fixed. Reads the order FOR SHARE, so it waits for a transition under way, and the performer of a new offer FOR SHARE, so it waits for a block under way (or the block for it).';
 CREATE TRIGGER offers_guard BEFORE INSERT OR UPDATE ON offers
     FOR EACH ROW EXECUTE FUNCTION offers_guard();
 COMMENT ON TRIGGER offers_guard ON offers IS 'An offer is sent, changed, withdrawn or accepted only on an open order in offers mode; a settled offer never changes.';
@@ -934,14 +937,26 @@ BEGIN
     END LOOP;
     IF NEW.is_blocked THEN
         DELETE FROM sessions WHERE user_id = NEW.id;
+        -- A blocked performer's offers leave their orders (the orders' pages no longer list them,
+        -- and orders.offers_active no longer counts them). The orders first, in id order, then
+        -- the offers: the order in which an accept or a cancel locks them.
+        PERFORM 1
+        FROM orders
+        WHERE id IN (SELECT order_id FROM offers WHERE performer_id = NEW.id AND status = 'active')
+        ORDER BY id
+        FOR NO KEY UPDATE;
+        UPDATE offers
+        SET status = 'withdrawn'
+        WHERE performer_id = NEW.id
+          AND status = 'active';
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION users_block_listing() IS 'On block: ends every session of the user and takes their open orders out of the category counts; on unblock: puts them back. Categories are written in id order, as orders_count_contribution writes them, so a block and a move of an order between categories queue instead of deadlocking.';
+COMMENT ON FUNCTION users_block_listing() IS 'On block: ends every session of the user, takes their open orders out of the category counts and withdraws their active offers (an unblock does not send them again); on unblock: puts the open orders back. Categories are written in id order, as orders_count_contribution writes them, and the orders of withdrawn offers are locked before their offers, as an accept locks them, so a block queues behind a move or an accept instead of deadlocking.';
 CREATE TRIGGER users_block_listing AFTER UPDATE OF is_blocked ON users
     FOR EACH ROW WHEN (NEW.is_blocked IS DISTINCT FROM OLD.is_blocked)
     EXECUTE FUNCTION users_block_listing();
-COMMENT ON TRIGGER users_block_listing ON users IS 'Blocking ends sessions at once and hides open orders from the feed counts.';
+COMMENT ON TRIGGER users_block_listing ON users IS 'Blocking ends sessions at once, hides open orders from the feed counts and withdraws active offers.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Sessions, sign-in throttling, API tokens

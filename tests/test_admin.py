@@ -439,6 +439,31 @@ def test_blocking_ends_a_live_session_and_takes_open_orders_out_of_the_feed(
     assert db.execute(design_open).fetchone()["open_orders"] == 1
 
 
+def test_blocking_a_performer_withdraws_their_offers_so_the_orders_count_what_they_list(
+        db, sign_in, make_client, staff_client, make_user, make_order):
+    anna = make_user("customer")
+    spammer, honest = make_user("performer", name="Spam Studio"), make_user("performer", name="Honest Lab")
+    both = make_order(anna, title="Logo for a bakery", mode="offers")
+    only_spam = make_order(anna, title="Banner for a bakery", mode="offers")
+    for performer, order in ((spammer, both), (honest, both), (spammer, only_spam)):
+        db.execute(Q["offer_submit"], {"order_id": order["id"], "performer_id": performer["id"],
+                                       "price": 900, "days": 3, "message": "Mine"})
+    anna_browser = sign_in(make_client("203.0.113.32"), anna)
+    assert "2 offers" in text_of(anna_browser.get(f"/orders/{both['id']}"))
+
+    assert staff_client.post_form(f"/admin/users/{spammer['id']}/block", {"reason": "Spam"}).status_int == 303
+
+    page = text_of(anna_browser.get(f"/orders/{both['id']}"))
+    assert "1 offer" in page and "Honest Lab" in page and "Spam Studio" not in page
+    assert "0 offers" in text_of(anna_browser.get(f"/orders/{only_spam['id']}"))
+    assert [r["status"] for r in db.execute("SELECT status::text FROM offers WHERE performer_id = %s",
+                                            (spammer["id"],))] == ["withdrawn", "withdrawn"]
+    # an unblock lets them send offers again; it does not send the withdrawn ones
+    assert staff_client.post_form(f"/admin/users/{spammer['id']}/unblock", {"reason": "Cleared"}).status_int == 303
+    assert "1 offer" in text_of(anna_browser.get(f"/orders/{both['id']}"))
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+
+
 def test_hiding_a_rating_takes_it_out_of_the_average_and_restoring_brings_it_back(
         db, staff_client, make_user, make_order):
     customer = make_user("customer")

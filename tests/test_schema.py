@@ -1131,6 +1131,40 @@ def test_a_block_racing_a_new_order_keeps_the_category_count_exact(db, db_url, m
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
 
 
+@pytest.mark.parametrize("first", ["block", "offer"])
+def test_a_block_racing_a_new_offer_leaves_the_blocked_performer_no_offer(db, db_url, make_user, make_order, first):
+    """Whichever commits first, a blocked performer has no active offer and the order counts none:
+    the offer reads its performer FOR SHARE, so it waits for the block and is refused, or the block
+    waits for it and withdraws it."""
+    order = make_order(make_user("customer"), mode="offers")
+    performer = make_user("performer")
+    params = {"order_id": order["id"], "performer_id": performer["id"], "price": 900, "days": 3, "message": "Mine"}
+    statements = {"block": "UPDATE users SET is_blocked = true WHERE id = %(performer_id)s",
+                  "offer": Q["offer_submit"]}
+    second = "offer" if first == "block" else "block"
+    ended = {}
+
+    def run_second(connection):
+        try:
+            connection.execute(statements[second], params)
+            connection.commit()
+            ended[second] = "committed"
+        except psycopg.Error as err:
+            ended[second] = type(err).__name__
+
+    with psycopg.connect(db_url) as one, psycopg.connect(db_url) as two:
+        one.execute(statements[first], params)           # holds its row locks, uncommitted
+        worker = threading.Thread(target=run_second, args=(two,))
+        worker.start()
+        wait_until_blocked(db, two.info.backend_pid)
+        one.commit()
+        worker.join(timeout=10)
+    assert ended == {"offer": "CheckViolation"} if first == "block" else {"block": "committed"}
+    assert db.execute("SELECT count(*) AS n FROM offers WHERE status = 'active'").fetchone()["n"] == 0
+    assert db.execute("SELECT offers_active FROM orders WHERE id = %s", (order["id"],)).fetchone()["offers_active"] == 0
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+
+
 def test_two_tokens_created_at_once_never_make_an_eleventh(db, db_url, make_user):
     user = make_user("performer")
     for n in range(9):
@@ -1231,6 +1265,30 @@ def test_a_block_and_a_crossing_category_move_at_once_never_deadlock(db, db_url,
             db, holder=mover, then=("UPDATE orders SET category_id = %s WHERE id = %s", (high, moved["id"])),
             waiter=blocker, waiting=("UPDATE users SET is_blocked = true WHERE id = %s", (blocked["id"],)))
     assert outcome == {"holder": "committed", "waiter": "committed"}
+    assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
+
+
+def test_a_block_and_an_accept_at_once_never_deadlock(db, db_url, make_user, make_order):
+    """An accept locks its order, then declines the order's other offers; a block withdraws the
+    offers of the performer it blocks. The test fixes the interleaving: the accept holds the order
+    when the block of another bidder starts and waits, then the accept goes on. Had the block taken
+    that bidder's offer first, the accept would then wait for it: a deadlock. Taking the orders of
+    the offers first, the block waits holding none of it, and both go through."""
+    customer = make_user("customer")
+    chosen, blocked = make_user("performer"), make_user("performer")
+    order = make_order(customer, mode="offers")
+    offers = {performer["id"]: db.execute(Q["offer_submit"], {
+        "order_id": order["id"], "performer_id": performer["id"], "price": 900, "days": 3, "message": "Mine",
+    }).fetchone()["id"] for performer in (chosen, blocked)}
+    with psycopg.connect(db_url) as accepter, psycopg.connect(db_url) as blocker:
+        accepter.execute("SELECT 1 FROM orders WHERE id = %s FOR UPDATE", (order["id"],))  # the accept's first step
+        outcome = run_while_one_waits(
+            db, holder=accepter,
+            then=("SELECT order_accept_offer(%s, %s, %s)", (order["id"], offers[chosen["id"]], customer["id"])),
+            waiter=blocker, waiting=("UPDATE users SET is_blocked = true WHERE id = %s", (blocked["id"],)))
+    assert outcome == {"holder": "committed", "waiter": "committed"}
+    statuses = {r["performer_id"]: r["status"] for r in db.execute("SELECT performer_id, status::text FROM offers")}
+    assert statuses == {chosen["id"]: "accepted", blocked["id"]: "declined"}
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
 
 
