@@ -1120,12 +1120,9 @@ def test_a_block_racing_a_new_order_keeps_the_category_count_exact(db, db_url, m
     second = "create" if first == "block" else "block"
     with psycopg.connect(db_url) as one, psycopg.connect(db_url) as two:
         one.execute(statements[first], params)           # holds its row locks, uncommitted
-        pid = two.info.backend_pid
-        worker = threading.Thread(target=lambda: (two.execute(statements[second], params), two.commit()))
-        worker.start()
-        wait_until_blocked(db, pid)
-        one.commit()
-        worker.join(timeout=10)
+        outcome = run_while_one_waits(db, holder=one, then=("SELECT 1", None),
+                                      waiter=two, waiting=(statements[second], params))
+    assert outcome == {"holder": "committed", "waiter": "committed"}
     count = db.execute("SELECT open_orders FROM categories WHERE slug = 'design'").fetchone()["open_orders"]
     assert count == 0
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
@@ -1142,24 +1139,12 @@ def test_a_block_racing_a_new_offer_leaves_the_blocked_performer_no_offer(db, db
     statements = {"block": "UPDATE users SET is_blocked = true WHERE id = %(performer_id)s",
                   "offer": Q["offer_submit"]}
     second = "offer" if first == "block" else "block"
-    ended = {}
-
-    def run_second(connection):
-        try:
-            connection.execute(statements[second], params)
-            connection.commit()
-            ended[second] = "committed"
-        except psycopg.Error as err:
-            ended[second] = type(err).__name__
-
     with psycopg.connect(db_url) as one, psycopg.connect(db_url) as two:
         one.execute(statements[first], params)           # holds its row locks, uncommitted
-        worker = threading.Thread(target=run_second, args=(two,))
-        worker.start()
-        wait_until_blocked(db, two.info.backend_pid)
-        one.commit()
-        worker.join(timeout=10)
-    assert ended == {"offer": "CheckViolation"} if first == "block" else {"block": "committed"}
+        outcome = run_while_one_waits(db, holder=one, then=("SELECT 1", None),
+                                      waiter=two, waiting=(statements[second], params))
+    # the offer waits for the block and is refused, or the block waits for the offer and goes through
+    assert outcome == {"holder": "committed", "waiter": "CheckViolation" if first == "block" else "committed"}
     assert db.execute("SELECT count(*) AS n FROM offers WHERE status = 'active'").fetchone()["n"] == 0
     assert db.execute("SELECT offers_active FROM orders WHERE id = %s", (order["id"],)).fetchone()["offers_active"] == 0
     assert db.execute("SELECT * FROM audit_counters()").fetchall() == []
