@@ -1,6 +1,6 @@
 """CPU per request of one page, in process (no HTTP, no gunicorn): the app's own cost and a
 cProfile of it. `python bench/cpu.py /orders [--cookie …] [--orders 10000] [--n 2000] [--top 30]`
-against the bench database (bench/out/pgdata)."""
+against the bench database (bench/out/pgdata). SORT=cumulative sorts the profile by cumulative time."""
 import argparse
 import cProfile
 import io
@@ -53,7 +53,7 @@ def main():
         call(birzha.app, args.path, args.cookie)
     profile.disable()
     stats = pstats.Stats(profile)
-    stats.sort_stats("tottime").print_stats(args.top)
+    stats.sort_stats(os.environ.get("SORT", "tottime")).print_stats(args.top)
 
 
 if __name__ == "__main__":

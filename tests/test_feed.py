@@ -219,7 +219,7 @@ def test_only_signed_in_performers_see_take_buttons(client, make_client, make_us
 
 
 def test_kept_cards_follow_the_viewer_the_language_and_the_row(make_client, db, make_user, make_order, sign_in):
-    """The feed's cards are rendered once and kept (web.order_card): each performer still gets
+    """The feed's cards are rendered once and kept (web.order_cards): each performer still gets
     their own CSRF token in a card's take form (and the take works with it), each language its
     own words, and a changed order its new card."""
     order_id = make_order(make_user("customer"), title="Kept card")["id"]
