@@ -138,7 +138,7 @@ def render_dashboard(status=200, values=None, errors=None):
     return render("admin_dashboard.html", status=status, section="dashboard", figures=figures,
                   figures_html=figures_html(figures),
                   disputes_badge={"n": read["disputes_n"], "cap": read["disputes_cap"]},
-                  top=db_all("admin_top_performers"), audit=audit,
+                  top=read["top_performers"], audit=audit,
                   values=values or {}, errors=errors or {})
 
 

@@ -10,8 +10,8 @@ import time
 from bottle import request
 
 import files
-from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_user, db_all,
-                 db_one, db_run, error_response, link, login_required, not_found, redirect, render,
+from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_lang, current_user,
+                 db_all, db_one, db_run, error_response, link, login_required, not_found, redirect, render,
                  reread_unread_counts, role_required, safe_next)
 
 routes = Routes()
@@ -843,6 +843,16 @@ def keyset_links(base, params, rows, key):
             "first_url": link(base, params) if request.query.get("after") else None}, shown
 
 
+def render_customer_cabinet(user, **page):
+    """A customer cabinet's tab with its counters and the form of a new order (one statement reads
+    the counters and the categories the form offers)."""
+    aside = db_one("customer_cabinet_aside", customer_id=user["id"])
+    stats = {key: value for key, value in aside.items() if not key.startswith("category_")}
+    names = aside["category_names_" + current_lang()]
+    return render("cabinet_customer.html", stats=stats, category_names=dict(zip(aside["category_slugs"], names)),
+                  **page)
+
+
 def render_performer_cabinet(user, **page):
     """A performer cabinet's tab with its counters and latest reviews (one statement: each row has
     the counters and a review, or no review on the one row of a performer without any)."""
@@ -869,8 +879,7 @@ def cabinet():
     links, orders = keyset_links("/cabinet", params, rows, "created_at")
     page = {"orders": orders, "offers": None, "tab": status, **links}
     if user["role"] == "customer":
-        return render("cabinet_customer.html", stats=db_one("customer_stats_read", customer_id=user["id"]),
-                      category_names=dict(category_options()), **page)
+        return render_customer_cabinet(user, **page)
     return render_performer_cabinet(user, **page)
 
 

@@ -940,10 +940,31 @@ def test_dashboard_counts_chart_and_counter_drift(db, staff_client, make_user, m
     for chart in charts:
         heights = [int(h) for h in re.findall(r'<rect x="\d+" y="\d+" width="\d+" height="(\d+)"', chart)]
         assert len(heights) == 30 and heights[-1] == admin.CHART_HEIGHT and heights[:-1] == [0] * 29
-    assert "Top Vera" in page.text
     assert "have not been checked yet" in text_of(page)
     assert staff_client.post_form("/admin/counters/check").status_int == 303
     assert "Every counter matches a recount." in text_of(staff_client.get("/admin"))
+
+
+def test_dashboard_lists_the_best_performers_first_with_their_stored_average(db, staff_client, make_user,
+                                                                            make_order):
+    customer = make_user("customer")
+    vera = make_user("performer", name="Top Vera")
+    sam = make_user("performer", name="Second Sam")
+    idle = make_user("performer", name="Idle Ivan")
+    make_order(customer, performer=vera, status="done", rating=9)
+    make_order(customer, performer=sam, status="done", rating=7)
+    make_order(customer, performer=sam, status="done", rating=8)
+    make_order(customer, performer=sam, status="in_progress")
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (sam["id"],))
+    page = staff_client.get("/admin").text
+    top = page[page.index("Top performers"):page.index("Counter audit")]
+    rows = re.findall(r'<td><a href="/admin/users/(\d+)">([^<]*)</a>(.*?)</td>\s*<td>([^<]*)</td>\s*'
+                      r'<td>(\d+)</td>\s*<td>(\d+)</td>\s*<td>(\d+)</td>', top, flags=re.S)
+    assert [(int(r[0]), r[1], "blocked" in r[2], *r[3:]) for r in rows] == [
+        (vera["id"], "Top Vera", False, "9.00", "1", "1", "0"),
+        (sam["id"], "Second Sam", True, "7.50", "2", "2", "1"),
+        (idle["id"], "Idle Ivan", False, "—", "0", "0", "0"),
+    ]
 
 
 def test_dashboard_figures_are_the_stored_ones_until_the_tick_or_check_now_computes_them_again(
