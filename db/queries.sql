@@ -1072,7 +1072,9 @@ FROM newest
 
 -- name: performer_orders_page
 -- A performer's orders, newest first, optionally of one status; keyset page after (created_at, id).
-SELECT o.id, o.title, o.budget, o.agreed_price, o.deadline, o.status, o.created_at, o.delivered_at,
+-- The time of handing in only while it waits for the customer (the row shows it then alone).
+SELECT o.id, o.title, o.budget, o.agreed_price, o.deadline, o.status, o.created_at,
+       CASE WHEN o.status = 'delivered' THEN o.delivered_at END AS delivered_at,
        CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
        c.slug AS category_slug, c.name_ru AS category_name_ru, c.name_en AS category_name_en
 FROM orders o
