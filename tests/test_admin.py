@@ -1013,6 +1013,25 @@ def test_kept_dashboard_figures_follow_the_stored_figures_and_the_language(db, s
     assert "Новые заказы по дням" not in page
 
 
+def test_kept_admin_navigation_marks_the_page_it_is_on_in_the_viewers_language(db, staff_client, make_user,
+                                                                                make_order):
+    """The admin area's navigation is kept per worker (kept.html admin_nav), under its section, the
+    disputes' count and the language."""
+    def marked(page):
+        nav = page[page.index('class="tabs admin-nav"'):]
+        nav = nav[:nav.index("</nav>")]
+        return (re.findall(r'<a href="([^"]+)" class="active" aria-current="page">', nav),
+                re.findall(r'title="([^"]+)">(\d+)</span>', nav))
+
+    assert marked(staff_client.get("/admin").text) == (["/admin"], [])
+    assert marked(staff_client.get("/admin/users").text) == (["/admin/users"], [])
+    assert marked(staff_client.get("/admin/log").text) == (["/admin/log"], [])
+    make_order(make_user("customer"), performer=make_user("performer"), status="disputed")
+    assert marked(staff_client.get("/admin/users").text) == (["/admin/users"], [("Open disputes", "1")])
+    russian = staff_client.get("/admin/users", headers={"Accept-Language": "ru"}).text
+    assert marked(russian) == (["/admin/users"], [("Открытые споры", "1")]) and "Журнал действий" in russian
+
+
 def counter_of(page, href):
     """The number of the dashboard counter that links to href."""
     return int(re.search(r'<a class="counter" href="%s"><b>(\d+)</b>' % re.escape(href), page).group(1))
