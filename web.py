@@ -131,12 +131,12 @@ def readable_headers(environ):
 def readable_cookies(environ):
     """Drops from the Cookie header each cookie that Python's parser refuses (a name such as
     `a@b` makes it refuse the whole header, and Bottle with it: a 500 on every page); the others
-    are kept as they came."""
+    are kept as they came. A header that parses is parsed here once, by Bottle, which keeps it."""
     raw = environ.get("HTTP_COOKIE")
     if not raw:
         return
     try:
-        http.cookies.SimpleCookie(raw)
+        bottle.BaseRequest(environ).cookies
         return
     except http.cookies.CookieError:
         pass
