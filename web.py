@@ -638,7 +638,7 @@ def order_cards(orders, viewer=None, excerpt=False):
     token = csrf_token() if performer else None
     lang, shown = current_lang(), moments_shown()
     return safe_lines([
-        _kept(lang, "macros.html", "order_card_html", tuple(order.items()),
+        _kept(lang, "macros.html", "order_card_html", tuple(order), tuple(order.values()),
               (shown(order["created_at"]), performer, token if order["mode"] != "offers" else None, excerpt))
         for order in orders])
 
@@ -648,7 +648,7 @@ def kept(template_name, macro, row, *shown):
     of: the language, the row, and the other arguments, `shown` (the row's moments as this viewer
     sees them, a token). So the macro reads nothing else, no request and no viewer. The twenty
     rows of a list were most of its page's Python."""
-    return _kept(current_lang(), template_name, macro, tuple(row.items()), shown)
+    return _kept(current_lang(), template_name, macro, tuple(row), tuple(row.values()), shown)
 
 
 def kept_each(template_name, macro, rows, moments=(), *shown):
@@ -658,7 +658,8 @@ def kept_each(template_name, macro, rows, moments=(), *shown):
     every row."""
     lang, moment = current_lang(), moments_shown()
     return safe_lines([
-        _kept(lang, template_name, macro, tuple(row.items()), (*[moment(row[key]) for key in moments], *shown))
+        _kept(lang, template_name, macro, tuple(row), tuple(row.values()),
+              (*[moment(row[key]) for key in moments], *shown))
         for row in rows])
 
 
@@ -669,8 +670,8 @@ def safe_lines(parts):
 
 
 @functools.lru_cache(maxsize=4096)
-def _kept(lang, template_name, macro, items, shown):
-    return getattr(template(template_name, lang).module, macro)(dict(items), *shown)
+def _kept(lang, template_name, macro, columns, values, shown):
+    return getattr(template(template_name, lang).module, macro)(dict(zip(columns, values)), *shown)
 
 
 def link(base, params, **changes):
