@@ -854,11 +854,10 @@ def render_customer_cabinet(user, **page):
 
 
 def render_performer_cabinet(user, **page):
-    """A performer cabinet's tab with its counters and latest reviews (one statement: each row has
-    the counters and a review, or no review on the one row of a performer without any)."""
-    aside = db_all("performer_cabinet_aside", performer_id=user["id"])
-    reviews = aside if aside[0]["id"] is not None else []
-    return render("cabinet_performer.html", stats=aside[0], reviews=reviews, **page)
+    """A performer cabinet's tab with its counters and latest reviews (one statement: the counters'
+    row, then a row per review)."""
+    stats, *reviews = db_all("performer_cabinet_aside", performer_id=user["id"])
+    return render("cabinet_performer.html", stats=stats, reviews=reviews, **page)
 
 
 @routes.get("/cabinet", read_only=True)

@@ -435,24 +435,25 @@ LIMIT 21
 -- (end of the accounts section)
 
 -- name: performer_cabinet_aside
--- The performer cabinet's counters and the twenty ratings and reviews the performer received last
--- (hidden ones left out), in one statement: each row has the counters and one review, newest
--- first; a performer without reviews gets one row, its review columns NULL.
-SELECT s.orders_completed, s.orders_in_progress, s.orders_delivered, s.orders_disputed, s.rating_avg,
-       s.rating_count, r.id, r.title, r.rating, r.review, r.rated_at, r.customer_name
+-- The performer cabinet's counters, then the twenty ratings and reviews the performer received
+-- last (hidden ones left out), newest first, in one statement. Each row has the columns of both,
+-- the other's NULL: the counters' row first (part 0), then a row per review (part 1), which so
+-- carries none of the counters (its kept card is keyed by the review alone).
+SELECT 0 AS part, s.orders_completed, s.orders_in_progress, s.orders_delivered, s.orders_disputed,
+       s.rating_avg, s.rating_count, NULL::bigint AS id, NULL::text AS title, NULL::smallint AS rating,
+       NULL::text AS review, NULL::timestamptz AS rated_at, NULL::text AS customer_name
 FROM performer_stats s
-LEFT JOIN LATERAL (
-    SELECT o.id, o.title, o.rating, o.review, o.rated_at, cu.name AS customer_name
-    FROM orders o
-    JOIN users cu ON cu.id = o.customer_id
-    WHERE o.performer_id = s.performer_id
-      AND o.rating IS NOT NULL
-      AND NOT o.review_hidden
-    ORDER BY o.rated_at DESC, o.id DESC
-    LIMIT 20
-) AS r ON true
 WHERE s.performer_id = %(performer_id)s
-ORDER BY r.rated_at DESC, r.id DESC
+UNION ALL
+(SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, o.id, o.title, o.rating, o.review, o.rated_at, cu.name
+ FROM orders o
+ JOIN users cu ON cu.id = o.customer_id
+ WHERE o.performer_id = %(performer_id)s
+   AND o.rating IS NOT NULL
+   AND NOT o.review_hidden
+ ORDER BY o.rated_at DESC, o.id DESC
+ LIMIT 20)
+ORDER BY part, rated_at DESC, id DESC
 
 -- name: performer_stats_read
 SELECT orders_completed, orders_in_progress, orders_delivered, orders_disputed, rating_avg, rating_count
