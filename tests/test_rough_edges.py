@@ -1,11 +1,13 @@
 """The rough edges a person meets in a real browser (issue 12), checked in-process through WebTest."""
 import datetime
 import re
+import zoneinfo
 
 import pytest
 
 from conftest import text_of
 from db import Q
+import web
 
 VALID_ORDER = {"title": "Logo for a coffee shop", "description": "Warm colours, a simple sign.",
                "category": "design", "budget": "5000", "deadline": ""}
@@ -128,6 +130,25 @@ def test_dates_show_in_the_viewers_time_zone_recent_ones_relative(client, make_u
     client.set_cookie("lang", "ru")
     assert "2 часа назад</time>" in token_made(now - datetime.timedelta(hours=2, minutes=5))
     assert "21 минуту назад</time>" in token_made(now - datetime.timedelta(minutes=21, seconds=5))
+
+
+def test_a_moment_reads_the_same_whatever_time_zone_it_comes_in():
+    """A list's dates (web.moments_shown) are worked out the fast way for psycopg's UTC, and the
+    exact way for any other zone: the same words either way, in any order."""
+    with web.language("ru"):
+        shown = web.moments_shown()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    zones = [datetime.timezone.utc, zoneinfo.ZoneInfo("Etc/UTC"), zoneinfo.ZoneInfo("America/New_York"),
+             zoneinfo.ZoneInfo("UTC"), zoneinfo.ZoneInfo("Europe/Berlin"), datetime.timezone.utc]
+    for ago, words in ((datetime.timedelta(minutes=5, seconds=10), ">5 минут назад<"),
+                       (datetime.timedelta(hours=2, minutes=1), ">2 часа назад<"),
+                       (datetime.timedelta(days=3), None)):
+        moment = now - ago
+        forms = {str(shown(moment.astimezone(zone))) for zone in zones}
+        assert len(forms) == 1, (ago, forms)
+        form = forms.pop()
+        assert f'datetime="{moment.isoformat(timespec="seconds")}"' in form, form
+        assert (words in form) if words else ("назад" not in form), form
 
 
 def test_staff_are_badged_as_staff_and_the_history_reads_cleanly(client, make_user, make_order, sign_in, db):
