@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import secrets
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -255,8 +256,15 @@ def main():
                 print("| scenario | req/s | p50 ms | p99 ms | errors | /healthz req/s just before | share of the floor "
                       "| CPU ms per request (app + PostgreSQL) | worker RSS MiB |")
                 print("|---|---|---|---|---|---|---|---|---|")
-            rows.append(row)
+            rows.append((label, result["rps"], floor["rps"]))
             print(row, flush=True)
+    # A floor read for 5 s moves by ±10% from one reading to the next: against their median, a
+    # scenario's share does not move with the one reading taken just before it.
+    median = statistics.median(floor for _label, _rps, floor in rows)
+    print(f"\n| scenario | share of the run's median floor ({median:.0f} req/s, of {len(rows)} readings) |")
+    print("|---|---|")
+    for label, rps, _floor in rows:
+        print(f"| {label.split(' (')[0] if label.startswith('write mix') else label} | {rps / median:.0%} |")
 
 
 if __name__ == "__main__":
