@@ -92,6 +92,15 @@ def test_language_follows_accept_language_and_the_switch(client):
     assert 'lang="ru"' in page.text and "Открытые заказы" in page.text
     assert client.get("/lang/xx", status=404)
     assert client.get("/lang/en?next=//evil.example/x", status=303).headers["Location"].endswith("/")
+    # the switch marks the page's language and leads to the other one on the same page, query and all
+    page = client.get("/orders?category=design&sort=budget").text
+    switch = re.search(r'<span class="lang-switch">(.*?)</span>', page, flags=re.S).group(1)
+    assert re.findall(r"<strong>(\w+)</strong>", switch) == ["EN"]
+    links = re.findall(r'<a href="([^"]+)" hreflang="(\w+)">(\w+)</a>', switch)
+    assert links == [("/lang/ru?next=/orders%3Fcategory%3Ddesign%26sort%3Dbudget", "ru", "RU")], switch
+    back = client.get(links[0][0].replace("&amp;", "&"), status=303).headers["Location"]
+    assert back.endswith("/orders?category=design&sort=budget")
+    assert 'lang="ru"' in client.get(back).text
 
 
 def test_constant_messages_are_translated_when_a_template_is_compiled():
