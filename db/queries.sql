@@ -435,8 +435,9 @@ LIMIT 21
 -- (end of the accounts section)
 
 -- name: performer_cabinet_aside
--- The performer cabinet's counters, then the twenty ratings and reviews the performer received
--- last (hidden ones left out), newest first, in one statement. Each row has the columns of both,
+-- The performer cabinet's counters, then the five ratings and reviews the performer received
+-- last (hidden ones left out), newest first, in one statement. The public profile pages them
+-- all; the cabinet links there (twenty cards here were a sixth of the page's work). Each row has the columns of both,
 -- the other's NULL: the counters' row first (part 0), then a row per review (part 1), which so
 -- carries none of the counters (its kept card is keyed by the review alone).
 SELECT 0 AS part, s.orders_completed, s.orders_in_progress, s.orders_delivered, s.orders_disputed,
@@ -452,7 +453,7 @@ UNION ALL
    AND o.rating IS NOT NULL
    AND NOT o.review_hidden
  ORDER BY o.rated_at DESC, o.id DESC
- LIMIT 20)
+ LIMIT 5)
 ORDER BY part, rated_at DESC, id DESC
 
 -- name: performer_stats_read

@@ -139,19 +139,29 @@ def test_performer_cabinet_has_a_tab_per_status_the_counters_and_a_way_to_hand_i
     db.execute("SELECT recalc_counters()")
 
 
-def test_performer_cabinet_shows_the_twenty_latest_reviews_newest_first_without_hidden_ones(
+def test_performer_cabinet_shows_the_five_latest_reviews_and_links_to_all_on_the_profile(
         client, sign_in, db, make_user, make_order):
     vera, gleb, anna = make_user("performer"), make_user("performer"), make_user("customer")
     rated = [make_order(anna, performer=vera, status="done", rating=1 + n % 10, review=f"Review number {n:02}",
                         title=f"Rated order {n:02}") for n in range(23)]
     db.execute("UPDATE orders SET review_hidden = true WHERE id = %s", (rated[-1]["id"],))
-    page = text_of(sign_in(client, vera).get("/cabinet"))
-    shown = re.findall(r"Review number (\d\d)", page)
-    assert shown == [f"{n:02}" for n in range(21, 1, -1)]  # 22 is hidden, 0 and 1 are older than twenty
-    assert "23 completed" in page and "average of 22 ratings" in page
+    sign_in(client, vera)
+    page = client.get("/cabinet")
+    shown = re.findall(r"Review number (\d\d)", text_of(page))
+    assert shown == ["21", "20", "19", "18", "17"]  # 22 is hidden
+    assert "23 completed" in text_of(page) and "average of 22 ratings" in text_of(page)
+    link = page.html.find("a", string=re.compile("All ratings"))
+    assert link.get_text(strip=True) == "All ratings (22) on your public profile →"
+    profile = client.get(link["href"])
+    assert profile.request.path == f"/performers/{vera['id']}" and link["href"].endswith("#reviews")
+    assert 'id="reviews"' in profile.text and "Review number 02" in profile.text
+    # no link while the cabinet shows them all
+    db.execute("UPDATE orders SET review_hidden = true WHERE id = ANY(%s)", ([o["id"] for o in rated[:18]],))
+    page = text_of(client.get("/cabinet"))
+    assert re.findall(r"Review number (\d\d)", page) == ["21", "20", "19", "18"] and "All ratings" not in page
     sign_in(client, gleb)
     page = text_of(client.get("/cabinet"))
-    assert "No ratings yet." in page and "0 completed" in page and "Review number" not in page
+    assert "No ratings yet." in page and "0 completed" in page and "Review number" not in page and "All ratings" not in page
 
 
 def test_kept_cabinet_rows_follow_the_order_the_language_and_the_viewers_time_zone(
