@@ -931,9 +931,10 @@ LIMIT 21
 -- Where the window is most of the open orders (3,377 at 10,000 orders), the plan kept reads the
 -- whole window by a bitmap and sorts it (1.4 ms): bounded by the edge all the same.
 -- The values are read through subqueries, so the plans made for the first calls' values cost
--- what the generic one does (see orders_feed_newest).
+-- what the generic one does (see orders_feed_newest). The matches carry the columns the page
+-- shows (those of feed_orders), so its 21 are not looked up again by id (0.33 -> 0.30 ms a call).
 WITH window_matches AS MATERIALIZED (
-    SELECT o.id, o.created_at
+    SELECT o.id, o.title, o.description, o.budget, o.deadline, o.created_at, o.mode, o.offers_active, o.category_id
     FROM orders o
     JOIN users u ON u.id = o.customer_id
     WHERE o.status = 'open'
@@ -948,15 +949,13 @@ WITH window_matches AS MATERIALIZED (
     ORDER BY o.created_at DESC, o.id DESC
     LIMIT feed_count_cap() + 1
 )
-SELECT f.*,
+SELECT m.id, m.title, left(m.description, 240) AS excerpt, m.budget, m.deadline, m.created_at, m.mode,
+       m.offers_active, m.category_id,
        (SELECT count(*) FROM window_matches) AS window_matches,
        feed_count_cap() AS matches_cap
-FROM feed_orders f
-WHERE f.id IN (SELECT m.id
-               FROM window_matches m
-               ORDER BY m.created_at DESC, m.id DESC
-               LIMIT 21)
-ORDER BY f.created_at DESC, f.id DESC
+FROM window_matches m
+ORDER BY m.created_at DESC, m.id DESC
+LIMIT 21
 
 -- name: orders_feed_window_edge
 -- The %(window)s-th open order after the feed cursor, or nothing when fewer are left: a search

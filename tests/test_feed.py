@@ -486,6 +486,8 @@ def test_a_search_newest_first_keeps_one_plan_that_walks_the_window_and_counts_i
             assert matching and "websearch_to_tsquery" not in matching[0], matching
             assert not [node for node in nodes if node.get("Index Name") == "orders_search_idx"
                         or "Gather" in node["Node Type"]], nodes[0]
+            # the page's rows come with the matches: orders is not read again by id
+            assert [node.get("Relation Name") for node in nodes].count("orders") == 1, nodes[0]
     assert db.execute("SELECT reloptions FROM pg_class WHERE relname = 'orders'").fetchone()["reloptions"].count(
         "parallel_workers=0") == 1
 
