@@ -2,10 +2,12 @@
 recommends for production), each right after a run of the /healthz floor, in one table.
 
 Builds (or reuses) the bench data set in bench/out/pgdata (1,000,000 orders, 100,000 users: see
-seed.py), starts gunicorn on 127.0.0.1, and for each scenario runs `wrk -t2 -cCONNS` (reads) or a
-Python load generator (the write mix over the API: create, take, deliver, accept with a rating).
-CPU per request is read from /proc (utime + stime) of gunicorn's processes and of PostgreSQL's.
-Usage: python bench/run.py [--orders N] [--seconds S] [--floor-seconds S] [--connections C] [--only WORD]
+seed.py), starts gunicorn on 127.0.0.1, and for each scenario runs `wrk -t2 -cCONNS` (reads) or
+the write mix over the API (wrk with writes.lua: create, take, deliver, accept with a rating, in
+rounds of S seconds until at least --writes writes went through; the search is measured again
+right after them). CPU per request is read from /proc (utime + stime) of gunicorn's processes and
+of PostgreSQL's.
+Usage: python bench/run.py [--orders N] [--seconds S] [--floor-seconds S] [--connections C] [--writes N] [--only WORD]
 """
 import argparse
 import datetime
@@ -172,14 +174,22 @@ def wrk_result(out):
             "errors": (int(errors.group(1)) if errors else 0) + (sum(map(int, socket.groups())) if socket else 0)}
 
 
-def write_mix(url, pairs, seconds):
+def write_mix(url, pairs, seconds, writes):
     """The write mix (bench/writes.lua): one wrk thread and connection per pair of a customer and a
-    performer, each walking its orders through create, take, deliver and accept over the API."""
+    performer, each walking its orders through create, take, deliver and accept over the API; in
+    rounds of `seconds` until at least `writes` went through (wrk stops by time, not by count).
+    One result for them all: req/s over their time, the median p50 and the highest p99."""
     tokens = ";".join(f"{customer},{performer}" for customer, performer in pairs)
     env = dict(os.environ, BENCH_WRITE_TOKENS=tokens)
     command = ["wrk", f"-t{len(pairs)}", f"-c{len(pairs)}", f"-d{seconds}s", "--latency", "--timeout", "5s",
                "-s", str(Path(__file__).with_name("writes.lua")), url]
-    return wrk_result(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
+    rounds = []
+    while not rounds or sum(r["requests"] - r["errors"] for r in rounds) < writes:
+        rounds.append(wrk_result(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout))
+    requests = sum(r["requests"] for r in rounds)
+    return {"requests": requests, "rps": requests / (seconds * len(rounds)), "rounds": len(rounds),
+            "p50": statistics.median(r["p50"] for r in rounds), "p99": max(r["p99"] for r in rounds),
+            "errors": sum(r["errors"] for r in rounds)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +224,8 @@ def main():
     parser.add_argument("--floor-seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--writes", type=int, default=20_000,
+                        help="the write mix goes on until this many writes (issue 13: the search right after 20,000)")
     parser.add_argument("--only")
     args = parser.parse_args()
     _server, url = bench_database(args.orders)
@@ -231,21 +243,26 @@ def main():
         for label, path, headers in scenarios(params):
             if args.only and args.only not in label:
                 continue
-            floor = wrk(web.base + "/healthz", args.floor_seconds, args.connections)
+            # the search right after the writes comes right after them: its floor is read after it
+            right_after = label.endswith("right after the write mix")
+            if not right_after:
+                floor = wrk(web.base + "/healthz", args.floor_seconds, args.connections)
             before = cpu.snapshot()
             if path is None:
                 with psycopg.connect(url) as c:
                     written_before = c.execute("SELECT count(*) FROM order_history").fetchone()[0]
-                result = write_mix(web.base + "/", params["pairs"], args.seconds)
+                result = write_mix(web.base + "/", params["pairs"], args.seconds, args.writes)
                 with psycopg.connect(url) as c:
                     written = c.execute("SELECT count(*) FROM order_history").fetchone()[0] - written_before
                     drift = c.execute("SELECT count(*) FROM audit_counters()").fetchone()[0]
-                done = result["requests"] - result["errors"]
-                label += (f" ({done:,} writes, {done / args.seconds:.0f}/s; {written:,} order_history rows; "
+                done, spent = result["requests"] - result["errors"], args.seconds * result["rounds"]
+                label += (f" ({done:,} writes in {spent} s, {done / spent:.0f}/s; {written:,} order_history rows; "
                           f"audit_counters(): {drift} rows)")
             else:
                 result = wrk(web.base + path, args.seconds, args.connections, headers)
             after = cpu.snapshot()
+            if right_after:
+                floor = wrk(web.base + "/healthz", args.floor_seconds, args.connections)
             app_ms = Cpu.spent(before[0], after[0]) * 1000 / max(result["requests"], 1)
             pg_ms = Cpu.spent(before[1], after[1]) * 1000 / max(result["requests"], 1)
             rss = [round(psutil.Process(pid).memory_info().rss / 2**20) for pid in web.worker_pids()]
@@ -253,7 +270,7 @@ def main():
                    f"{result['errors']} | {floor['rps']:.0f} | {result['rps'] / max(floor['rps'], 1):.0%} | "
                    f"{app_ms:.2f} + {pg_ms:.2f} | {'/'.join(map(str, rss))} |")
             if not rows:
-                print("| scenario | req/s | p50 ms | p99 ms | errors | /healthz req/s just before | share of the floor "
+                print("| scenario | req/s | p50 ms | p99 ms | errors | /healthz req/s just before (after, for the search after the writes) | share of the floor "
                       "| CPU ms per request (app + PostgreSQL) | worker RSS MiB |")
                 print("|---|---|---|---|---|---|---|---|---|")
             rows.append((label, result["rps"], floor["rps"]))
