@@ -240,11 +240,12 @@ def main():
     rows = []
     with Gunicorn(url, port=PORT, workers=2) as web:
         cpu = Cpu(web.process.pid)
+        wrote = False  # the scenario just run was the write mix
         for label, path, headers in scenarios(params):
             if args.only and args.only not in label:
                 continue
-            # the search right after the writes comes right after them: its floor is read after it
-            right_after = label.endswith("right after the write mix")
+            # the scenario after the write mix comes right after the writes: its floor is read after it
+            right_after, wrote = wrote, path is None
             if not right_after:
                 floor = wrk(web.base + "/healthz", args.floor_seconds, args.connections)
             before = cpu.snapshot()
