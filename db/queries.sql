@@ -437,9 +437,9 @@ LIMIT 21
 -- name: performer_cabinet_aside
 -- The performer cabinet's counters, then the five ratings and reviews the performer received
 -- last (hidden ones left out), newest first, in one statement. The public profile pages them
--- all; the cabinet links there (twenty cards here were a sixth of the page's work). Each row has the columns of both,
--- the other's NULL: the counters' row first (part 0), then a row per review (part 1), which so
--- carries none of the counters (its kept card is keyed by the review alone).
+-- all; the cabinet links there (twenty cards here were a sixth of the page's work). Each row has
+-- the columns of both, the other's NULL: the counters' row first (part 0), then a row per review
+-- (part 1), which so carries none of the counters (its kept card is keyed by the review alone).
 SELECT 0 AS part, s.orders_completed, s.orders_in_progress, s.orders_delivered, s.orders_disputed,
        s.rating_avg, s.rating_count, NULL::bigint AS id, NULL::text AS title, NULL::smallint AS rating,
        NULL::text AS review, NULL::timestamptz AS rated_at, NULL::text AS customer_name
