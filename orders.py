@@ -846,11 +846,9 @@ def keyset_links(base, params, rows, key):
 def render_customer_cabinet(user, **page):
     """A customer cabinet's tab with its counters and the form of a new order (one statement reads
     the counters and the categories the form offers)."""
-    aside = db_one("customer_cabinet_aside", customer_id=user["id"])
-    stats = {key: value for key, value in aside.items() if not key.startswith("category_")}
-    names = aside["category_names_" + current_lang()]
-    return render("cabinet_customer.html", stats=stats, category_names=dict(zip(aside["category_slugs"], names)),
-                  **page)
+    stats = db_one("customer_cabinet_aside", customer_id=user["id"], lang=current_lang())
+    category_names = dict(stats.pop("category_pairs"))
+    return render("cabinet_customer.html", stats=stats, category_names=category_names, **page)
 
 
 def render_performer_cabinet(user, **page):

@@ -483,18 +483,15 @@ FROM customer_stats
 WHERE customer_id = %(customer_id)s
 
 -- name: customer_cabinet_aside
--- The customer cabinet's counters and, for its form of a new order, the visible categories (as
--- categories_list gives them: slugs and both names, by id), in one statement.
+-- The customer cabinet's counters and, for its form of a new order, the visible categories by id
+-- as (slug, name in the viewer's language) pairs, in one statement (the categories once, both
+-- names sorted three times over, were a third of it).
 SELECT s.orders_placed, s.orders_open, s.orders_in_progress, s.orders_delivered, s.orders_disputed,
        s.orders_done, s.orders_cancelled,
-       coalesce(v.slugs, '{}') AS category_slugs,
-       coalesce(v.names_ru, '{}') AS category_names_ru,
-       coalesce(v.names_en, '{}') AS category_names_en
+       coalesce(v.pairs, '{}') AS category_pairs
 FROM customer_stats s
 CROSS JOIN LATERAL (
-    SELECT array_agg(c.slug ORDER BY c.id) AS slugs,
-           array_agg(c.name_ru ORDER BY c.id) AS names_ru,
-           array_agg(c.name_en ORDER BY c.id) AS names_en
+    SELECT array_agg(ARRAY[c.slug, CASE %(lang)s WHEN 'en' THEN c.name_en ELSE c.name_ru END] ORDER BY c.id) AS pairs
     FROM categories c
     WHERE NOT c.is_hidden
 ) AS v

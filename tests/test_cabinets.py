@@ -196,6 +196,11 @@ def test_kept_cabinet_rows_follow_the_order_the_language_and_the_viewers_time_zo
     db.execute("UPDATE categories SET name_en = 'Design and art' WHERE slug = 'design'")
     page = customer.get("/cabinet").text
     assert '<option value="design" >Design and art</option>' in page and "Kept row</a><div class=\"meta\">Design and art" in page
+    # the form of a new order offers the visible categories in their order, a hidden one no more
+    db.execute("UPDATE categories SET is_hidden = true WHERE slug = 'business'")
+    visible = [row["slug"] for row in db.execute("SELECT slug FROM categories WHERE NOT is_hidden ORDER BY id")]
+    assert re.findall(r'<option value="([a-z-]+)"', customer.get("/cabinet").text) == visible
+    assert "business" not in visible and len(visible) >= 5
     # the counters, the tabs and the performer's ratings beside the orders are kept too
     assert re.search(r'href="/cabinet\?status=done"><b>1</b><span>done', page)
     assert '<a href="/cabinet" class="active">All</a>' in page
