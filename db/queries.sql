@@ -1801,11 +1801,13 @@ WHERE user_id = %(user_id)s
 -- performer" in one condition no index gave the order, and every conversation of the user was
 -- joined and sorted (0.6 ms for 200, growing with them). The walk takes the columns shown with
 -- it, so the page is not looked up again (that join read the whole table by a hash where it is
--- small: a third of the statement). The inbox shows the last message's first 140 characters
--- (Jinja's truncate(140) reads no further than 145): 200 are enough.
+-- small: a third of the statement). Each conversation keeps its last message's first 200
+-- characters and sender (messages_guard), so no message is read: looking each page's last message
+-- up was 6% of the inbox's CPU under load (bench/ab.py). The inbox shows 140 of them
+-- (Jinja's truncate(140) reads no further than 145).
 WITH mine AS (
     (SELECT k.id, k.order_id, k.customer_id, k.performer_id, k.last_message_at, k.message_count,
-            k.customer_unread AS unread
+            k.customer_unread AS unread, k.last_message_excerpt, k.last_sender_id
      FROM conversations k
      WHERE k.customer_id = %(user_id)s
        AND k.message_count > 0
@@ -1814,7 +1816,7 @@ WITH mine AS (
      LIMIT %(limit)s)
     UNION ALL
     (SELECT k.id, k.order_id, k.customer_id, k.performer_id, k.last_message_at, k.message_count,
-            k.performer_unread AS unread
+            k.performer_unread AS unread, k.last_message_excerpt, k.last_sender_id
      FROM conversations k
      WHERE k.performer_id = %(user_id)s
        AND k.message_count > 0
@@ -1830,20 +1832,11 @@ WITH mine AS (
 SELECT c.id, c.order_id, o.title, c.customer_id, c.performer_id, cu.name AS customer_name,
        pu.name AS performer_name, c.last_message_at, c.message_count, c.unread,
        (o.status = 'open' OR o.performer_id = c.performer_id) AS goes_on,
-       last.body AS last_body, last.sender_id AS last_sender_id
+       c.last_message_excerpt AS last_body, c.last_sender_id
 FROM page c
 JOIN orders o ON o.id = c.order_id
 JOIN users cu ON cu.id = c.customer_id
 JOIN users pu ON pu.id = c.performer_id
-CROSS JOIN LATERAL (
-    -- LIMIT 1 keeps this a lookup per row of the page: joined plainly, a small messages table
-    -- was read whole into a hash
-    SELECT left(m.body, 200) AS body, m.sender_id
-    FROM messages m
-    WHERE m.conversation_id = c.id
-      AND m.seq = c.message_count
-    LIMIT 1
-) AS last
 ORDER BY c.last_message_at DESC, c.id DESC
 
 -- name: admin_log_conversation_read

@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (18);
+INSERT INTO schema_version (version) VALUES (19);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -1172,9 +1172,13 @@ CREATE TABLE conversations (
     performer_read_seq integer NOT NULL DEFAULT 0 CHECK (performer_read_seq >= 0),
     customer_unread    integer NOT NULL DEFAULT 0 CHECK (customer_unread >= 0),
     performer_unread   integer NOT NULL DEFAULT 0 CHECK (performer_unread >= 0),
+    last_message_excerpt text NOT NULL DEFAULT '' CHECK (length(last_message_excerpt) <= 200),
+    last_sender_id     bigint,
     FOREIGN KEY (performer_id, performer_role) REFERENCES users (id, role) ON DELETE CASCADE,
     CONSTRAINT conversations_one_per_performer UNIQUE (order_id, performer_id),
-    CONSTRAINT conversations_two_people CHECK (customer_id <> performer_id)
+    CONSTRAINT conversations_two_people CHECK (customer_id <> performer_id),
+    CONSTRAINT conversations_last_sender_is_one_of_them CHECK (last_sender_id IN (customer_id, performer_id)),
+    CONSTRAINT conversations_last_sender_iff_messages CHECK ((message_count = 0) = (last_sender_id IS NULL))
 );
 CREATE INDEX conversations_customer_idx ON conversations (customer_id, last_message_at DESC, id DESC);
 CREATE INDEX conversations_performer_idx ON conversations (performer_id, last_message_at DESC, id DESC);
@@ -1184,6 +1188,8 @@ COMMENT ON COLUMN conversations.customer_read_seq IS 'The customer has read the 
 COMMENT ON COLUMN conversations.performer_read_seq IS 'The performer has read the messages up to this seq; it only moves forward. performer_unread is recounted by conversations_guard when it moves.';
 COMMENT ON COLUMN conversations.customer_unread IS 'Messages from the performer with a seq after customer_read_seq: +1 with each one (messages_guard), recounted when the customer reads.';
 COMMENT ON COLUMN conversations.performer_unread IS 'Messages from the customer with a seq after performer_read_seq: +1 with each one (messages_guard), recounted when the performer reads.';
+COMMENT ON COLUMN conversations.last_message_excerpt IS 'The first 200 characters of the last message (seq = message_count), '''' before the first, for the inbox: set by messages_guard with each message (messages never change), so the inbox reads no message.';
+COMMENT ON COLUMN conversations.last_sender_id IS 'Who wrote the last message (one of the two people), NULL before the first; set with last_message_excerpt.';
 
 CREATE FUNCTION conversations_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -1218,6 +1224,8 @@ BEGIN
         NEW.performer_read_seq := 0;
         NEW.customer_unread := 0;
         NEW.performer_unread := 0;
+        NEW.last_message_excerpt := '';
+        NEW.last_sender_id := NULL;
         RETURN NEW;
     END IF;
     IF (NEW.order_id, NEW.customer_id, NEW.performer_id, NEW.created_at)
@@ -1246,7 +1254,7 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-COMMENT ON FUNCTION conversations_guard() IS 'A new conversation is with the customer of its order and opens only while the order is open (any performer) or with the performer assigned to it, never with a blocked account; it starts with no messages, nothing read and nothing unread. Its order, people and creation time never change. A read mark only moves forward, and when it moves that side''s unread count is recounted as the other side''s messages after the mark. Reads the order FOR SHARE, so it waits for a take or an accept under way.';
+COMMENT ON FUNCTION conversations_guard() IS 'A new conversation is with the customer of its order and opens only while the order is open (any performer) or with the performer assigned to it, never with a blocked account; it starts with no messages (no last one), nothing read and nothing unread. Its order, people and creation time never change. A read mark only moves forward, and when it moves that side''s unread count is recounted as the other side''s messages after the mark. Reads the order FOR SHARE, so it waits for a take or an accept under way.';
 CREATE TRIGGER conversations_guard BEFORE INSERT OR UPDATE ON conversations
     FOR EACH ROW EXECUTE FUNCTION conversations_guard();
 COMMENT ON TRIGGER conversations_guard ON conversations IS 'A conversation opens only with the customer of an open order or of the assigned performer''s order, keeps its people, and recounts a side''s unread messages when that side reads.';
@@ -1334,7 +1342,9 @@ BEGIN
         SET message_count = message_count + 1,
             last_message_at = now(),
             customer_unread = customer_unread + (NEW.sender_id = conv.performer_id)::int,
-            performer_unread = performer_unread + (NEW.sender_id = conv.customer_id)::int
+            performer_unread = performer_unread + (NEW.sender_id = conv.customer_id)::int,
+            last_message_excerpt = left(NEW.body, 200),
+            last_sender_id = NEW.sender_id
         WHERE id = NEW.conversation_id
         RETURNING message_count INTO NEW.seq;
         NEW.created_at := now();
@@ -1345,7 +1355,7 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'messages are never changed or deleted' USING ERRCODE = 'insufficient_privilege';
 END $$;
-COMMENT ON FUNCTION messages_guard() IS 'A message is written only by one of its conversation''s two people, not blocked, while the order is open or, once a performer is assigned, in that performer''s conversation (the order is read FOR SHARE). It takes the next seq of its conversation, adds one to the reader''s unread count and stamps the conversation''s last_message_at, holding the conversation''s row until commit. Messages are never updated, and deleted only with their conversation.';
+COMMENT ON FUNCTION messages_guard() IS 'A message is written only by one of its conversation''s two people, not blocked, while the order is open or, once a performer is assigned, in that performer''s conversation (the order is read FOR SHARE). It takes the next seq of its conversation, adds one to the reader''s unread count and stamps the conversation''s last_message_at, last_message_excerpt and last_sender_id, holding the conversation''s row until commit. Messages are never updated, and deleted only with their conversation.';
 CREATE TRIGGER messages_guard BEFORE INSERT OR UPDATE OR DELETE ON messages
     FOR EACH ROW EXECUTE FUNCTION messages_guard();
 COMMENT ON TRIGGER messages_guard ON messages IS 'Only the two people of a conversation write in it, only while its order allows it; each message is numbered and counted unread for its reader; messages stay as written.';
@@ -1887,7 +1897,9 @@ CREATE VIEW conversation_counts_recount AS
 SELECT c.id AS conversation_id,
        coalesce(m.messages, 0) AS message_count,
        coalesce(m.customer_unread, 0) AS customer_unread,
-       coalesce(m.performer_unread, 0) AS performer_unread
+       coalesce(m.performer_unread, 0) AS performer_unread,
+       coalesce(l.excerpt, '') AS last_message_excerpt,
+       l.sender_id AS last_sender_id
 FROM conversations c
 LEFT JOIN LATERAL (SELECT count(*) AS messages,
                           count(*) FILTER (WHERE x.sender_id = c.performer_id
@@ -1895,8 +1907,13 @@ LEFT JOIN LATERAL (SELECT count(*) AS messages,
                           count(*) FILTER (WHERE x.sender_id = c.customer_id
                                              AND x.seq > c.performer_read_seq) AS performer_unread
                    FROM messages x
-                   WHERE x.conversation_id = c.id) AS m ON true;
-COMMENT ON VIEW conversation_counts_recount IS 'The counters of conversations recounted from messages: how many there are, and for each side those of the other side after its read mark (for audit_counters and recalc_counters).';
+                   WHERE x.conversation_id = c.id) AS m ON true
+LEFT JOIN LATERAL (SELECT left(x.body, 200) AS excerpt, x.sender_id
+                   FROM messages x
+                   WHERE x.conversation_id = c.id
+                   ORDER BY x.seq DESC
+                   LIMIT 1) AS l ON true;
+COMMENT ON VIEW conversation_counts_recount IS 'The counters of conversations recounted from messages: how many there are, for each side those of the other side after its read mark, and the last message''s excerpt and sender (for audit_counters and recalc_counters).';
 
 CREATE VIEW user_counts_recount AS
 SELECT u.id AS user_id,
@@ -1961,7 +1978,11 @@ LANGUAGE sql STABLE AS $$
         CROSS JOIN LATERAL (VALUES
             ('conversation.message_count', c.message_count::bigint, r.message_count),
             ('conversation.customer_unread', c.customer_unread, r.customer_unread),
-            ('conversation.performer_unread', c.performer_unread, r.performer_unread)
+            ('conversation.performer_unread', c.performer_unread, r.performer_unread),
+            ('conversation.last_sender_id', c.last_sender_id, r.last_sender_id),
+            -- the excerpt as its hash: the audit's figures are numbers
+            ('conversation.last_message_excerpt', hashtext(c.last_message_excerpt)::bigint,
+             hashtext(r.last_message_excerpt)::bigint)
         ) AS x (counter, stored, actual)
         UNION ALL
         SELECT a.user_id, x.*
@@ -1975,7 +1996,7 @@ LANGUAGE sql STABLE AS $$
     WHERE d.stored IS DISTINCT FROM d.actual
     ORDER BY d.counter, d.subject_id
 $$;
-COMMENT ON FUNCTION audit_counters() IS 'One row per stored counter (customer_stats, performer_stats, categories.open_orders, orders.offers_active, the message and unread counts of conversations, user_counters) that differs from a recount (a missing stats or user_counters row shows as stored NULL); zero rows means every counter is exact.';
+COMMENT ON FUNCTION audit_counters() IS 'One row per stored counter (customer_stats, performer_stats, categories.open_orders, orders.offers_active, the message and unread counts and the last message of conversations, user_counters) that differs from a recount (a missing stats or user_counters row shows as stored NULL); zero rows means every counter is exact.';
 
 CREATE FUNCTION recalc_counters() RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -2033,11 +2054,14 @@ BEGIN
     UPDATE conversations c
     SET message_count = r.message_count,
         customer_unread = r.customer_unread,
-        performer_unread = r.performer_unread
+        performer_unread = r.performer_unread,
+        last_message_excerpt = r.last_message_excerpt,
+        last_sender_id = r.last_sender_id
     FROM conversation_counts_recount r
     WHERE c.id = r.conversation_id
-      AND (c.message_count, c.customer_unread, c.performer_unread)
-          IS DISTINCT FROM (r.message_count, r.customer_unread, r.performer_unread);
+      AND (c.message_count, c.customer_unread, c.performer_unread, c.last_message_excerpt, c.last_sender_id)
+          IS DISTINCT FROM (r.message_count, r.customer_unread, r.performer_unread, r.last_message_excerpt,
+                            r.last_sender_id);
     UPDATE user_counters s
     SET unread_messages = a.unread_messages,
         unread_notifications = a.unread_notifications
@@ -2047,7 +2071,7 @@ BEGIN
           IS DISTINCT FROM (a.unread_messages, a.unread_notifications);
     RETURN drift;
 END $$;
-COMMENT ON FUNCTION recalc_counters() IS 'Rewrites every drifted counter (customer_stats, performer_stats, categories.open_orders, orders.offers_active, the message and unread counts of conversations, user_counters) from the *_recount views; returns how many counters were wrong.';
+COMMENT ON FUNCTION recalc_counters() IS 'Rewrites every drifted counter (customer_stats, performer_stats, categories.open_orders, orders.offers_active, the message and unread counts and the last message of conversations, user_counters) from the *_recount views; returns how many counters were wrong.';
 
 CREATE TABLE counter_audit (
     singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),

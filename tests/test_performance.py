@@ -261,13 +261,12 @@ def test_the_inbox_reads_one_page_of_the_users_conversations_not_all_of_them(ben
         nodes = explain(db, "conversations_inbox", params)
     walks = [n for n in nodes if n.get("Index Name") == "conversations_customer_idx"]
     assert walks and walks[0]["Actual Rows"] <= 21 and "ROW(" in walks[0]["Index Cond"]
-    # the page's conversations are not looked up again, and each has its last message looked up
-    # (joined plainly, the user's messages were all read into a hash)
+    # the page's conversations are not looked up again, and no message is read: each conversation
+    # keeps its last one's excerpt (looked up per row, it was 6% of the inbox's CPU under load)
     reads = [(n["Node Type"], n.get("Index Name"), n["Actual Rows"], n["Actual Loops"]) for n in nodes
              if n.get("Relation Name") in ("messages", "conversations")]
     assert sorted(reads) == [("Index Scan", "conversations_customer_idx", 21, 1),
-                             ("Index Scan", "conversations_performer_idx", 0, 1),
-                             ("Index Scan", "messages_seq_key", 1, 21)], reads
+                             ("Index Scan", "conversations_performer_idx", 0, 1)], reads
     everything = db.execute("SELECT id FROM conversations WHERE customer_id = %s AND message_count > 0 "
                             "ORDER BY last_message_at DESC, id DESC", (customer,)).fetchall()
     shown, params["after_at"], params["after_id"] = [], END_OF_TIME, LAST_ID

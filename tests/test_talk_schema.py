@@ -213,6 +213,33 @@ def test_a_drifted_unread_count_is_reported_and_repaired(db, people, make_order)
     assert audit(db) == []
 
 
+def test_a_conversation_keeps_its_last_message_for_the_inbox_and_a_drifted_one_is_reported_and_repaired(
+        db, people, make_order):
+    customer, performer = people["customer"], people["performer"]
+    conversation = open_conversation(db, make_order(customer), performer)
+    last = lambda: tuple(conversation_row(db, conversation)[key] for key in ("last_message_excerpt", "last_sender_id"))
+    assert last() == ("", None)
+    write(db, conversation, performer, "A first question")
+    write(db, conversation, customer, "Ответ " + "ж" * 300)
+    assert last() == ("Ответ " + "ж" * 194, customer["id"])  # 200 characters, not bytes
+    # a DBA cannot give a conversation a last sender it has not, or none when it has messages
+    assert refused(db, "UPDATE conversations SET last_sender_id = %s WHERE id = %s",
+                   (people["other_performer"]["id"], conversation["id"]))
+    assert refused(db, "UPDATE conversations SET last_sender_id = NULL WHERE id = %s", (conversation["id"],))
+    assert refused(db, "INSERT INTO conversations (order_id, customer_id, performer_id, last_sender_id, "
+                       "last_message_excerpt) VALUES (%s, %s, %s, %s, 'Forged') RETURNING last_sender_id",
+                   (make_order(customer)["id"], customer["id"], performer["id"], performer["id"])) is False
+    forged = db.execute("SELECT last_sender_id, last_message_excerpt FROM conversations "
+                        "WHERE customer_id = %s ORDER BY id DESC LIMIT 1", (customer["id"],)).fetchone()
+    assert forged == {"last_sender_id": None, "last_message_excerpt": ""}  # a new one starts with none
+    db.execute("UPDATE conversations SET last_message_excerpt = 'Edited', last_sender_id = %s WHERE id = %s",
+               (performer["id"], conversation["id"]))
+    drift = {row["counter"] for row in audit(db)}
+    assert drift == {"conversation.last_message_excerpt", "conversation.last_sender_id"}
+    assert db.execute("SELECT recalc_counters() AS n").fetchone()["n"] == 2
+    assert audit(db) == [] and last() == ("Ответ " + "ж" * 194, customer["id"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Files
 
