@@ -41,13 +41,13 @@ def bench_database(orders=1_000_000, users=None):
 class Gunicorn:
     """The app under gunicorn on 127.0.0.1:port, stopped on exit."""
 
-    def __init__(self, url, port=8181, workers=2):
+    def __init__(self, url, port=8181, workers=2, root=ROOT):
         env = dict(os.environ, DATABASE_URL=url, SECRET_KEY="bench-secret")
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--no-control-socket", "--bind", f"127.0.0.1:{port}",
              "--workers", str(workers), "--timeout", "120", "--log-level", "warning", "app:app"],
-            cwd=ROOT, env=env)
+            cwd=root, env=env)
         deadline = time.monotonic() + 30
         while True:
             try:
