@@ -867,10 +867,10 @@ def cabinet():
     status = form.choice("status", STATUSES, required=False)
     after_time, after_id = read_cabinet_cursor(form)
     if user["role"] == "customer":
-        rows = db_all("customer_orders_page", customer_id=user["id"], status=status,
+        rows = db_all("customer_orders_page", customer_id=user["id"], status=status, lang=current_lang(),
                       after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
     else:
-        rows = db_all("performer_orders_page", performer_id=user["id"], status=status,
+        rows = db_all("performer_orders_page", performer_id=user["id"], status=status, lang=current_lang(),
                       after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
     params = {"status": status}
     links, orders = keyset_links("/cabinet", params, rows, "created_at")

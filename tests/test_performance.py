@@ -243,7 +243,7 @@ def test_a_cabinet_reads_one_page_of_its_index_not_every_order_of_the_user(bench
     # walking the orders by date is as good)
     user = db.execute(f"SELECT {key} AS id FROM orders WHERE {key} IS NOT NULL GROUP BY 1 "
                       "ORDER BY count(*) DESC LIMIT 1 OFFSET 1").fetchone()["id"]
-    params = {key: user, "status": None, "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
+    params = {key: user, "status": None, "lang": "ru", "after_time": END_OF_TIME, "after_id": LAST_ID, "limit": 21}
     scan = assert_shape(explain(db, name, params), index)
     assert scan["Actual Rows"] <= 21
 
@@ -288,7 +288,7 @@ def test_a_cabinet_joins_only_its_page_however_its_rows_are_read(bench_data, nam
     sorted, and only the page is joined. (Index scans off: the bitmap scan that plan used.)"""
     db = bench_data
     user = db.execute(f"SELECT {key} AS id FROM {table} GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()["id"]
-    params = {key: user, "status": None, "after_time": END_OF_TIME, "after_at": END_OF_TIME,
+    params = {key: user, "status": None, "lang": "ru", "after_time": END_OF_TIME, "after_at": END_OF_TIME,
               "after_id": LAST_ID, "limit": 21}
     with db.transaction():
         db.execute("SET LOCAL enable_indexscan = off")
