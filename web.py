@@ -666,11 +666,17 @@ def kept_each(template_name, macro, rows, moments=(), *shown):
     """Each row's macro as `kept` keeps it, joined (a list's rows in one call: called row by row
     from the template, Jinja's own calling was a third of a kept row's cost). `moments` name the
     row's columns shown as dates (format_date), passed after the row, then `shown`, the same for
-    every row."""
+    every row. The rows are one statement's, so they share their columns: read once, not per row."""
+    if not rows:
+        return markupsafe.Markup("")
     lang, moment = current_lang(), moments_shown()
-    return safe_lines([
-        kept_row(lang, template_name, macro, row, (*[moment(row[key]) for key in moments], *shown))
-        for row in rows])
+    columns = tuple(rows[0])
+    if len(moments) == 1:  # most lists: no comprehension per row for its one moment
+        (column,) = moments
+        return safe_lines([_kept(lang, template_name, macro, columns, tuple(row.values()),
+                                 (moment(row[column]), *shown)) for row in rows])
+    return safe_lines([_kept(lang, template_name, macro, columns, tuple(row.values()),
+                             (*[moment(row[column]) for column in moments], *shown)) for row in rows])
 
 
 def safe_lines(parts):
