@@ -209,6 +209,49 @@ def test_a_version_4_database_with_orders_in_every_state_migrates_to_the_exchang
     assert audit(url) == []
 
 
+def test_a_version_18_database_migrates_its_conversations_to_keep_their_last_message(empty_db_url):
+    """Migration 0019 gives each conversation its last message's excerpt and sender; a message count
+    that drifted by hand is set to its messages', since the new CHECK needs the two to agree."""
+    url = empty_db_url()
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as connection:
+        for number, path in database.migrations():
+            if number <= 18:
+                with connection.transaction():
+                    connection.execute(path.read_text(encoding="utf-8"))
+                    connection.execute(Q["schema_version_set"], {"version": number})
+        connection.execute("INSERT INTO users (role, email, password_hash, name) VALUES "
+                           "('customer', 'anna@example.test', 'x', 'Anna'), "
+                           "('performer', 'vera@example.test', 'x', 'Vera'), "
+                           "('performer', 'gleb@example.test', 'x', 'Gleb')")
+        order = connection.execute("INSERT INTO orders (customer_id, category_id, title, description, budget) "
+                                   "SELECT id, 1, 'A logo', 'Described', 1000 FROM users WHERE name = 'Anna' "
+                                   "RETURNING id, customer_id").fetchone()
+        vera, gleb = (connection.execute("SELECT id FROM users WHERE name = %s", (name,)).fetchone()["id"]
+                      for name in ("Vera", "Gleb"))
+        talk, drifted = (connection.execute("INSERT INTO conversations (order_id, customer_id, performer_id) "
+                                            "VALUES (%s, %s, %s) RETURNING id",
+                                            (order["id"], order["customer_id"], performer)).fetchone()["id"]
+                         for performer in (vera, gleb))
+        for sender, body in ((vera, "Is a vector file fine?"), (order["customer_id"], "Yes, " + "ж" * 300)):
+            connection.execute("INSERT INTO messages (conversation_id, sender_id, body) VALUES (%s, %s, %s)",
+                               (talk, sender, body))
+        connection.execute("INSERT INTO messages (conversation_id, sender_id, body) VALUES (%s, %s, 'Hello')",
+                           (drifted, gleb))
+        connection.execute("UPDATE conversations SET message_count = 5 WHERE id = %s", (drifted,))
+    assert [row["counter"] for row in audit(url)] == ["conversation.message_count"]
+
+    assert database.migrate(url, log=lambda _line: None) == [number for number, _path in database.migrations()
+                                                            if number > 18]
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        kept = {row["id"]: row for row in connection.execute(
+            "SELECT id, message_count, last_message_excerpt, last_sender_id FROM conversations")}
+    assert kept[talk] == {"id": talk, "message_count": 2, "last_message_excerpt": "Yes, " + "ж" * 195,
+                          "last_sender_id": order["customer_id"]}
+    assert kept[drifted] == {"id": drifted, "message_count": 1, "last_message_excerpt": "Hello",
+                             "last_sender_id": gleb}
+    assert audit(url) == []
+
+
 def test_schema_sql_declares_the_version_of_the_last_migration():
     declared = re.search(r"INSERT INTO schema_version \(version\) VALUES \((\d+)\)",
                          (ROOT / "db" / "schema.sql").read_text(encoding="utf-8")).group(1)

@@ -4,12 +4,21 @@
 ALTER TABLE conversations
     ADD COLUMN last_message_excerpt text NOT NULL DEFAULT '' CHECK (length(last_message_excerpt) <= 200),
     ADD COLUMN last_sender_id bigint;
+-- Each conversation's last message by seq; a message_count that drifted from its messages (only
+-- a hand edit makes one) is set to their count here, as recalc_counters would: the CHECK below
+-- needs the two to agree.
 UPDATE conversations c
 SET last_message_excerpt = left(m.body, 200),
-    last_sender_id = m.sender_id
-FROM messages m
-WHERE m.conversation_id = c.id
-  AND m.seq = c.message_count;
+    last_sender_id = m.sender_id,
+    message_count = m.seq
+FROM (SELECT DISTINCT ON (conversation_id) conversation_id, body, sender_id, seq
+      FROM messages
+      ORDER BY conversation_id, seq DESC) AS m
+WHERE m.conversation_id = c.id;
+UPDATE conversations c
+SET message_count = 0
+WHERE c.message_count > 0
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id);
 ALTER TABLE conversations
     ADD CONSTRAINT conversations_last_sender_is_one_of_them CHECK (last_sender_id IN (customer_id, performer_id)),
     ADD CONSTRAINT conversations_last_sender_iff_messages CHECK ((message_count = 0) = (last_sender_id IS NULL));
