@@ -5,7 +5,7 @@ measured in one run of `make bench` and its base in another tell nothing. Here b
 side (gunicorn, 2 sync workers each, on the bench database), and each round measures every page
 on one then the other, in A B B A order, for a few seconds each: the drift is shared by the two.
 Prints per page the median req/s and CPU ms per request (app + PostgreSQL, from /proc) of each,
-and the median of the rounds' ratios.
+and the median of the rounds' ratios, of the CPU also the app's and PostgreSQL's apart.
 
 Usage: python bench/ab.py BASE_DIR [--rounds 8] [--seconds 3] PAGE… where BASE_DIR is another
 checkout (a `git worktree` of the base commit) and a PAGE is a path, or `path cookie` in one
@@ -31,7 +31,8 @@ def measure(server, page, seconds, connections):
     served = max(result["requests"], 1)
     if result["errors"]:
         raise SystemExit(f"{page}: {result['errors']} errors")
-    return result["rps"], (Cpu.spent(before[0], after[0]) + Cpu.spent(before[1], after[1])) / served * 1000
+    app, postgres = (Cpu.spent(before[i], after[i]) / served * 1000 for i in (0, 1))
+    return result["rps"], app + postgres, app, postgres
 
 
 def main():
@@ -53,18 +54,21 @@ def main():
             print(f"round {round_ + 1} of {args.rounds}", file=sys.stderr)
     print(f"A = {args.base.resolve()}, B = {HERE}; {args.rounds} rounds of A B B A, {args.seconds} s each")
     print("| page | A req/s | B req/s | B/A req/s: median of the rounds (lowest–highest) "
-          "| A CPU ms | B CPU ms | B/A CPU ms |")
-    print("|---|---|---|---|---|---|---|")
+          "| A CPU ms (app + PostgreSQL) | B CPU ms (app + PostgreSQL) | B/A CPU ms | B/A app | B/A PostgreSQL |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for page, runs in seen.items():
-        rps, cpu = round_ratios(runs, 0), round_ratios(runs, 1)
-        print(f"| {page.partition(' ')[0]} | {statistics.median(r[0] for r in runs['A']):.0f} "
-              f"| {statistics.median(r[0] for r in runs['B']):.0f} | {spread(rps)} "
-              f"| {statistics.median(r[1] for r in runs['A']):.3f} "
-              f"| {statistics.median(r[1] for r in runs['B']):.3f} | {spread(cpu)} |")
+        def median(name, field):
+            return statistics.median(r[field] for r in runs[name])
+        print(f"| {page.partition(' ')[0]} | {median('A', 0):.0f} | {median('B', 0):.0f} "
+              f"| {spread(round_ratios(runs, 0))} "
+              f"| {median('A', 2):.3f} + {median('A', 3):.3f} | {median('B', 2):.3f} + {median('B', 3):.3f} "
+              f"| {spread(round_ratios(runs, 1))} | {spread(round_ratios(runs, 2))} "
+              f"| {spread(round_ratios(runs, 3))} |")
 
 
 def round_ratios(runs, field):
-    """Per round, the mean of B's two turns over the mean of A's (field 0: req/s, 1: CPU ms)."""
+    """Per round, the mean of B's two turns over the mean of A's (field 0: req/s, 1: CPU ms per
+    request, 2: the app's part of it, 3: PostgreSQL's)."""
     a, b = runs["A"], runs["B"]
     return [(b[2 * i][field] + b[2 * i + 1][field]) / (a[2 * i][field] + a[2 * i + 1][field])
             for i in range(len(a) // 2)]
