@@ -4,26 +4,45 @@
 ALTER TABLE conversations
     ADD COLUMN last_message_excerpt text NOT NULL DEFAULT '' CHECK (length(last_message_excerpt) <= 200),
     ADD COLUMN last_sender_id bigint;
--- Each conversation's last message by seq; a message_count that drifted from its messages (only
--- a hand edit makes one) is set to their count here, as recalc_counters would: the CHECK below
--- needs the two to agree.
+COMMENT ON COLUMN conversations.last_message_excerpt IS 'The first 200 characters of the last message (seq = message_count), '''' before the first, for the inbox: set by messages_guard with each message (messages never change), so the inbox reads no message.';
+COMMENT ON COLUMN conversations.last_sender_id IS 'Who wrote the last message (one of the two people), NULL before the first; set with last_message_excerpt.';
+
+CREATE OR REPLACE VIEW conversation_counts_recount AS
+SELECT c.id AS conversation_id,
+       coalesce(m.messages, 0) AS message_count,
+       coalesce(m.customer_unread, 0) AS customer_unread,
+       coalesce(m.performer_unread, 0) AS performer_unread,
+       coalesce(l.excerpt, '') AS last_message_excerpt,
+       l.sender_id AS last_sender_id
+FROM conversations c
+LEFT JOIN LATERAL (SELECT count(*) AS messages,
+                          count(*) FILTER (WHERE x.sender_id = c.performer_id
+                                             AND x.seq > c.customer_read_seq) AS customer_unread,
+                          count(*) FILTER (WHERE x.sender_id = c.customer_id
+                                             AND x.seq > c.performer_read_seq) AS performer_unread
+                   FROM messages x
+                   WHERE x.conversation_id = c.id) AS m ON true
+LEFT JOIN LATERAL (SELECT left(x.body, 200) AS excerpt, x.sender_id
+                   FROM messages x
+                   WHERE x.conversation_id = c.id
+                   ORDER BY x.seq DESC
+                   LIMIT 1) AS l ON true;
+COMMENT ON VIEW conversation_counts_recount IS 'The counters of conversations recounted from messages: how many there are, for each side those of the other side after its read mark, and the last message''s excerpt and sender (for audit_counters and recalc_counters).';
+
+-- Each conversation's last message from the recount, as recalc_counters writes it; with it a
+-- message_count that drifted from its messages (only a hand edit makes one), since the CHECK
+-- below needs the two to agree.
 UPDATE conversations c
-SET last_message_excerpt = left(m.body, 200),
-    last_sender_id = m.sender_id,
-    message_count = m.seq
-FROM (SELECT DISTINCT ON (conversation_id) conversation_id, body, sender_id, seq
-      FROM messages
-      ORDER BY conversation_id, seq DESC) AS m
-WHERE m.conversation_id = c.id;
-UPDATE conversations c
-SET message_count = 0
-WHERE c.message_count > 0
-  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id);
+SET message_count = r.message_count,
+    last_message_excerpt = r.last_message_excerpt,
+    last_sender_id = r.last_sender_id
+FROM conversation_counts_recount r
+WHERE c.id = r.conversation_id
+  AND (c.message_count, c.last_message_excerpt, c.last_sender_id)
+      IS DISTINCT FROM (r.message_count, r.last_message_excerpt, r.last_sender_id);
 ALTER TABLE conversations
     ADD CONSTRAINT conversations_last_sender_is_one_of_them CHECK (last_sender_id IN (customer_id, performer_id)),
     ADD CONSTRAINT conversations_last_sender_iff_messages CHECK ((message_count = 0) = (last_sender_id IS NULL));
-COMMENT ON COLUMN conversations.last_message_excerpt IS 'The first 200 characters of the last message (seq = message_count), '''' before the first, for the inbox: set by messages_guard with each message (messages never change), so the inbox reads no message.';
-COMMENT ON COLUMN conversations.last_sender_id IS 'Who wrote the last message (one of the two people), NULL before the first; set with last_message_excerpt.';
 
 CREATE OR REPLACE FUNCTION conversations_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -139,28 +158,6 @@ BEGIN
     RAISE EXCEPTION 'messages are never changed or deleted' USING ERRCODE = 'insufficient_privilege';
 END $$;
 COMMENT ON FUNCTION messages_guard() IS 'A message is written only by one of its conversation''s two people, not blocked, while the order is open or, once a performer is assigned, in that performer''s conversation (the order is read FOR SHARE). It takes the next seq of its conversation, adds one to the reader''s unread count and stamps the conversation''s last_message_at, last_message_excerpt and last_sender_id, holding the conversation''s row until commit. Messages are never updated, and deleted only with their conversation.';
-
-CREATE OR REPLACE VIEW conversation_counts_recount AS
-SELECT c.id AS conversation_id,
-       coalesce(m.messages, 0) AS message_count,
-       coalesce(m.customer_unread, 0) AS customer_unread,
-       coalesce(m.performer_unread, 0) AS performer_unread,
-       coalesce(l.excerpt, '') AS last_message_excerpt,
-       l.sender_id AS last_sender_id
-FROM conversations c
-LEFT JOIN LATERAL (SELECT count(*) AS messages,
-                          count(*) FILTER (WHERE x.sender_id = c.performer_id
-                                             AND x.seq > c.customer_read_seq) AS customer_unread,
-                          count(*) FILTER (WHERE x.sender_id = c.customer_id
-                                             AND x.seq > c.performer_read_seq) AS performer_unread
-                   FROM messages x
-                   WHERE x.conversation_id = c.id) AS m ON true
-LEFT JOIN LATERAL (SELECT left(x.body, 200) AS excerpt, x.sender_id
-                   FROM messages x
-                   WHERE x.conversation_id = c.id
-                   ORDER BY x.seq DESC
-                   LIMIT 1) AS l ON true;
-COMMENT ON VIEW conversation_counts_recount IS 'The counters of conversations recounted from messages: how many there are, for each side those of the other side after its read mark, and the last message''s excerpt and sender (for audit_counters and recalc_counters).';
 
 CREATE OR REPLACE FUNCTION audit_counters()
 RETURNS TABLE (counter text, subject_id bigint, stored bigint, actual bigint)
