@@ -83,6 +83,15 @@ def normalised_schema(url):
     return sorted(lines)
 
 
+def migrate_to(connection, version):
+    """Builds an older database: the migrations up to `version`, each recording it, as `migrate` does."""
+    for number, path in database.migrations():
+        if number <= version:
+            with connection.transaction():
+                connection.execute(path.read_text(encoding="utf-8"))
+                connection.execute(Q["schema_version_set"], {"version": number})
+
+
 def test_a_version_1_database_with_data_migrates_to_exactly_the_current_schema(empty_db_url):
     old, fresh = empty_db_url(), empty_db_url()
     first = database.migrations()[0][1]
@@ -137,11 +146,7 @@ UPDATE users SET is_blocked = true WHERE name = 'Boris';
 def test_a_version_4_database_with_orders_in_every_state_migrates_to_the_exchange(empty_db_url):
     url = empty_db_url()
     with psycopg.connect(url, autocommit=True) as connection:
-        for number, path in database.migrations():
-            if number <= 4:
-                with connection.transaction():
-                    connection.execute(path.read_text(encoding="utf-8"))
-                    connection.execute(Q["schema_version_set"], {"version": number})
+        migrate_to(connection, 4)
         connection.execute(VERSION_4_DATA)
         assert database.schema_version(connection) == 4
     before = rows_of(url)
@@ -214,20 +219,16 @@ def test_a_version_18_database_migrates_its_conversations_to_keep_their_last_mes
     that drifted by hand is set to its messages', since the new CHECK needs the two to agree."""
     url = empty_db_url()
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as connection:
-        for number, path in database.migrations():
-            if number <= 18:
-                with connection.transaction():
-                    connection.execute(path.read_text(encoding="utf-8"))
-                    connection.execute(Q["schema_version_set"], {"version": number})
-        connection.execute("INSERT INTO users (role, email, password_hash, name) VALUES "
-                           "('customer', 'anna@example.test', 'x', 'Anna'), "
-                           "('performer', 'vera@example.test', 'x', 'Vera'), "
-                           "('performer', 'gleb@example.test', 'x', 'Gleb')")
+        migrate_to(connection, 18)
+        ids = {row["name"]: row["id"] for row in connection.execute(
+            "INSERT INTO users (role, email, password_hash, name) VALUES "
+            "('customer', 'anna@example.test', 'x', 'Anna'), "
+            "('performer', 'vera@example.test', 'x', 'Vera'), "
+            "('performer', 'gleb@example.test', 'x', 'Gleb') RETURNING id, name")}
+        vera, gleb = ids["Vera"], ids["Gleb"]
         order = connection.execute("INSERT INTO orders (customer_id, category_id, title, description, budget) "
-                                   "SELECT id, 1, 'A logo', 'Described', 1000 FROM users WHERE name = 'Anna' "
-                                   "RETURNING id, customer_id").fetchone()
-        vera, gleb = (connection.execute("SELECT id FROM users WHERE name = %s", (name,)).fetchone()["id"]
-                      for name in ("Vera", "Gleb"))
+                                   "VALUES (%s, 1, 'A logo', 'Described', 1000) RETURNING id, customer_id",
+                                   (ids["Anna"],)).fetchone()
         talk, drifted = (connection.execute("INSERT INTO conversations (order_id, customer_id, performer_id) "
                                             "VALUES (%s, %s, %s) RETURNING id",
                                             (order["id"], order["customer_id"], performer)).fetchone()["id"]
