@@ -77,5 +77,6 @@ def round_ratios(runs, field):
 def spread(ratios):
     return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}–{max(ratios):.3f})"
 
+
 if __name__ == "__main__":
     main()
