@@ -90,7 +90,7 @@ def pool(url):
             raise psycopg_pool.PoolTimeout(f"the database is unreachable: {exc}") from exc
         fresh = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT, open=False,
-            check=check_connection,
+            check=check_connection, configure=speak_utc,
             reconnect_timeout=RECONNECT_SECONDS, reconnect_failed=forget,
             kwargs={"row_factory": dict_row}, name="birzha")
         try:
@@ -119,6 +119,21 @@ def check_connection(conn):
     poll.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
     if poll.poll(0):
         psycopg_pool.ConnectionPool.check_connection(conn)
+
+
+# PostgreSQL's other names of UTC: initdb writes the machine's zone, often Etc/UTC.
+UTC_ALIASES = {"Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Etc/Zulu", "Zulu",
+               "GMT", "Etc/GMT", "Greenwich", "Etc/Greenwich", "GMT0", "Etc/GMT0"}
+
+
+def speak_utc(conn):
+    """The pool's configure: a session whose zone is UTC by another name is told "UTC", the one name
+    psycopg reads as datetime.timezone.utc; for any other it converts every time it reads to a
+    ZoneInfo (0.3 µs a value, a seventh of reading a cabinet's rows). The same zone, so no date
+    the database works out (current_date, a deadline) moves; a server in another zone keeps it."""
+    if conn.info.parameter_status("TimeZone") in UTC_ALIASES:
+        conn.execute(Q["session_timezone_utc"])
+        conn.commit()
 
 
 def reachable(url):

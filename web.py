@@ -576,15 +576,10 @@ def moments_shown():
     now = datetime.datetime.now(datetime.timezone.utc)
 
     def shown(value):
-        nonlocal now
         if value is None:
             return ""
         if not isinstance(value, datetime.datetime):
             return value.isoformat()
-        if value.tzinfo is not now.tzinfo and is_utc(value.tzinfo):
-            # psycopg's UTC: the same tzinfo on both sides spares the subtraction two utcoffset()
-            # calls, a third of a date's cost (exact: UTC has no DST)
-            now = now.replace(tzinfo=value.tzinfo)
         seconds = (now - value).total_seconds()
         if seconds < -60 or seconds >= 86400:
             return local_time(value, zone)[2]
@@ -594,12 +589,6 @@ def moments_shown():
             return recent_moment(value, zone, lang, "minutes", int(seconds // 60))
         return recent_moment(value, zone, lang, "hours", int(seconds // 3600))
     return shown
-
-
-@functools.lru_cache(maxsize=16)
-def is_utc(tzinfo):
-    """Whether a time zone is UTC (a session of PostgreSQL in UTC or Etc/UTC gives zoneinfo's)."""
-    return tzinfo is datetime.timezone.utc or getattr(tzinfo, "key", None) in ("UTC", "Etc/UTC")
 
 
 @functools.lru_cache(maxsize=4096)

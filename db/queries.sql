@@ -28,6 +28,10 @@ WHERE schemaname = 'public'
 -- name: health_check
 SELECT 1 AS ok
 
+-- name: session_timezone_utc
+-- A new connection of a server whose zone is UTC under another name (db.speak_utc).
+SELECT set_config('TimeZone', 'UTC', false)
+
 -- name: actor_set
 -- Who acts and why, for the history and audit triggers, until the end of this transaction;
 -- staff marks the note as a staff member's reason, shown to staff only.

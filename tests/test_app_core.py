@@ -1,4 +1,5 @@
 """The application's plumbing: pages from the database, health, outages, schema versions, queries."""
+import datetime
 import hashlib
 import hmac
 import io
@@ -8,6 +9,7 @@ import secrets
 import tempfile
 import time
 import wsgiref.util
+import zoneinfo
 from urllib.parse import urlencode
 
 import threading
@@ -156,6 +158,26 @@ def test_a_connection_that_fails_as_a_request_takes_it_goes_back_to_the_pool(db_
     lease = database.Lease(db_url)  # and serves the next request
     assert lease.cursor.execute("SELECT 1 AS one").fetchone() == {"one": 1}
     lease.end(commit=True)
+
+
+def test_a_pooled_session_reads_times_in_utc_when_the_server_calls_utc_otherwise(db_url, db):
+    """A server whose zone is UTC under another name (Etc/UTC, as initdb writes on a UTC machine)
+    gives the app's sessions "UTC": psycopg's datetime.timezone.utc, with no conversion of each
+    time read; the dates PostgreSQL works out stay the server's. A server in another zone keeps it."""
+    name = db.execute("SELECT current_database() AS name").fetchone()["name"]
+    for zone, expected in (("Etc/UTC", datetime.timezone.utc), ("Europe/Moscow", zoneinfo.ZoneInfo("Europe/Moscow"))):
+        db.execute(f"ALTER DATABASE \"{name}\" SET TimeZone = '{zone}'")
+        database.close_pool()
+        lease = database.Lease(db_url, autocommit=True)
+        try:
+            row = lease.cursor.execute("SELECT now() AS now, current_setting('TimeZone') AS zone").fetchone()
+            today = lease.cursor.execute("SELECT current_date = (now() AT TIME ZONE %s)::date AS same",
+                                         (zone,)).fetchone()["same"]
+        finally:
+            lease.end(commit=True)
+        assert row["now"].tzinfo == expected and today
+        assert row["zone"] == ("UTC" if zone == "Etc/UTC" else zone)
+    database.close_pool()
 
 
 def test_initdb_refuses_a_database_with_an_unknown_schema_version(db_url):

@@ -133,8 +133,8 @@ def test_dates_show_in_the_viewers_time_zone_recent_ones_relative(client, make_u
 
 
 def test_a_moment_reads_the_same_whatever_time_zone_it_comes_in():
-    """A list's dates (web.moments_shown) are worked out the fast way for psycopg's UTC, and the
-    exact way for any other zone: the same words either way, in any order."""
+    """A list's dates (web.moments_shown) read the same in whatever zone psycopg gives them (UTC,
+    UTC under another name, the server's zone when it has another), in any order."""
     with web.language("ru"):
         shown = web.moments_shown()
     now = datetime.datetime.now(datetime.timezone.utc)
