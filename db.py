@@ -132,8 +132,9 @@ def speak_utc(conn):
     ZoneInfo (0.3 µs a value, a seventh of reading a cabinet's rows). The same zone, so no date
     the database works out (current_date, a deadline) moves; a server in another zone keeps it."""
     if conn.info.parameter_status("TimeZone") in UTC_ALIASES:
+        conn.autocommit = True  # a setting of the session, no transaction to end
         conn.execute(Q["session_timezone_utc"])
-        conn.commit()
+        conn.autocommit = False
 
 
 def reachable(url):

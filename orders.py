@@ -843,41 +843,42 @@ def keyset_links(base, params, rows, key):
             "first_url": link(base, params) if request.query.get("after") else None}, shown
 
 
-def render_customer_cabinet(user, **page):
-    """A customer cabinet's tab with its counters and the form of a new order (one statement reads
-    the counters and the categories the form offers)."""
-    stats = db_one("customer_cabinet_aside", customer_id=user["id"], lang=current_lang())
-    category_names = dict(stats.pop("category_pairs"))
-    return render("cabinet_customer.html", stats=stats, category_names=category_names, **page)
+# The counters of a cabinet's aside (the `counters` of its statement's part 0), in their order there
+CUSTOMER_COUNTERS = ("orders_placed", "orders_open", "orders_in_progress", "orders_delivered", "orders_disputed",
+                     "orders_done", "orders_cancelled")
+PERFORMER_COUNTERS = ("orders_completed", "orders_in_progress", "orders_delivered", "orders_disputed", "rating_count")
 
 
-def render_performer_cabinet(user, **page):
-    """A performer cabinet's tab with its counters and latest reviews (one statement: the counters'
-    row, then a row per review)."""
-    stats, *reviews = db_all("performer_cabinet_aside", performer_id=user["id"])
-    return render("cabinet_performer.html", stats=stats, reviews=reviews, **page)
+def render_cabinet(user, aside, **page):
+    """A cabinet's tab, `aside` the first row of its statement: the counters (and a performer's
+    average rating, or the categories a customer's form of a new order offers)."""
+    if user["role"] == "customer":
+        stats = dict(zip(CUSTOMER_COUNTERS, aside["counters"]))
+        return render("cabinet_customer.html", stats=stats, category_names=dict(aside["category_pairs"]), **page)
+    stats = dict(zip(PERFORMER_COUNTERS, aside["counters"]), rating_avg=aside["rating_avg"])
+    return render("cabinet_performer.html", stats=stats, **page)
 
 
 @routes.get("/cabinet", read_only=True)
 @login_required
 def cabinet():
-    """The customer's or the performer's own orders by status, with the counters of the database."""
+    """The customer's or the performer's own orders by status, with the counters of the database
+    (and a performer's latest reviews), in one statement."""
     user = current_user()
     form = Form(request.query)
     status = form.choice("status", STATUSES, required=False)
     after_time, after_id = read_cabinet_cursor(form)
+    page = {"status": status, "lang": current_lang(), "after_time": after_time, "after_id": after_id,
+            "limit": CABINET_PAGE_SIZE + 1}
     if user["role"] == "customer":
-        rows = db_all("customer_orders_page", customer_id=user["id"], status=status, lang=current_lang(),
-                      after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
+        aside, *rows = db_all("customer_cabinet_page", customer_id=user["id"], **page)
+        reviews = None
     else:
-        rows = db_all("performer_orders_page", performer_id=user["id"], status=status, lang=current_lang(),
-                      after_time=after_time, after_id=after_id, limit=CABINET_PAGE_SIZE + 1)
-    params = {"status": status}
-    links, orders = keyset_links("/cabinet", params, rows, "created_at")
-    page = {"orders": orders, "offers": None, "tab": status, **links}
-    if user["role"] == "customer":
-        return render_customer_cabinet(user, **page)
-    return render_performer_cabinet(user, **page)
+        aside, *rows = db_all("performer_cabinet_page", performer_id=user["id"], **page)
+        reviews = [row for row in rows if row["part"] == 1]
+        rows = rows[len(reviews):]
+    links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
+    return render_cabinet(user, aside, orders=orders, reviews=reviews, offers=None, tab=status, **links)
 
 
 @routes.get("/cabinet/offers")
@@ -890,4 +891,6 @@ def cabinet_offers():
     # performer_offers_page says LIMIT 21: a page of CABINET_PAGE_SIZE and one more
     rows = db_all("performer_offers_page", performer_id=user["id"], after_at=after_at, after_id=after_id)
     links, offers = keyset_links("/cabinet/offers", {}, rows, "created_at")
-    return render_performer_cabinet(user, orders=[], offers=offers, tab="offers", **links)
+    aside, *reviews = db_all("performer_cabinet_page", performer_id=user["id"], status=None, lang=current_lang(),
+                             after_time=END_OF_TIME, after_id=LAST_ID, limit=0)  # its aside alone
+    return render_cabinet(user, aside, orders=[], reviews=reviews, offers=offers, tab="offers", **links)

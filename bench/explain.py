@@ -57,17 +57,19 @@ def cases(connection):
                   OFFSET 1979 LIMIT 1""")["id"]
     quiet = one("""SELECT performer_id AS id FROM orders WHERE performer_id IS NOT NULL
                    ORDER BY created_at LIMIT 1""")["id"]
-    cabinet = {"status": None, "after_time": end, "after_id": orders_module.LAST_ID, "limit": 21}
+    cabinet = {"status": None, "after_time": end, "after_id": orders_module.LAST_ID, "limit": 21, "lang": "ru"}
     return [
         ("feed, first page", "orders_feed", feed),
         ("search window edge (q=логотип)", "orders_feed_window_edge", dict(feed, q="логотип")),
         ("catalogue, first page", "performers_catalogue", {"after": None, "category_id": None, "limit": 21}),
         ("catalogue, 100th page", "performers_catalogue", {"after": deep, "category_id": None, "limit": 21}),
-        (f"customer cabinet, all ({customer})", "customer_orders_page", dict(cabinet, customer_id=customer)),
-        (f"performer cabinet, all ({performer})", "performer_orders_page", dict(cabinet, performer_id=performer)),
-        (f"performer cabinet, all, only old orders ({quiet})", "performer_orders_page", dict(cabinet, performer_id=quiet)),
-        (f"performer cabinet, done tab ({performer})", "performer_orders_page",
+        (f"customer cabinet, all ({customer})", "customer_cabinet_page", dict(cabinet, customer_id=customer)),
+        (f"performer cabinet, all ({performer})", "performer_cabinet_page", dict(cabinet, performer_id=performer)),
+        (f"performer cabinet, all, only old orders ({quiet})", "performer_cabinet_page", dict(cabinet, performer_id=quiet)),
+        (f"performer cabinet, done tab ({performer})", "performer_cabinet_page",
          dict(cabinet, performer_id=performer, status="done")),
+        (f"performer's offers tab, the aside alone ({performer})", "performer_cabinet_page",
+         dict(cabinet, performer_id=performer, limit=0)),
     ]
 
 

@@ -201,7 +201,7 @@ def test_every_named_query_is_upper_case_sql_and_parses(db):
     """Each query in db/queries.sql is prepared by PostgreSQL (catches typos before a user does)."""
     import re
     for name, sql in Q.items():
-        assert re.match(r"^(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql), name
+        assert re.match(r"^\(?(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql), name  # "(SELECT …) UNION ALL …" too
         prepared = re.sub(r"%\((\w+)\)s", "NULL", sql)
         db.execute("PREPARE check_query AS " + prepared)
         db.execute("DEALLOCATE check_query")

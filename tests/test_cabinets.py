@@ -76,8 +76,11 @@ def test_customer_cabinet_shows_the_databases_counters_of_every_status(client, s
     page = text_of(client.get("/cabinet"))
     assert "7 placed 2 open 1 in progress 1 delivered 1 disputed 1 done 1 cancelled" in page
     # they are the stored counters, not a count of the page: a drift shows (and is repaired)
-    db.execute("UPDATE customer_stats SET orders_disputed = 5 WHERE customer_id = %s", (customer_world["anna"]["id"],))
-    assert "1 delivered 5 disputed" in text_of(client.get("/cabinet"))
+    db.execute("""UPDATE customer_stats SET orders_placed = 11, orders_open = 12, orders_in_progress = 13,
+                  orders_delivered = 14, orders_disputed = 15, orders_done = 16, orders_cancelled = 17
+                  WHERE customer_id = %s""", (customer_world["anna"]["id"],))
+    assert ("11 placed 12 open 13 in progress 14 delivered 15 disputed 16 done 17 cancelled"
+            in text_of(client.get("/cabinet")))
     db.execute("SELECT recalc_counters()")
 
 
@@ -134,8 +137,11 @@ def test_performer_cabinet_has_a_tab_per_status_the_counters_and_a_way_to_hand_i
     assert f'href="/orders/{busy}#f-deliver-message">Hand in the work' in page.text
     assert f'action="/orders/{busy}/complete"' not in page.text and f'action="/orders/{busy}/deliver"' not in page.text
     assert "waiting for the customer to accept it or ask for a revision" in text_of(client.get("/cabinet?status=delivered"))
-    db.execute("UPDATE performer_stats SET orders_delivered = 4 WHERE performer_id = %s", (performer_world["vera"]["id"],))
-    assert "1 in progress 4 delivered 1 disputed" in text_of(client.get("/cabinet"))
+    db.execute("""UPDATE performer_stats SET orders_completed = 3, orders_in_progress = 4, orders_delivered = 5,
+                  orders_disputed = 6, rating_count = 7, rating_sum = 59
+                  WHERE performer_id = %s""", (performer_world["vera"]["id"],))
+    for url in ("/cabinet", "/cabinet/offers"):
+        assert "3 completed 4 in progress 5 delivered 6 disputed 8.4 average of 7 ratings" in text_of(client.get(url))
     db.execute("SELECT recalc_counters()")
 
 
