@@ -14,7 +14,7 @@ import files
 import notices
 import orders
 from web import (FILES_BODY_BYTES, Form, Routes, _, csrf_protect, current_user, db_all, db_one, db_run,
-                 error_response, login_required, not_found, redirect, render, reread_unread_counts, safe_next)
+                 error_response, link, login_required, not_found, redirect, render, reread_unread_counts, safe_next)
 
 routes = Routes()
 
@@ -169,7 +169,7 @@ def inbox():
     page = rows[:INBOX_PAGE]
     next_url = None
     if len(rows) > INBOX_PAGE:
-        next_url = "/messages?after=" + orders.cursor_after(page[-1], "last_message_at")
+        next_url = link("/messages", {}, after=orders.cursor_after(page[-1], "last_message_at"))
     return render("messages_inbox.html", conversations=page, next_url=next_url,
                   first_url="/messages" if after else None)
 

@@ -1,6 +1,7 @@
 """Conversations and files through HTTP (SPEC §10): who reads and writes which conversation, the
 files' bytes and headers, the limits, staff reads during disputes, contacts, the header counts."""
 import hashlib
+import html
 import io
 import os
 import re
@@ -12,6 +13,7 @@ import pytest
 import files
 import web
 from conftest import text_of
+from db import Q
 from test_app_core import CountingInput
 from test_operations import empty_db_url  # noqa: F401  (a fixture)
 
@@ -121,6 +123,28 @@ def test_kept_inbox_rows_follow_the_viewer_the_conversation_and_the_language(db,
     assert "1 unread with Customer · just now Yes, SVG please" in row(performer)
     customer["browser"].set_cookie("lang", "ru")
     assert "с Performer · только что Вы: Yes, SVG please" in row(customer)
+
+
+def test_the_inbox_goes_on_to_its_next_page_through_its_own_link(db, cast, make_order):
+    """A page holds 30 conversations; the link to the next one carries the last one's moment, whose
+    "+00:00" a browser sends as it is written: the link must say it as %2B, or "+" reads as a space."""
+    customer, performer = cast["customer"], cast["performer"]
+    titles = []
+    for n in range(31):
+        order = make_order(customer["user"], title=f"Inbox order {n:02}")
+        talk = db.execute(Q["conversation_open"], {"order_id": order["id"], "performer_id": performer["user"]["id"],
+                                                   "sender_id": performer["user"]["id"]}).fetchone()
+        db.execute(Q["message_send"], {"conversation_id": talk["id"], "sender_id": performer["user"]["id"],
+                                       "body": f"Question {n:02}"})
+        titles.append(order["title"])
+    first = customer["browser"].get("/messages")
+    shown = re.findall(r'class="card-title" href="[^"]+">([^<]+)</a>', first.text)
+    assert shown == titles[::-1][:30]
+    next_url = html.unescape(re.search(r'<a class="button secondary" href="([^"]+)">Next page', first.text).group(1))
+    assert "+" not in next_url
+    second = customer["browser"].get(next_url)
+    assert re.findall(r'class="card-title" href="[^"]+">([^<]+)</a>', second.text) == ["Inbox order 00"]
+    assert "Next page" not in second.text and 'href="/messages">← First page' in second.text
 
 
 def test_after_the_take_only_the_assigned_performers_conversation_goes_on(db, cast, make_order, make_user, sign_in,
