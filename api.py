@@ -939,7 +939,7 @@ def api_conversations():
     """The caller's conversations, the latest first (as /messages); `after` is the last `next`."""
     user = current_user()
     after = query_form().source.get("after")
-    cursor = orders.parse_time_cursor(after) if after else (talk.END_OF_TIME, talk.LAST_ID)
+    cursor = orders.parse_time_cursor(after) if after else (orders.END_OF_TIME, orders.LAST_ID)
     if cursor is None:  # of the document's form, but no moment (a 31st of November)
         raise invalid({"after": _("This page link is broken. Start again from the first page.")}, 422)
     rows = db_all("conversations_inbox", user_id=user["id"], after_at=cursor[0], after_id=cursor[1],

@@ -6,7 +6,6 @@ admin_log_conversation_read); the database's triggers number the messages, keep 
 counts and write the notifications. When a write is refused, the order is read once to answer
 404, 403 or 409, as orders.py does.
 """
-import datetime
 
 from bottle import request
 
@@ -14,15 +13,13 @@ import files
 import notices
 import orders
 from web import (FILES_BODY_BYTES, Form, Routes, _, csrf_protect, current_user, db_all, db_one, db_run,
-                 error_response, link, login_required, not_found, redirect, render, reread_unread_counts, safe_next)
+                 error_response, login_required, not_found, redirect, render, reread_unread_counts, safe_next)
 
 routes = Routes()
 
 INBOX_PAGE = 30
 MESSAGES_PAGE = 100
 NOTIFICATIONS_PAGE = 30
-END_OF_TIME = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
-LAST_ID = 2**63 - 1
 LAST_SEQ = 2**31 - 1
 
 
@@ -159,19 +156,11 @@ def limits():
 def inbox():
     """The viewer's conversations, the latest first, with their unread counts."""
     user = current_user()
-    form = Form(request.query)
-    after = form.text("after", required=False, max_len=100)
-    cursor = orders.parse_time_cursor(after) if after and form.ok else (END_OF_TIME, LAST_ID)
-    if not form.ok or cursor is None:
-        raise error_response(400, _("This page link is broken. Start again from the first page."))
-    rows = db_all("conversations_inbox", user_id=user["id"], after_at=cursor[0], after_id=cursor[1],
+    after_at, after_id = orders.read_time_cursor(Form(request.query))
+    rows = db_all("conversations_inbox", user_id=user["id"], after_at=after_at, after_id=after_id,
                   limit=INBOX_PAGE + 1)
-    page = rows[:INBOX_PAGE]
-    next_url = None
-    if len(rows) > INBOX_PAGE:
-        next_url = link("/messages", {}, after=orders.cursor_after(page[-1], "last_message_at"))
-    return render("messages_inbox.html", conversations=page, next_url=next_url,
-                  first_url="/messages" if after else None)
+    links, page = orders.keyset_links("/messages", {}, rows, "last_message_at", INBOX_PAGE)
+    return render("messages_inbox.html", conversations=page, **links)
 
 
 @routes.get("/orders/<order_id:id>/messages")
@@ -256,7 +245,7 @@ def serve_file(file_id):
 
 def notifications_page(user, after):
     """A page of the user's notifications after an id (newest first) and the next page's `after`."""
-    rows = db_all("notifications_page", user_id=user["id"], after_id=after or LAST_ID, limit=NOTIFICATIONS_PAGE + 1)
+    rows = db_all("notifications_page", user_id=user["id"], after_id=after or orders.LAST_ID, limit=NOTIFICATIONS_PAGE + 1)
     page = rows[:NOTIFICATIONS_PAGE]
     for row in page:
         row["text"], row["detail"], row["url"] = notices.text(row), notices.detail(row), notices.link(row)

@@ -826,7 +826,7 @@ def order_edit_save(order_id):
 # ---------------------------------------------------------------------------------------------
 # The cabinets
 
-def read_cabinet_cursor(form):
+def read_time_cursor(form):
     """(created_at, id) of the row to continue after, from `after`; 400 when the link is broken."""
     after = form.text("after", required=False, max_len=100)
     cursor = parse_time_cursor(after) if after and form.ok else (END_OF_TIME, LAST_ID)
@@ -835,10 +835,11 @@ def read_cabinet_cursor(form):
     return cursor
 
 
-def keyset_links(base, params, rows, key):
-    """The rows of one page, and the links to the next and the first pages."""
-    shown = rows[:CABINET_PAGE_SIZE]
-    more = len(rows) > CABINET_PAGE_SIZE
+def keyset_links(base, params, rows, key, size=CABINET_PAGE_SIZE):
+    """The rows of one page of `size` (`rows` may hold one more), and the links to the next and
+    the first pages."""
+    shown = rows[:size]
+    more = len(rows) > size
     return {"next_url": link(base, params, after=cursor_after(shown[-1], key)) if more else None,
             "first_url": link(base, params) if request.query.get("after") else None}, shown
 
@@ -867,7 +868,7 @@ def cabinet():
     user = current_user()
     form = Form(request.query)
     status = form.choice("status", STATUSES, required=False)
-    after_time, after_id = read_cabinet_cursor(form)
+    after_time, after_id = read_time_cursor(form)
     page = {"status": status, "lang": current_lang(), "after_time": after_time, "after_id": after_id,
             "limit": CABINET_PAGE_SIZE + 1}
     if user["role"] == "customer":
@@ -887,7 +888,7 @@ def cabinet_offers():
     """My offers: the performer's offers, newest first, each with its order and status."""
     user = current_user()
     form = Form(request.query)
-    after_at, after_id = read_cabinet_cursor(form)
+    after_at, after_id = read_time_cursor(form)
     # performer_offers_page says LIMIT 21: a page of CABINET_PAGE_SIZE and one more
     rows = db_all("performer_offers_page", performer_id=user["id"], after_at=after_at, after_id=after_id)
     links, offers = keyset_links("/cabinet/offers", {}, rows, "created_at")
