@@ -850,14 +850,14 @@ CUSTOMER_COUNTERS = ("orders_placed", "orders_open", "orders_in_progress", "orde
 PERFORMER_COUNTERS = ("orders_completed", "orders_in_progress", "orders_delivered", "orders_disputed", "rating_count")
 
 
-def render_cabinet(user, aside, **page):
-    """A cabinet's tab, `aside` the first row of its statement: the counters (and a performer's
-    average rating, or the categories a customer's form of a new order offers)."""
-    if user["role"] == "customer":
-        stats = dict(zip(CUSTOMER_COUNTERS, aside["counters"]))
-        return render("cabinet_customer.html", stats=stats, category_names=dict(aside["category_pairs"]), **page)
+def performer_cabinet(user, status=None, after=(END_OF_TIME, LAST_ID), limit=CABINET_PAGE_SIZE + 1):
+    """The performer cabinet's statement: its aside (the counters and the average rating), the five
+    latest reviews and a page of the performer's orders (limit 0: none, the aside and reviews alone)."""
+    aside, *rows = db_all("performer_cabinet_page", performer_id=user["id"], status=status, lang=current_lang(),
+                          after_time=after[0], after_id=after[1], limit=limit)
+    reviews = [row for row in rows if row["part"] == 1]
     stats = dict(zip(PERFORMER_COUNTERS, aside["counters"]), rating_avg=aside["rating_avg"])
-    return render("cabinet_performer.html", stats=stats, **page)
+    return stats, reviews, rows[len(reviews):]
 
 
 @routes.get("/cabinet", read_only=True)
@@ -868,18 +868,18 @@ def cabinet():
     user = current_user()
     form = Form(request.query)
     status = form.choice("status", STATUSES, required=False)
-    after_time, after_id = read_time_cursor(form)
-    page = {"status": status, "lang": current_lang(), "after_time": after_time, "after_id": after_id,
-            "limit": CABINET_PAGE_SIZE + 1}
-    if user["role"] == "customer":
-        aside, *rows = db_all("customer_cabinet_page", customer_id=user["id"], **page)
-        reviews = None
-    else:
-        aside, *rows = db_all("performer_cabinet_page", performer_id=user["id"], **page)
-        reviews = [row for row in rows if row["part"] == 1]
-        rows = rows[len(reviews):]
+    after = read_time_cursor(form)
+    if user["role"] == "performer":
+        stats, reviews, rows = performer_cabinet(user, status, after)
+        links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
+        return render("cabinet_performer.html", stats=stats, orders=orders, reviews=reviews, offers=None, tab=status,
+                      **links)
+    # The aside is its first row: the counters, and the categories of the form of a new order
+    aside, *rows = db_all("customer_cabinet_page", customer_id=user["id"], status=status, lang=current_lang(),
+                          after_time=after[0], after_id=after[1], limit=CABINET_PAGE_SIZE + 1)
     links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
-    return render_cabinet(user, aside, orders=orders, reviews=reviews, offers=None, tab=status, **links)
+    return render("cabinet_customer.html", stats=dict(zip(CUSTOMER_COUNTERS, aside["counters"])),
+                  category_names=dict(aside["category_pairs"]), orders=orders, tab=status, **links)
 
 
 @routes.get("/cabinet/offers")
@@ -892,6 +892,6 @@ def cabinet_offers():
     # performer_offers_page says LIMIT 21: a page of CABINET_PAGE_SIZE and one more
     rows = db_all("performer_offers_page", performer_id=user["id"], after_at=after_at, after_id=after_id)
     links, offers = keyset_links("/cabinet/offers", {}, rows, "created_at")
-    aside, *reviews = db_all("performer_cabinet_page", performer_id=user["id"], status=None, lang=current_lang(),
-                             after_time=END_OF_TIME, after_id=LAST_ID, limit=0)  # its aside alone
-    return render_cabinet(user, aside, orders=[], reviews=reviews, offers=offers, tab="offers", **links)
+    stats, reviews, _orders = performer_cabinet(user, limit=0)
+    return render("cabinet_performer.html", stats=stats, orders=[], reviews=reviews, offers=offers, tab="offers",
+                  **links)
