@@ -871,15 +871,15 @@ def cabinet():
     after = read_time_cursor(form)
     if user["role"] == "performer":
         stats, reviews, rows = performer_cabinet(user, status, after)
-        links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
-        return render("cabinet_performer.html", stats=stats, orders=orders, reviews=reviews, offers=None, tab=status,
-                      **links)
-    # The aside is its first row: the counters, and the categories of the form of a new order
-    aside, *rows = db_all("customer_cabinet_page", customer_id=user["id"], status=status, lang=current_lang(),
-                          after_time=after[0], after_id=after[1], limit=CABINET_PAGE_SIZE + 1)
+        template, aside = "cabinet_performer.html", {"stats": stats, "reviews": reviews, "offers": None}
+    else:
+        # The aside is its first row: the counters, and the categories of the form of a new order
+        first, *rows = db_all("customer_cabinet_page", customer_id=user["id"], status=status, lang=current_lang(),
+                              after_time=after[0], after_id=after[1], limit=CABINET_PAGE_SIZE + 1)
+        template, aside = "cabinet_customer.html", {"stats": dict(zip(CUSTOMER_COUNTERS, first["counters"])),
+                                                    "category_names": dict(first["category_pairs"])}
     links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
-    return render("cabinet_customer.html", stats=dict(zip(CUSTOMER_COUNTERS, aside["counters"])),
-                  category_names=dict(aside["category_pairs"]), orders=orders, tab=status, **links)
+    return render(template, orders=orders, tab=status, **aside, **links)
 
 
 @routes.get("/cabinet/offers")

@@ -68,7 +68,7 @@ def cases(connection):
         (f"performer cabinet, all, only old orders ({quiet})", "performer_cabinet_page", dict(cabinet, performer_id=quiet)),
         (f"performer cabinet, done tab ({performer})", "performer_cabinet_page",
          dict(cabinet, performer_id=performer, status="done")),
-        (f"performer's offers tab, the aside alone ({performer})", "performer_cabinet_page",
+        (f"performer's offers tab, the aside and reviews alone ({performer})", "performer_cabinet_page",
          dict(cabinet, performer_id=performer, limit=0)),
     ]
 

@@ -1062,7 +1062,8 @@ FROM newest
 -- shares the columns of an order it can (id, title, rating, customer_name) and has two of its own;
 -- each row is kept rendered under all of its values. An order's row gives the columns it shows:
 -- the price agreed, else the budget; the time of handing in only while it waits for the customer
--- (the row shows it then alone). The tab of the performer's offers takes the aside alone (limit 0).
+-- (the row shows it then alone). The tab of the performer's offers takes the aside and the reviews
+-- alone (limit 0).
 (SELECT 2 AS part, o.id, o.title, coalesce(o.agreed_price, o.budget) AS price, o.deadline, o.status, o.created_at,
         CASE WHEN o.status = 'delivered' THEN o.delivered_at END AS delivered_at,
         CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
