@@ -60,16 +60,10 @@ VALUES (%(token_hash)s, %(user_id)s, now() + make_interval(days => %(days)s), le
 
 -- name: session_user
 -- The signed-in user behind a cookie, with what they have not read yet (for the page header);
--- blocked users and expired sessions give nothing.
-SELECT u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, u.lang, u.timezone,
-       coalesce(uc.unread_messages, 0) AS unread_messages,
-       coalesce(uc.unread_notifications, 0) AS unread_notifications
-FROM sessions s
-JOIN users u ON u.id = s.user_id
-LEFT JOIN user_counters uc ON uc.user_id = u.id
-WHERE s.token_hash = %(token_hash)s
-  AND s.expires_at > now()
-  AND NOT u.is_blocked
+-- blocked users and expired sessions give nothing (session_viewers has the rule).
+SELECT id, role, name, email, is_staff, is_blocked, lang, timezone, unread_messages, unread_notifications
+FROM session_viewers
+WHERE token_hash = %(token_hash)s
 
 -- name: session_delete
 DELETE FROM sessions

@@ -7,7 +7,7 @@ CREATE TABLE schema_version (
     version   integer NOT NULL
 );
 COMMENT ON TABLE schema_version IS 'One row: the schema version this database was built with; the app refuses any other.';
-INSERT INTO schema_version (version) VALUES (20);
+INSERT INTO schema_version (version) VALUES (21);
 
 CREATE TYPE user_role AS ENUM ('customer', 'performer');
 COMMENT ON TYPE user_role IS 'Chosen at sign-up, never changed: a customer posts orders, a performer takes them.';
@@ -1137,6 +1137,18 @@ COMMENT ON FUNCTION users_create_counters() IS 'Gives every new account its user
 CREATE TRIGGER users_create_counters AFTER INSERT ON users
     FOR EACH ROW EXECUTE FUNCTION users_create_counters();
 COMMENT ON TRIGGER users_create_counters ON users IS 'Creates the user_counters row of a new account.';
+
+-- Who a session signs in (session_user, the cabinets' statements).
+CREATE VIEW session_viewers AS
+SELECT s.token_hash, u.id, u.role, u.name, u.email, u.is_staff, u.is_blocked, u.lang, u.timezone,
+       coalesce(uc.unread_messages, 0) AS unread_messages,
+       coalesce(uc.unread_notifications, 0) AS unread_notifications
+FROM sessions s
+JOIN users u ON u.id = s.user_id
+LEFT JOIN user_counters uc ON uc.user_id = u.id
+WHERE s.expires_at > now()
+  AND NOT u.is_blocked;
+COMMENT ON VIEW session_viewers IS 'The user each live session signs in (not expired, the user not blocked), with what the page header shows of them (their unread counts): read by token_hash, by session_user and by the pages that read their viewer in their own statement (the cabinets). A blocked user''s or an expired session signs in nobody.';
 
 -- ---------------------------------------------------------------------------------------------
 -- Conversations and messages
