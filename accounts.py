@@ -61,12 +61,12 @@ def admit_attempt(email):
     return wait
 
 
-def sign_in_as(user_id):
-    """Ends the visitor's previous session, if any, and opens a new one (a fresh token)."""
+def sign_in_as(user):
+    """Ends the visitor's previous session, if any, and opens a new one of `user` (a fresh token)."""
     old_token = request.get_cookie(SESSION_COOKIE)
     if old_token and len(old_token) < 100:
         db_run("session_delete", token_hash=token_hash(old_token))
-    start_session(user_id)
+    start_session(user)
 
 
 def render_login(status=200, values=None, errors=None, error=None, status_blocked=False):
@@ -105,7 +105,7 @@ def signup():
     if not form.ok:
         return render("accounts_signup.html", status=400, values=form.values, errors=form.errors)
     db_run("user_lang_set", user_id=user["id"], lang=current_lang())  # their mail speaks it
-    sign_in_as(user["id"])
+    sign_in_as(user)
     redirect("/cabinet", _("Welcome to Birzha, %(name)s! Your account is ready.", name=user["name"]))
 
 
@@ -136,7 +136,7 @@ def login():
     if user["is_blocked"]:
         blocked = _("This account is blocked. Contact Birzha support if you think this is a mistake.")
         return render_login(403, form.values, error=blocked, status_blocked=True)
-    sign_in_as(user["id"])
+    sign_in_as(user)
     target = safe_next(request.forms.getunicode("next") or "", "/cabinet")
     redirect(target, _("Welcome back, %(name)s!", name=user["name"]))
 
@@ -244,7 +244,7 @@ def password_change():
     if changed is None:
         raise error_response(409, _("The password was changed elsewhere at the same moment. Log in again."))
     # The trigger has ended every session of this user; the person who changed it stays signed in.
-    start_session(me["id"])
+    start_session(me)
     redirect("/profile", _("Your password is changed. Every other session is logged out."))
 
 

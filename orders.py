@@ -12,7 +12,8 @@ from bottle import request
 import files
 from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_lang, current_user,
                  db_all, db_one, db_run, error_response, link, login_required, not_found, redirect, render,
-                 reread_unread_counts, role_required, safe_next)
+                 reread_unread_counts, role_required, safe_next, session_role, session_token_hash,
+                 user_or_login)
 
 routes = Routes()
 
@@ -850,34 +851,52 @@ CUSTOMER_COUNTERS = ("orders_placed", "orders_open", "orders_in_progress", "orde
 PERFORMER_COUNTERS = ("orders_completed", "orders_in_progress", "orders_delivered", "orders_disputed", "rating_count")
 
 
-def performer_cabinet(user, status=None, after=(END_OF_TIME, LAST_ID), limit=CABINET_PAGE_SIZE + 1):
-    """The performer cabinet's statement: its aside (the counters and the average rating), the five
-    latest reviews and a page of the performer's orders (limit 0: none, the aside and reviews alone)."""
-    aside, *rows = db_all("performer_cabinet_page", performer_id=user["id"], status=status, lang=current_lang(),
-                          after_time=after[0], after_id=after[1], limit=limit)
+def performer_cabinet(status=None, after=(END_OF_TIME, LAST_ID), limit=CABINET_PAGE_SIZE + 1):
+    """The performer cabinet's statement, read by the session: its viewer (None once the session
+    has ended), its aside (the counters and the average rating, the five latest reviews) and a page
+    of the performer's orders (limit 0: none)."""
+    aside, *rows = db_all("performer_cabinet_page", token_hash=session_token_hash(), status=status,
+                          lang=current_lang(), after_time=after[0], after_id=after[1], limit=limit) or [None]
+    if aside is None:
+        return None, {}, []
     reviews = [row for row in rows if row["part"] == 1]
     stats = dict(zip(PERFORMER_COUNTERS, aside["counters"]), rating_avg=aside["rating_avg"])
-    return stats, reviews, rows[len(reviews):]
+    return aside["viewer"], {"stats": stats, "reviews": reviews, "offers": None}, rows[len(reviews):]
+
+
+def customer_cabinet(status, after):
+    """The customer cabinet's statement, read by the session: its viewer (None once the session has
+    ended), its aside (the counters, and the categories of the form of a new order) and a page of
+    the customer's orders."""
+    aside, *rows = db_all("customer_cabinet_page", token_hash=session_token_hash(), status=status,
+                          lang=current_lang(), after_time=after[0], after_id=after[1],
+                          limit=CABINET_PAGE_SIZE + 1) or [None]
+    if aside is None:
+        return None, {}, []
+    return aside["viewer"], {"stats": dict(zip(CUSTOMER_COUNTERS, aside["counters"])),
+                             "category_names": dict(aside["category_pairs"])}, rows
+
+
+CABINETS = {"customer": ("cabinet_customer.html", customer_cabinet),
+            "performer": ("cabinet_performer.html", performer_cabinet)}
 
 
 @routes.get("/cabinet", read_only=True)
-@login_required
 def cabinet():
     """The customer's or the performer's own orders by status, with the counters of the database
-    (and a performer's latest reviews), in one statement."""
-    user = current_user()
+    (and a performer's latest reviews), in one statement that reads the session too: the session's
+    token names the role, so its statement is chosen before the viewer is read (a token of before
+    that: current_user() first, one statement more)."""
+    role = session_role() or user_or_login(current_user())["role"]
     form = Form(request.query)
     status = form.choice("status", STATUSES, required=False)
     after = read_time_cursor(form)
-    if user["role"] == "performer":
-        stats, reviews, rows = performer_cabinet(user, status, after)
-        template, aside = "cabinet_performer.html", {"stats": stats, "reviews": reviews, "offers": None}
-    else:
-        # The aside is its first row: the counters, and the categories of the form of a new order
-        first, *rows = db_all("customer_cabinet_page", customer_id=user["id"], status=status, lang=current_lang(),
-                              after_time=after[0], after_id=after[1], limit=CABINET_PAGE_SIZE + 1)
-        template, aside = "cabinet_customer.html", {"stats": dict(zip(CUSTOMER_COUNTERS, first["counters"])),
-                                                    "category_names": dict(first["category_pairs"])}
+    template, read = CABINETS[role]
+    viewer, aside, rows = read(status, after)
+    if viewer is not None and viewer["role"] != role:  # a token we did not make: its user's own cabinet
+        template, read = CABINETS[viewer["role"]]
+        viewer, aside, rows = read(status, after)
+    user_or_login(viewer)
     links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
     return render(template, orders=orders, tab=status, **aside, **links)
 
@@ -892,6 +911,6 @@ def cabinet_offers():
     # performer_offers_page says LIMIT 21: a page of CABINET_PAGE_SIZE and one more
     rows = db_all("performer_offers_page", performer_id=user["id"], after_at=after_at, after_id=after_id)
     links, offers = keyset_links("/cabinet/offers", {}, rows, "created_at")
-    stats, reviews, _orders = performer_cabinet(user, limit=0)
-    return render("cabinet_performer.html", stats=stats, orders=[], reviews=reviews, offers=offers, tab="offers",
-                  **links)
+    viewer, aside, _orders = performer_cabinet(limit=0)
+    user_or_login(viewer)  # the session ended a moment ago
+    return render("cabinet_performer.html", **dict(aside, offers=offers), orders=[], tab="offers", **links)

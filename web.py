@@ -805,11 +805,22 @@ def set_cookie(name, value, max_age):
                         secure=request.app.config["cookie_secure"])
 
 
-def start_session(user_id):
-    """Opens a new session (a fresh token at every sign-in) and sets its cookie."""
-    token = secrets.token_urlsafe(32)
+# A session's token starts with the letter of its user's role and a dot ("p.…"): a role never
+# changes (users_guard_update), so a page whose statement depends on the role (the cabinet) can
+# choose it before reading the viewer, and read the viewer in that same statement. Only the
+# token's hash finds its session, so a letter changed in the cookie finds none.
+SESSION_ROLES = {"c": "customer", "p": "performer"}
+
+
+def new_session_token(role):
+    return f"{role[0]}.{secrets.token_urlsafe(32)}"
+
+
+def start_session(user):
+    """Opens a new session of `user` (a fresh token at every sign-in) and sets its cookie."""
+    token = new_session_token(user["role"])
     db_run("sessions_delete_expired")  # housekeeping on the way in: sign-ins are rare enough
-    db_run("session_create", token_hash=token_hash(token), user_id=user_id, days=SESSION_DAYS,
+    db_run("session_create", token_hash=token_hash(token), user_id=user["id"], days=SESSION_DAYS,
            user_agent=request.headers.get("User-Agent", "")[:300])
     set_cookie(SESSION_COOKIE, token, SESSION_DAYS * 86400)
     request.environ["birzha.session_token"] = token
@@ -832,16 +843,26 @@ def session_token():
     return request.get_cookie(SESSION_COOKIE)
 
 
+def session_role():
+    """The role the session's token names (see SESSION_ROLES), or None: a guest, or a token of
+    before tokens named it. The session may still have ended: only its statement can tell."""
+    token = session_token()
+    return SESSION_ROLES.get(token[0]) if token and token[1:2] == "." else None
+
+
+def session_token_hash():
+    """The hash a page's statement finds the viewer's session by (session_viewers), or None."""
+    token = session_token()
+    return token_hash(token) if token and len(token) < 100 else None
+
+
 def current_user():
     """The signed-in user (dict) or None; looked up once per request."""
     environ = request.environ
     if "birzha.user_loaded" not in environ:
         environ["birzha.user_loaded"] = True
-        token = session_token()
-        user = None
-        if token and len(token) < 100:
-            user = db_one("session_user", token_hash=token_hash(token))
-        environ["birzha.user"] = user
+        hashed = session_token_hash()
+        environ["birzha.user"] = db_one("session_user", token_hash=hashed) if hashed else None
     return environ.get("birzha.user")
 
 
@@ -852,8 +873,8 @@ def reread_unread_counts(user):
 
 
 def set_current_user(user):
-    """Signs this request in as `user` (the API's Bearer token) for current_user() and the checks
-    that use it; no session or cookie is involved."""
+    """Signs this request in as `user` (the API's Bearer token, or the viewer a page's statement read
+    by the session: see user_or_login) for current_user() and the checks that use it."""
     request.environ["birzha.user"] = user
     request.environ["birzha.user_loaded"] = True
 
@@ -955,11 +976,20 @@ def login_required(view):
     """Guests go to /login?next=…; blocked users never get here (their session is gone)."""
     @wraps(view)
     def wrapper(*args, **kwargs):
-        if current_user() is None:
-            redirect("/login?next=" + quote(request.fullpath + (
-                "?" + request.query_string if request.query_string else ""), safe="/"))
+        user_or_login(current_user())
         return view(*args, **kwargs)
     return wrapper
+
+
+def user_or_login(user):
+    """The request's user, given (a page that read its viewer in its own statement, by
+    session_token_hash() from session_viewers, one statement less) or current_user()'s; a guest (or
+    a session that has ended) goes to /login?next=… and comes back here once signed in."""
+    if user is None:
+        redirect("/login?next=" + quote(request.fullpath + (
+            "?" + request.query_string if request.query_string else ""), safe="/"))
+    set_current_user(user)
+    return user
 
 
 def role_required(*roles, staff=False):

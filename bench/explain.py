@@ -18,6 +18,7 @@ from common import bench_database
 
 import db  # noqa: E402
 import orders as orders_module  # noqa: E402
+import web  # noqa: E402
 
 
 def scans(plan):
@@ -58,18 +59,26 @@ def cases(connection):
     quiet = one("""SELECT performer_id AS id FROM orders WHERE performer_id IS NOT NULL
                    ORDER BY created_at LIMIT 1""")["id"]
     cabinet = {"status": None, "after_time": end, "after_id": orders_module.LAST_ID, "limit": 21, "lang": "ru"}
+
+    def signed_in(user_id, key):
+        """A cabinet reads its viewer by the session (the id too, for the statements of before)."""
+        token = web.new_session_token(one(f"SELECT role FROM users WHERE id = {int(user_id)}")["role"])
+        connection.execute("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + interval '1 hour')",
+                           (web.token_hash(token), user_id))
+        return dict(cabinet, token_hash=web.token_hash(token), **{key: user_id})
+    customer_page, performer_page = signed_in(customer, "customer_id"), signed_in(performer, "performer_id")
     return [
         ("feed, first page", "orders_feed", feed),
         ("search window edge (q=логотип)", "orders_feed_window_edge", dict(feed, q="логотип")),
         ("catalogue, first page", "performers_catalogue", {"after": None, "category_id": None, "limit": 21}),
         ("catalogue, 100th page", "performers_catalogue", {"after": deep, "category_id": None, "limit": 21}),
-        (f"customer cabinet, all ({customer})", "customer_cabinet_page", dict(cabinet, customer_id=customer)),
-        (f"performer cabinet, all ({performer})", "performer_cabinet_page", dict(cabinet, performer_id=performer)),
-        (f"performer cabinet, all, only old orders ({quiet})", "performer_cabinet_page", dict(cabinet, performer_id=quiet)),
+        (f"customer cabinet, all ({customer})", "customer_cabinet_page", customer_page),
+        (f"performer cabinet, all ({performer})", "performer_cabinet_page", performer_page),
+        (f"performer cabinet, all, only old orders ({quiet})", "performer_cabinet_page", signed_in(quiet, "performer_id")),
         (f"performer cabinet, done tab ({performer})", "performer_cabinet_page",
-         dict(cabinet, performer_id=performer, status="done")),
+         dict(performer_page, status="done")),
         (f"performer's offers tab, the aside and reviews alone ({performer})", "performer_cabinet_page",
-         dict(cabinet, performer_id=performer, limit=0)),
+         dict(performer_page, limit=0)),
     ]
 
 

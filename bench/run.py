@@ -23,9 +23,11 @@ from urllib.parse import quote
 
 import psutil
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from common import Gunicorn, OUT, bench_database, machine
+
+import web  # noqa: E402  (common puts the app on the path)
 
 PORT = 8182
 
@@ -34,10 +36,12 @@ PORT = 8182
 # Accounts and the pages' parameters
 
 def session_for(connection, user_id):
-    token = secrets.token_urlsafe(32)
+    """A session's cookie as signing in makes one (its token names the user's role)."""
+    (role,) = connection.cursor(row_factory=tuple_row).execute("SELECT role FROM users WHERE id = %s", (user_id,)).fetchone()
+    token = web.new_session_token(role)
     connection.execute("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + interval '1 day')",
-                       (hashlib.sha256(token.encode()).digest(), user_id))
-    return f"birzha_session={token}"
+                       (web.token_hash(token), user_id))
+    return f"{web.SESSION_COOKIE}={token}"
 
 
 def api_token_for(connection, user_id):

@@ -60,7 +60,8 @@ VALUES (%(token_hash)s, %(user_id)s, now() + make_interval(days => %(days)s), le
 
 -- name: session_user
 -- The signed-in user behind a cookie, with what they have not read yet (for the page header);
--- blocked users and expired sessions give nothing (session_viewers has the rule).
+-- blocked users and expired sessions give nothing. The cabinets read the same in their own
+-- statement (session_viewers has the rule).
 SELECT id, role, name, email, is_staff, is_blocked, lang, timezone, unread_messages, unread_notifications
 FROM session_viewers
 WHERE token_hash = %(token_hash)s
@@ -459,26 +460,32 @@ FROM customer_stats
 WHERE customer_id = %(customer_id)s
 
 -- name: customer_cabinet_page
--- A customer cabinet in one statement: first its aside (part 0): the counters, in the order of
--- orders.CUSTOMER_COUNTERS, and for its form of a new order the visible categories by id as
--- [slug, name in the viewer's language] pairs; then the customer's own orders, newest first,
--- optionally of one status, a keyset page after (created_at, id) (part 1). A statement more was
--- a tenth of the page's CPU under load. The aside as two arrays keeps each order's row narrow
--- (as ten columns, rows 27 wide cost back what the statement saved; as jsonb, PostgreSQL's
--- building and printing it did).
+-- A customer cabinet in one statement, its viewer's session too (as session_user reads it, by
+-- the session's token hash): first its aside (part 0), the viewer (as JSON) with their counters,
+-- in the order of orders.CUSTOMER_COUNTERS, and for its form of a new order the visible categories
+-- by id as [slug, name in the viewer's language] pairs; then the customer's own orders, newest
+-- first, optionally of one status, a keyset page after (created_at, id) (part 1). No row at all
+-- when the session has ended. A statement more (the session's, the counters') was a tenth of the
+-- page's CPU under load each. The aside as two arrays keeps each order's row narrow (as ten
+-- columns, rows 27 wide cost back what the statement saved; as jsonb, PostgreSQL's building and
+-- printing it did).
 -- The order rows give the columns they show, the category named in the viewer's language: each
 -- is kept rendered under all of its values (web.kept_each), which are hashed and compared per row.
 -- The page's ids first, then only they are joined: once prepared, PostgreSQL may keep a generic
 -- plan made for a customer of average size (a few orders), a bitmap scan and a sort; for a
 -- customer with hundreds it then joined every order before sorting (1 ms instead of 0.07 at
 -- 10,000 orders). Now the worst it does is sort the ids of one customer's orders.
+WITH viewer AS MATERIALIZED (
+    SELECT id, role, name, email, is_staff, is_blocked, lang, timezone, unread_messages, unread_notifications
+    FROM session_viewers
+    WHERE token_hash = %(token_hash)s)
 SELECT 1 AS part, o.id, o.title, o.budget, o.status, o.mode, o.offers_active, o.created_at, o.performer_id,
        o.rating, p.name AS performer_name,
        CASE %(lang)s WHEN 'en' THEN c.name_en ELSE c.name_ru END AS category_name,
-       NULL::integer[] AS counters, NULL::text[] AS category_pairs
+       NULL::integer[] AS counters, NULL::text[] AS category_pairs, NULL::json AS viewer
 FROM (SELECT k.id
       FROM orders k
-      WHERE k.customer_id = %(customer_id)s
+      WHERE k.customer_id = (SELECT id FROM viewer)
         AND (%(status)s::order_status IS NULL OR k.status = %(status)s::order_status)
         AND (k.created_at, k.id) < (%(after_time)s, %(after_id)s)
       ORDER BY k.created_at DESC, k.id DESC
@@ -492,9 +499,10 @@ SELECT 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
              s.orders_done, s.orders_cancelled],
        (SELECT coalesce(array_agg(ARRAY[c.slug, CASE %(lang)s WHEN 'en' THEN c.name_en ELSE c.name_ru END] ORDER BY c.id), '{}')
         FROM categories c
-        WHERE NOT c.is_hidden)
-FROM customer_stats s
-WHERE s.customer_id = %(customer_id)s
+        WHERE NOT c.is_hidden),
+       to_json(v)
+FROM viewer v
+LEFT JOIN customer_stats s ON s.customer_id = v.id
 ORDER BY part, created_at DESC, id DESC
 
 -- =============================================================================================
@@ -1048,35 +1056,40 @@ FROM newest
 -- (end of the orders section)
 
 -- name: performer_cabinet_page
--- A performer cabinet in one statement (as customer_cabinet_page): first its aside (part 0): the
--- counters, in the order of orders.PERFORMER_COUNTERS, and the average rating; then the five
--- ratings and reviews the performer received last, hidden ones left out, newest first (part 1;
--- the public profile pages them all, the cabinet links there); then the performer's orders,
--- newest first, optionally of one status, a keyset page after (created_at, id) (part 2). A review
--- shares the columns of an order it can (id, title, rating, customer_name) and has two of its own;
--- each row is kept rendered under all of its values. An order's row gives the columns it shows:
--- the price agreed, else the budget; the time of handing in only while it waits for the customer
--- (the row shows it then alone). The tab of the performer's offers takes the aside and the reviews
--- alone (limit 0).
+-- A performer cabinet in one statement, its viewer's session too (as customer_cabinet_page): first
+-- its aside (part 0): the viewer (as JSON), the counters, in the order of
+-- orders.PERFORMER_COUNTERS, and the average rating; then the five ratings and reviews the
+-- performer received last, hidden ones left out, newest first (part 1; the public profile pages
+-- them all, the cabinet links there); then the performer's orders, newest first, optionally of one
+-- status, a keyset page after (created_at, id) (part 2). No row at all when the session has ended.
+-- A review shares the columns of an order it can (id, title, rating, customer_name) and has two of
+-- its own; each row is kept rendered under all of its values. An order's row gives the columns it
+-- shows: the price agreed, else the budget; the time of handing in only while it waits for the
+-- customer (the row shows it then alone). The tab of the performer's offers takes the aside and the
+-- reviews alone (limit 0).
+WITH viewer AS MATERIALIZED (
+    SELECT id, role, name, email, is_staff, is_blocked, lang, timezone, unread_messages, unread_notifications
+    FROM session_viewers
+    WHERE token_hash = %(token_hash)s)
 (SELECT 2 AS part, o.id, o.title, coalesce(o.agreed_price, o.budget) AS price, o.deadline, o.status, o.created_at,
         CASE WHEN o.status = 'delivered' THEN o.delivered_at END AS delivered_at,
         CASE WHEN NOT o.review_hidden THEN o.rating END AS rating, cu.name AS customer_name,
         CASE %(lang)s WHEN 'en' THEN c.name_en ELSE c.name_ru END AS category_name,
         NULL::text AS review, NULL::timestamptz AS rated_at, NULL::integer[] AS counters,
-        NULL::numeric AS rating_avg
+        NULL::numeric AS rating_avg, NULL::json AS viewer
  FROM orders o
  JOIN categories c ON c.id = o.category_id
  JOIN users cu ON cu.id = o.customer_id
- WHERE o.performer_id = %(performer_id)s
+ WHERE o.performer_id = (SELECT id FROM viewer)
    AND (%(status)s::order_status IS NULL OR o.status = %(status)s::order_status)
    AND (o.created_at, o.id) < (%(after_time)s, %(after_id)s)
  ORDER BY o.created_at DESC, o.id DESC
  LIMIT %(limit)s)
 UNION ALL
-(SELECT 1, o.id, o.title, NULL, NULL, NULL, NULL, NULL, o.rating, cu.name, NULL, o.review, o.rated_at, NULL, NULL
+(SELECT 1, o.id, o.title, NULL, NULL, NULL, NULL, NULL, o.rating, cu.name, NULL, o.review, o.rated_at, NULL, NULL, NULL
  FROM orders o
  JOIN users cu ON cu.id = o.customer_id
- WHERE o.performer_id = %(performer_id)s
+ WHERE o.performer_id = (SELECT id FROM viewer)
    AND o.rating IS NOT NULL
    AND NOT o.review_hidden
  ORDER BY o.rated_at DESC, o.id DESC
@@ -1084,9 +1097,9 @@ UNION ALL
 UNION ALL
 SELECT 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        ARRAY[s.orders_completed, s.orders_in_progress, s.orders_delivered, s.orders_disputed, s.rating_count],
-       s.rating_avg
-FROM performer_stats s
-WHERE s.performer_id = %(performer_id)s
+       s.rating_avg, to_json(v)
+FROM viewer v
+LEFT JOIN performer_stats s ON s.performer_id = v.id
 ORDER BY part, created_at DESC, rated_at DESC, id DESC
 
 -- name: api_orders_by_ids

@@ -2,13 +2,16 @@
 database, the performer's "My offers", and how many offers an order in offers mode has on the
 feed, in a search and on the home page."""
 import re
+import secrets
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 
 import orders as orders_module
 from conftest import text_of
 from db import Q
+import web
 
 
 def titles(page, prefix="/orders/"):
@@ -279,6 +282,42 @@ def test_my_offers_is_for_performers(client, make_client, sign_in, make_user):
     assert make_client().get("/cabinet/offers", status=303).headers["Location"].endswith("/login?next=/cabinet/offers")
     assert sign_in(client, make_user("customer")).get("/cabinet/offers", status=403)
     assert "/cabinet/offers" not in client.get("/cabinet").text
+
+
+def session_cookie(db, user, token):
+    """A session of the user with this token, opened in SQL."""
+    db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"], "days": 1,
+                                     "user_agent": "test"})
+    return token
+
+
+def test_a_cabinet_reads_its_viewer_in_its_own_statement_and_goes_to_sign_in_once_the_session_ends(
+        make_client, sign_in, db, customer_world):
+    """The session's token names the role (web.SESSION_ROLES), so the cabinet's one statement reads
+    the viewer too; a token of before that, or one naming another role, still opens the user's own
+    cabinet, and a session that has ended opens none."""
+    anna, vera = customer_world["anna"], customer_world["vera"]
+    signed = sign_in(make_client(), anna)
+    assert web.SESSION_ROLES[signed.cookies[web.SESSION_COOKIE].strip('"')[0]] == "customer"
+    page = signed.get("/cabinet")
+    assert titles(page) == CUSTOMER_TABS[None] and anna["name"] in page.text
+    older = make_client()
+    older.set_cookie(web.SESSION_COOKIE, session_cookie(db, anna, secrets.token_urlsafe(32)))
+    other_letter = make_client()
+    other_letter.set_cookie(web.SESSION_COOKIE, session_cookie(db, anna, "p." + secrets.token_urlsafe(32)))
+    for browser in (older, other_letter):
+        assert titles(browser.get("/cabinet")) == CUSTOMER_TABS[None]
+    # the header's unread counts come with the viewer
+    unread = db.execute("SELECT unread_notifications AS n FROM user_counters WHERE user_id = %s",
+                        (anna["id"],)).fetchone()["n"]
+    assert unread > 0 and f'title="unread notifications">{unread}</span>' in page.text
+    performer = sign_in(make_client(), vera)
+    assert "Anna delivered" in titles(performer.get("/cabinet")) and "Not hers" in titles(performer.get("/cabinet"))
+    db.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = %s", (anna["id"],))
+    db.execute("UPDATE users SET is_blocked = true WHERE id = %s", (vera["id"],))
+    for browser, url in ((signed, "/cabinet?status=done"), (older, "/cabinet"), (other_letter, "/cabinet"),
+                         (performer, "/cabinet"), (performer, "/cabinet/offers")):
+        assert browser.get(url, status=303).headers["Location"].endswith("/login?next=" + quote(url, safe="/")), url
 
 
 # ---------------------------------------------------------------------------------------------
