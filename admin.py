@@ -1,7 +1,8 @@
 """The admin area for staff (SPEC §7): dashboard, users, orders, disputes, categories, reviews,
 audit log, CSV.
 
-Every route is for staff only (role_required(staff=True)). Every action is one named query that
+Every route is for staff only (role_required(staff=True); the dashboard checks the viewer its own
+statement reads, by the same rule, before anything else). Every action is one named query that
 makes the change and writes its admin_log row together, and re-checks in SQL that the actor is
 still active staff; when it changes nothing, the route reads once to answer 404, 403 or 409.
 """
@@ -16,8 +17,9 @@ from urllib.parse import urlencode
 from bottle import request, response
 
 from orders import cursor_after, parse_time_cursor
-from web import (Form, Routes, _, act_as, csrf_protect, current_lang, current_user, db_all, db_one, db_stream,
-                 error_response, ngettext, not_found, redirect, role_required, template, templates)
+from web import (Form, Routes, _, act_as, check_role, csrf_protect, current_lang, current_user, db_all, db_one,
+                 db_stream, error_response, ngettext, not_found, redirect, role_required, session_token_hash, template,
+                 templates, user_or_login)
 from web import render as render_page
 
 routes = Routes()
@@ -126,11 +128,12 @@ def bar_chart(days, key):
 def render_dashboard(status=200, values=None, errors=None):
     """The dashboard; after a 400 of the recount form, with its values and errors. The figures over
     every user and order are the ones the tick stores every minute (computed here only when it
-    has not run yet)."""
-    read = db_one("admin_dashboard_read")
+    has not run yet). Its statement reads the viewer's session too: staff only from there on."""
+    read = db_one("admin_dashboard_read", token_hash=session_token_hash())
+    check_role(user_or_login(read["viewer"]), staff=True)
     if read["computed_at"] is None:
         db_one("dashboard_figures_refresh")
-        read = db_one("admin_dashboard_read")
+        read = db_one("admin_dashboard_read", token_hash=session_token_hash())
     figures = {key: read[key] for key in ("computed_at", "age", *FIGURE_PARTS)}
     audit = None
     if read["audit_checked_at"] is not None:
@@ -163,7 +166,6 @@ def _figures_html(lang, users_by_role, orders_by_status, new_per_day):
 
 
 @routes.get("/admin", read_only=True)
-@staff_only
 def dashboard():
     """Reads, but for the first visit before the tick has run: the figures are then stored by
     one statement of their own (dashboard_figures_refresh)."""

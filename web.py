@@ -998,14 +998,18 @@ def role_required(*roles, staff=False):
         @login_required
         @wraps(view)
         def wrapper(*args, **kwargs):
-            user = current_user()
-            if staff and not user["is_staff"]:
-                raise error_response(403, _("This page is for Birzha staff only."))
-            if roles and user["role"] not in roles:
-                raise error_response(403, _("This action is not available for your account."))
+            check_role(current_user(), roles, staff)
             return view(*args, **kwargs)
         return wrapper
     return decorate
+
+
+def check_role(user, roles=(), staff=False):
+    """A 403 unless the signed-in `user` is of one of these roles (or staff when staff=True)."""
+    if staff and not user["is_staff"]:
+        raise error_response(403, _("This page is for Birzha staff only."))
+    if roles and user["role"] not in roles:
+        raise error_response(403, _("This action is not available for your account."))
 
 
 def csrf_protect(view):

@@ -1134,8 +1134,14 @@ ORDER BY wanted.position
 -- the first audit), the open disputes of the navigation (disputes_*: open_disputes_badge) and the
 -- ten best performers (top_performers, a JSON array, best first; their average as text, as the
 -- numeric shows it), in one statement: as four they were a fifth of the page's time. The LIMIT
--- is a constant: see home_performers_top.
-SELECT f.computed_at,
+-- is a constant: see home_performers_top. The viewer of the session of token_hash too (JSON,
+-- NULL when none is live), as the cabinets read theirs: the page is for staff only.
+WITH viewer AS (
+    SELECT id, role, name, email, is_staff, is_blocked, lang, timezone, unread_messages, unread_notifications
+    FROM session_viewers
+    WHERE token_hash = %(token_hash)s)
+SELECT (SELECT to_json(v) FROM viewer v) AS viewer,
+       f.computed_at,
        now() - f.computed_at AS age,
        f.users_by_role,
        f.orders_by_status,

@@ -928,6 +928,25 @@ def test_audit_log_lists_newest_first_and_filters(db, staff_client, staff, world
     assert len(re.findall(r"</td>\s*<td>Log test", staff_client.get(f"/admin/log?staff={staff['id']}").text)) == 3
 
 
+def test_the_dashboard_reads_its_viewer_in_its_statement_and_is_staffs_only_until_the_session_ends(
+        db, staff, staff_client, make_client, sign_in, make_user):
+    """One statement reads the figures and the session (session_viewers): the header shows the
+    staff member, anyone else gets a 403 and computes nothing, and a session that has ended, or a
+    staff member blocked since, goes to sign in."""
+    db.execute("DELETE FROM dashboard_figures")  # before the tick's first run: a visit computes them
+    customer = sign_in(make_client("203.0.113.31"), make_user("customer"))
+    assert customer.get("/admin", status=403)
+    assert db.execute("SELECT count(*) AS n FROM dashboard_figures").fetchone()["n"] == 0
+    page = staff_client.get("/admin")
+    assert f'<span class="whoami">{staff["name"]}' in page.text and "Dashboard" in page.text
+    assert db.execute("SELECT count(*) AS n FROM dashboard_figures").fetchone()["n"] == 1
+    blocked = sign_in(make_client("203.0.113.32"), make_user("customer", staff=True))
+    db.execute("UPDATE users SET is_blocked = true WHERE is_staff AND id <> %s", (staff["id"],))
+    db.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = %s", (staff["id"],))
+    for browser in (staff_client, blocked):
+        assert browser.get("/admin", status=303).headers["Location"].endswith("/login?next=/admin")
+
+
 def test_dashboard_counts_chart_and_counter_drift(db, staff_client, make_user, make_order):
     customer = make_user("customer")
     performer = make_user("performer", name="Top Vera")
