@@ -1,5 +1,6 @@
 """Shared pieces of the benches: the bench database and a gunicorn on 127.0.0.1."""
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,14 @@ class Gunicorn:
     """The app under gunicorn on 127.0.0.1:port, stopped on exit."""
 
     def __init__(self, url, port=8181, workers=2, root=ROOT):
+        # A server left on the port (an earlier run's) would answer in this one's place, and be
+        # measured as it: its CPU not counted, its code not this checkout's.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: a closed connection's TIME_WAIT is no server
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise RuntimeError(f"127.0.0.1:{port} is taken: stop the server on it first") from None
         env = dict(os.environ, DATABASE_URL=url, SECRET_KEY="bench-secret")
         self.base = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
