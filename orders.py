@@ -851,34 +851,35 @@ CUSTOMER_COUNTERS = ("orders_placed", "orders_open", "orders_in_progress", "orde
 PERFORMER_COUNTERS = ("orders_completed", "orders_in_progress", "orders_delivered", "orders_disputed", "rating_count")
 
 
-def performer_cabinet(status=None, after=(END_OF_TIME, LAST_ID), limit=CABINET_PAGE_SIZE + 1):
-    """The performer cabinet's statement, read by the session: its viewer (None once the session
-    has ended), its aside (the counters and the average rating, the five latest reviews) and a page
-    of the performer's orders (limit 0: none)."""
-    aside, *rows = db_all("performer_cabinet_page", token_hash=session_token_hash(), status=status,
-                          lang=current_lang(), after_time=after[0], after_id=after[1], limit=limit) or [None]
-    if aside is None:
-        return None, {}, []
+def performer_aside(aside, rows):
+    """The performer cabinet's aside (the counters and the average rating, the five latest reviews)
+    and its orders, from its statement's rows."""
     reviews = [row for row in rows if row["part"] == 1]
     stats = dict(zip(PERFORMER_COUNTERS, aside["counters"]), rating_avg=aside["rating_avg"])
-    return aside["viewer"], {"stats": stats, "reviews": reviews, "offers": None}, rows[len(reviews):]
+    return {"stats": stats, "reviews": reviews, "offers": None}, rows[len(reviews):]
 
 
-def customer_cabinet(status, after):
-    """The customer cabinet's statement, read by the session: its viewer (None once the session has
-    ended), its aside (the counters, and the categories of the form of a new order) and a page of
-    the customer's orders."""
-    aside, *rows = db_all("customer_cabinet_page", token_hash=session_token_hash(), status=status,
-                          lang=current_lang(), after_time=after[0], after_id=after[1],
-                          limit=CABINET_PAGE_SIZE + 1) or [None]
+def customer_aside(aside, rows):
+    """The customer cabinet's aside (the counters, and the categories of the form of a new order)
+    and its orders, from its statement's rows."""
+    return {"stats": dict(zip(CUSTOMER_COUNTERS, aside["counters"])),
+            "category_names": dict(aside["category_pairs"])}, rows
+
+
+# A role's cabinet: its statement, its template, and what makes its aside of the statement's rows
+CABINETS = {"customer": ("customer_cabinet_page", "cabinet_customer.html", customer_aside),
+            "performer": ("performer_cabinet_page", "cabinet_performer.html", performer_aside)}
+
+
+def read_cabinet(role, status=None, after=(END_OF_TIME, LAST_ID), limit=CABINET_PAGE_SIZE + 1):
+    """The role's cabinet statement, read by the session: its viewer (None once the session has
+    ended: the statement then gives no row), its aside and a page of its orders (limit 0: none)."""
+    statement, _template, aside_of = CABINETS[role]
+    aside, *rows = db_all(statement, token_hash=session_token_hash(), status=status, lang=current_lang(),
+                          after_time=after[0], after_id=after[1], limit=limit) or [None]
     if aside is None:
         return None, {}, []
-    return aside["viewer"], {"stats": dict(zip(CUSTOMER_COUNTERS, aside["counters"])),
-                             "category_names": dict(aside["category_pairs"])}, rows
-
-
-CABINETS = {"customer": ("cabinet_customer.html", customer_cabinet),
-            "performer": ("cabinet_performer.html", performer_cabinet)}
+    return (aside["viewer"], *aside_of(aside, rows))
 
 
 @routes.get("/cabinet", read_only=True)
@@ -891,14 +892,13 @@ def cabinet():
     form = Form(request.query)
     status = form.choice("status", STATUSES, required=False)
     after = read_time_cursor(form)
-    template, read = CABINETS[role]
-    viewer, aside, rows = read(status, after)
+    viewer, aside, rows = read_cabinet(role, status, after)
     if viewer is not None and viewer["role"] != role:  # a token we did not make: its user's own cabinet
-        template, read = CABINETS[viewer["role"]]
-        viewer, aside, rows = read(status, after)
+        role = viewer["role"]
+        viewer, aside, rows = read_cabinet(role, status, after)
     user_or_login(viewer)
     links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
-    return render(template, orders=orders, tab=status, **aside, **links)
+    return render(CABINETS[role][1], orders=orders, tab=status, **aside, **links)
 
 
 @routes.get("/cabinet/offers")
@@ -911,6 +911,6 @@ def cabinet_offers():
     # performer_offers_page says LIMIT 21: a page of CABINET_PAGE_SIZE and one more
     rows = db_all("performer_offers_page", performer_id=user["id"], after_at=after_at, after_id=after_id)
     links, offers = keyset_links("/cabinet/offers", {}, rows, "created_at")
-    viewer, aside, _orders = performer_cabinet(limit=0)
+    viewer, aside, _orders = read_cabinet("performer", limit=0)
     user_or_login(viewer)  # the session ended a moment ago
     return render("cabinet_performer.html", **dict(aside, offers=offers), orders=[], tab="offers", **links)

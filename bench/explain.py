@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from common import bench_database
+from run import new_session
 
 import db  # noqa: E402
 import orders as orders_module  # noqa: E402
@@ -62,10 +63,7 @@ def cases(connection):
 
     def signed_in(user_id, key):
         """A cabinet reads its viewer by the session (the id too, for the statements of before)."""
-        token = web.new_session_token(one(f"SELECT role FROM users WHERE id = {int(user_id)}")["role"])
-        connection.execute("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + interval '1 hour')",
-                           (web.token_hash(token), user_id))
-        return dict(cabinet, token_hash=web.token_hash(token), **{key: user_id})
+        return dict(cabinet, token_hash=web.token_hash(new_session(connection, user_id)), **{key: user_id})
     customer_page, performer_page = signed_in(customer, "customer_id"), signed_in(performer, "performer_id")
     return [
         ("feed, first page", "orders_feed", feed),

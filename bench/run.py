@@ -35,13 +35,18 @@ PORT = 8182
 # ---------------------------------------------------------------------------------------------
 # Accounts and the pages' parameters
 
-def session_for(connection, user_id):
-    """A session's cookie as signing in makes one (its token names the user's role)."""
+def new_session(connection, user_id):
+    """A new session of the user, its token made as signing in makes one (it names the role)."""
     (role,) = connection.cursor(row_factory=tuple_row).execute("SELECT role FROM users WHERE id = %s", (user_id,)).fetchone()
     token = web.new_session_token(role)
     connection.execute("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES (%s, %s, now() + interval '1 day')",
                        (web.token_hash(token), user_id))
-    return f"{web.SESSION_COOKIE}={token}"
+    return token
+
+
+def session_for(connection, user_id):
+    """The cookie of a new session of the user."""
+    return f"{web.SESSION_COOKIE}={new_session(connection, user_id)}"
 
 
 def api_token_for(connection, user_id):

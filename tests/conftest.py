@@ -210,9 +210,10 @@ def make_order(db):
     return factory
 
 
-def open_session(db, user):
-    """A new session of the user, opened in SQL (no login form involved): its cookie's token."""
-    token = web.new_session_token(user["role"])
+def open_session(db, user, token=None):
+    """A new session of the user, opened in SQL (no login form involved): its cookie's token, made
+    as signing in makes one unless given."""
+    token = token or web.new_session_token(user["role"])
     db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"],
                                      "days": 1, "user_agent": "test"})
     return token

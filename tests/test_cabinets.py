@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 
 import orders as orders_module
-from conftest import text_of
+from conftest import open_session, text_of
 from db import Q
 import web
 
@@ -284,13 +284,6 @@ def test_my_offers_is_for_performers(client, make_client, sign_in, make_user):
     assert "/cabinet/offers" not in client.get("/cabinet").text
 
 
-def session_cookie(db, user, token):
-    """A session of the user with this token, opened in SQL."""
-    db.execute(Q["session_create"], {"token_hash": web.token_hash(token), "user_id": user["id"], "days": 1,
-                                     "user_agent": "test"})
-    return token
-
-
 def test_a_cabinet_reads_its_viewer_in_its_own_statement_and_goes_to_sign_in_once_the_session_ends(
         make_client, sign_in, db, customer_world):
     """The session's token names the role (web.SESSION_ROLES), so the cabinet's one statement reads
@@ -302,9 +295,9 @@ def test_a_cabinet_reads_its_viewer_in_its_own_statement_and_goes_to_sign_in_onc
     page = signed.get("/cabinet")
     assert titles(page) == CUSTOMER_TABS[None] and anna["name"] in page.text
     older = make_client()
-    older.set_cookie(web.SESSION_COOKIE, session_cookie(db, anna, secrets.token_urlsafe(32)))
+    older.set_cookie(web.SESSION_COOKIE, open_session(db, anna, secrets.token_urlsafe(32)))
     other_letter = make_client()
-    other_letter.set_cookie(web.SESSION_COOKIE, session_cookie(db, anna, "p." + secrets.token_urlsafe(32)))
+    other_letter.set_cookie(web.SESSION_COOKIE, open_session(db, anna, "p." + secrets.token_urlsafe(32)))
     for browser in (older, other_letter):
         assert titles(browser.get("/cabinet")) == CUSTOMER_TABS[None]
     # the header's unread counts come with the viewer
