@@ -303,6 +303,8 @@ def main():
                 print("|---|---|---|---|---|---|---|---|---|")
             rows.append((label, result["rps"], floor["rps"]))
             print(row, flush=True)
+    if not rows:
+        return f"no scenario's name contains {args.only!r}"
     # A floor read for 5 s moves by ±10% from one reading to the next: against their median, a
     # scenario's share does not move with the one reading taken just before it.
     median = statistics.median(floor for _label, _rps, floor in rows)
