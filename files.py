@@ -111,17 +111,23 @@ def read_uploads(form, field="files"):
 # Storing and describing
 
 def store(upload, directory):
-    """Writes the upload's bytes under their SHA-256 (temporary file, fsync, rename); returns the
-    hex digest. Bytes already there are left as they are."""
+    """Writes the upload's bytes under their SHA-256; returns the hex digest."""
+    upload.file.seek(0)
+    return store_stream(upload.file, directory)
+
+
+def store_stream(stream, directory):
+    """Writes the bytes of a binary stream (an upload, a backup's file) under their SHA-256
+    (temporary file, fsync, rename); returns the hex digest. Bytes already there are left as
+    they are."""
     directory = Path(directory)
     tmp_dir = directory / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    upload.file.seek(0)
     with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="upload-", delete=False) as tmp:
         try:
             while True:
-                chunk = upload.file.read(CHUNK)
+                chunk = stream.read(CHUNK)
                 if not chunk:
                     break
                 digest.update(chunk)

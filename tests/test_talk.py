@@ -408,6 +408,40 @@ def test_once_assigned_the_customer_and_the_performer_see_each_others_phone_and_
 # ---------------------------------------------------------------------------------------------
 # Backup and restore keep the files
 
+def test_restore_takes_only_the_bytes_of_blobs_from_the_archive_whatever_it_says(tmp_path):
+    """A backup's archive is read as data: no path outside FILES_DIR, no link, no mode of its own,
+    and no file under a name its bytes do not have (and the same on a Python without tarfile's
+    extraction filters, 3.11.0-3.11.3)."""
+    import hashlib
+    import io
+    import stat
+    import tarfile
+
+    import commands
+    sha = hashlib.sha256(PNG).hexdigest()
+    claimed = "0" * 64
+    archive_path = tmp_path / "hostile.files.tar"
+    with tarfile.open(archive_path, "w") as archive:
+        def add(name, data=b"", **attributes):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            for key, value in attributes.items():
+                setattr(member, key, value)
+            archive.addfile(member, io.BytesIO(data))
+        add(f"{sha[:2]}/{sha}", PNG, mode=0o6777)  # a blob, setuid and writable by all in the archive
+        add("../escaped", b"outside")
+        add(f"/{sha[:2]}/{sha[::-1]}", b"absolute")
+        add(f"00/{claimed}", b"other bytes than the name says")
+        add(f"11/{'1' * 64}", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+    directory = tmp_path / "files"
+
+    assert commands.restore_files(archive_path, directory) == 1
+    assert (directory / sha[:2] / sha).read_bytes() == PNG
+    assert stat.S_IMODE((directory / sha[:2] / sha).stat().st_mode) & 0o6022 == 0
+    assert not (directory / "00" / claimed).exists() and not (directory / "11").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["files", "hostile.files.tar"]
+
+
 def test_backup_writes_the_files_beside_the_dump_and_restore_puts_them_back(
         db, db_url, cast, make_order, files_dir, empty_db_url, tmp_path, monkeypatch):
     import commands
