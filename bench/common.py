@@ -98,4 +98,16 @@ def machine():
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} cores, {cpu}, {mem:.0f} GiB, Python {platform.python_version()} "
+            f"({os.path.realpath(sys.executable)}, {python_build()})")
+
+
+def python_build():
+    """Whether this interpreter runs from a shared libpython, as pyenv's default build does: the
+    app's CPU depends on the build (README, production), so the table says which it measured."""
+    try:
+        with open("/proc/self/maps") as maps:
+            shared = any("libpython" in line for line in maps)
+    except OSError:
+        return "libpython unknown"
+    return "libpython shared" if shared else "libpython linked in"
