@@ -129,11 +129,12 @@ def render_dashboard(status=200, values=None, errors=None):
     """The dashboard; after a 400 of the recount form, with its values and errors. The figures over
     every user and order are the ones the tick stores every minute (computed here only when it
     has not run yet). Its statement reads the viewer's session too: staff only from there on."""
-    read = db_one("admin_dashboard_read", token_hash=session_token_hash())
+    token_hash = session_token_hash()
+    read = db_one("admin_dashboard_read", token_hash=token_hash)
     check_role(user_or_login(read["viewer"]), staff=True)
     if read["computed_at"] is None:
         db_one("dashboard_figures_refresh")
-        read = db_one("admin_dashboard_read", token_hash=session_token_hash())
+        read = db_one("admin_dashboard_read", token_hash=token_hash)
     figures = {key: read[key] for key in ("computed_at", "age", *FIGURE_PARTS)}
     audit = None
     if read["audit_checked_at"] is not None:

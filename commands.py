@@ -177,9 +177,10 @@ def restore_files(archive_path, directory):
             if not (member.isfile() and re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{64}", member.name)
                     and member.name[:2] == member.name[3:5]):
                 continue
-            if not (directory / member.name).exists():
+            sha256 = member.name[3:]
+            if not files.blob_path(directory, sha256).exists():
                 with archive.extractfile(member) as stream:
-                    if files.store_stream(stream, directory) != member.name[3:]:
+                    if files.store_stream(stream, directory) != sha256:
                         print(f"restore: {member.name} in {archive_path} does not hold the bytes its name "
                               "says: not restored under that name.", file=sys.stderr)
                         continue
