@@ -428,6 +428,18 @@ class Templates(jinja2.Environment):
 
     lang = None  # the language its templates are compiled in (TranslatedWhenCompiled); None: none
     template_class = Template
+    loaded = None  # {name: Template} of this environment, when templates are not reloaded (_compiled_in)
+
+    def _load_template(self, name, globals):
+        """A template loaded once, then found by its name: Jinja's own lookup (a weak reference
+        and a locked LRU cache, each call) ran five times a page, for its templates and imports."""
+        if self.loaded is None or globals:
+            return super()._load_template(name, globals)
+        try:
+            return self.loaded[name]
+        except KeyError:
+            template = self.loaded[name] = super()._load_template(name, globals)
+            return template
 
     def getattr(self, obj, attribute):
         if type(obj) is dict:
@@ -502,6 +514,7 @@ def _compiled_in(lang):
     """An overlay of `templates` (the same filters and globals, its own compiled templates)."""
     overlay = templates.overlay()
     overlay.lang = lang
+    overlay.loaded = None if overlay.auto_reload else {}
     return overlay
 
 
