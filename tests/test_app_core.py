@@ -432,6 +432,28 @@ def test_a_lease_ended_after_its_pool_was_replaced_never_makes_a_pool(db_url):
     assert database._current["pool"] is None
 
 
+def test_a_lease_on_a_connection_a_read_only_one_had_is_one_transaction_again(db_url, db):
+    """A pooled connection keeps its cursor and its last mode between leases: a lease that writes
+    after a read-only one (autocommit) still commits or rolls back as a whole, and a read-only
+    lease after it runs each statement on its own."""
+    database.close_pool()  # a pool of this test's database, whose one connection every lease takes
+    read = database.Lease(db_url, autocommit=True)
+    connection, cursor = read.conn, read.cursor
+    read.cursor.execute("SELECT 1")
+    read.end(commit=True)
+    write = database.Lease(db_url)
+    assert write.conn is connection and write.cursor is cursor
+    write.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('one', 'Один', 'One')")
+    write.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('two', 'Два', 'Two')")
+    write.end(commit=False)
+    assert db.execute("SELECT count(*) AS n FROM categories WHERE slug IN ('one', 'two')").fetchone()["n"] == 0
+    again = database.Lease(db_url, autocommit=True)
+    assert again.conn is connection
+    again.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('three', 'Три', 'Three')")
+    again.end(commit=False)  # nothing to roll back: the statement was its own transaction
+    assert db.execute("SELECT count(*) AS n FROM categories WHERE slug = 'three'").fetchone()["n"] == 1
+
+
 def test_a_pool_that_cannot_open_is_not_kept(monkeypatch):
     monkeypatch.setattr(database, "POOL_TIMEOUT", 0.5)
     url = "postgresql://127.0.0.1:9/nowhere?connect_timeout=1"
