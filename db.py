@@ -169,16 +169,18 @@ def close_pool():
         _unreachable.update(pid=None, url=None, at=0.0)
 
 
-def statements_cursor(conn):
-    """The one cursor every statement on this connection runs through, made with its first lease
-    and kept on the connection (each execute starts it afresh): one per statement was a third of
-    psycopg's own time for a one-row read, and one per lease looked up again, every request, how
-    to read each column (arrays and json in a cabinet's): with autocommit set only when it
-    changes, a signed-in page 4–6% more requests a second under load (bench/README.md)."""
-    cursor = getattr(conn, "birzha_cursor", None)
-    if cursor is None or cursor.closed:
-        cursor = conn.birzha_cursor = conn.cursor()
-    return cursor
+def kept_cursors(conn):
+    """The cursors of this connection's statements, by query name (None: statements written in
+    place, tests'), made as first needed and kept with the connection. A cursor keeps what it
+    worked out for the last query it ran (how to send each parameter and read each column) only
+    while it runs that same query: so each named query has its own. One per statement was a
+    third of psycopg's own time for a one-row read; one per lease looked up every column's type
+    again every request (the arrays and json of a cabinet's statement), and one per lease for all
+    its statements did so whenever the next statement was another (the feed's two)."""
+    cursors = getattr(conn, "birzha_cursors", None)
+    if cursors is None:
+        cursors = conn.birzha_cursors = {}
+    return cursors
 
 
 class Lease:
@@ -196,10 +198,25 @@ class Lease:
         try:
             if self.conn.autocommit != autocommit:  # a setter that runs psycopg's wait loop: only on a change
                 self.conn.autocommit = autocommit
-            self.cursor = statements_cursor(self.conn)
+            self.cursors = kept_cursors(self.conn)
         except BaseException:  # a connection that broke since the pool checked it goes back
             self.pool.putconn(self.conn)
             raise
+
+    @property
+    def cursor(self):
+        """The cursor for statements written in place rather than named."""
+        return self.cursor_of(None)
+
+    def cursor_of(self, name):
+        cursor = self.cursors.get(name)
+        if cursor is None:
+            cursor = self.cursors[name] = self.conn.cursor()
+        return cursor
+
+    def run(self, name, params):
+        """Runs the named query through its own cursor on this connection and returns the cursor."""
+        return self.cursor_of(name).execute(Q[name], params)
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after

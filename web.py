@@ -199,17 +199,17 @@ def commit():
 
 def db_one(name, /, **params):
     """Runs a named query and returns its first row as a dict, or None."""
-    return lease().cursor.execute(db.Q[name], params).fetchone()
+    return lease().run(name, params).fetchone()
 
 
 def db_all(name, /, **params):
     """Runs a named query and returns all rows as dicts."""
-    return lease().cursor.execute(db.Q[name], params).fetchall()
+    return lease().run(name, params).fetchall()
 
 
 def db_run(name, /, **params):
     """Runs a named query and returns the number of rows it touched."""
-    return lease().cursor.execute(db.Q[name], params).rowcount
+    return lease().run(name, params).rowcount
 
 
 def db_stream(name, /, **params):

@@ -433,16 +433,16 @@ def test_a_lease_ended_after_its_pool_was_replaced_never_makes_a_pool(db_url):
 
 
 def test_a_lease_on_a_connection_a_read_only_one_had_is_one_transaction_again(db_url, db):
-    """A pooled connection keeps its cursor and its last mode between leases: a lease that writes
-    after a read-only one (autocommit) still commits or rolls back as a whole, and a read-only
-    lease after it runs each statement on its own."""
+    """A pooled connection keeps its cursors (one a named query) and its last mode between leases:
+    a lease that writes after a read-only one (autocommit) still commits or rolls back as a whole,
+    and a read-only lease after it runs each statement on its own."""
     database.close_pool()  # a pool of this test's database, whose one connection every lease takes
     read = database.Lease(db_url, autocommit=True)
-    connection, cursor = read.conn, read.cursor
-    read.cursor.execute("SELECT 1")
+    connection, cursor = read.conn, read.run("health_check", {})
+    assert cursor.fetchone() == {"ok": 1} and read.run("feed_categories", {}) is not cursor
     read.end(commit=True)
     write = database.Lease(db_url)
-    assert write.conn is connection and write.cursor is cursor
+    assert write.conn is connection and write.run("health_check", {}) is cursor
     write.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('one', 'Один', 'One')")
     write.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('two', 'Два', 'Two')")
     write.end(commit=False)
