@@ -150,9 +150,9 @@ def test_a_connection_that_fails_as_a_request_takes_it_goes_back_to_the_pool(db_
     def broken(self, *args, **kwargs):
         raise psycopg.OperationalError("the connection broke")
     with monkeypatch.context() as patched:
-        patched.setattr(psycopg.Connection, "cursor", broken)
+        patched.setattr(psycopg.Connection, "set_autocommit", broken)
         with pytest.raises(psycopg.OperationalError):
-            database.Lease(db_url)
+            database.Lease(db_url, autocommit=True)  # a pooled connection is not in autocommit
     stats = pool.get_stats()
     assert stats["pool_size"] == stats["pool_available"] >= 1
     lease = database.Lease(db_url)  # and serves the next request
