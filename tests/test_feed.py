@@ -187,6 +187,11 @@ def test_blocked_customers_orders_leave_the_feed_and_the_category_counts(client,
     sidebar = re.search(r'category=seo">[^<]*</a>\s*<span[^>]*>(\d+)</span>', client.get("/orders").text)
     assert sidebar.group(1) == "1"
     assert "Buy followers" not in client.get("/").text
+    for sort in ("new", "budget", "cheap", "deadline"):  # each sort's own statement (feed_orders)
+        assert feed_ids(client.get(f"/orders?sort={sort}")) == [kept], sort
+    db.execute("UPDATE users SET is_blocked = false WHERE id = %s", (spammer["id"],))
+    for sort in ("new", "budget", "cheap", "deadline"):
+        assert sorted(feed_ids(client.get(f"/orders?sort={sort}"))) == sorted([kept, spam]), sort
 
 
 @pytest.mark.parametrize("query", [
