@@ -170,13 +170,13 @@ def close_pool():
 
 
 def kept_cursors(conn):
-    """The cursors of this connection's statements, by query name (None: statements written in
-    place, tests'), made as first needed and kept with the connection. A cursor keeps what it
-    worked out for the last query it ran (how to send each parameter and read each column) only
-    while it runs that same query: so each named query has its own. One per statement was a
-    third of psycopg's own time for a one-row read; one per lease looked up every column's type
-    again every request (the arrays and json of a cabinet's statement), and one per lease for all
-    its statements did so whenever the next statement was another (the feed's two)."""
+    """The cursors of this connection's named queries, by name, made as first needed and kept with
+    the connection. A cursor keeps what it worked out for the last query it ran (how to send each
+    parameter and read each column) only while it runs that same query: so each named query has
+    its own. One per statement was a third of psycopg's own time for a one-row read; one per lease
+    looked up every column's type again every request (the arrays and json of a cabinet's
+    statement), and one per lease for all its statements did so whenever the next statement was
+    another (the feed's two)."""
     cursors = getattr(conn, "birzha_cursors", None)
     if cursors is None:
         cursors = conn.birzha_cursors = {}
@@ -203,20 +203,12 @@ class Lease:
             self.pool.putconn(self.conn)
             raise
 
-    @property
-    def cursor(self):
-        """The cursor for statements written in place rather than named."""
-        return self.cursor_of(None)
-
-    def cursor_of(self, name):
+    def run(self, name, params):
+        """Runs the named query through its own cursor on this connection and returns the cursor."""
         cursor = self.cursors.get(name)
         if cursor is None:
             cursor = self.cursors[name] = self.conn.cursor()
-        return cursor
-
-    def run(self, name, params):
-        """Runs the named query through its own cursor on this connection and returns the cursor."""
-        return self.cursor_of(name).execute(Q[name], params)
+        return cursor.execute(Q[name], params)
 
     def end(self, commit):
         """Commits or rolls back, then gives the connection back. A failed COMMIT raises (after

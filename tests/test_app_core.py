@@ -156,7 +156,7 @@ def test_a_connection_that_fails_as_a_request_takes_it_goes_back_to_the_pool(db_
     stats = pool.get_stats()
     assert stats["pool_size"] == stats["pool_available"] >= 1
     lease = database.Lease(db_url)  # and serves the next request
-    assert lease.cursor.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+    assert lease.conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
     lease.end(commit=True)
 
 
@@ -170,8 +170,8 @@ def test_a_pooled_session_reads_times_in_utc_when_the_server_calls_utc_otherwise
         database.close_pool()
         lease = database.Lease(db_url, autocommit=True)
         try:
-            row = lease.cursor.execute("SELECT now() AS now, current_setting('TimeZone') AS zone").fetchone()
-            today = lease.cursor.execute("SELECT current_date = (now() AT TIME ZONE %s)::date AS same",
+            row = lease.conn.execute("SELECT now() AS now, current_setting('TimeZone') AS zone").fetchone()
+            today = lease.conn.execute("SELECT current_date = (now() AT TIME ZONE %s)::date AS same",
                                          (zone,)).fetchone()["same"]
         finally:
             lease.end(commit=True)
@@ -443,13 +443,13 @@ def test_a_lease_on_a_connection_a_read_only_one_had_is_one_transaction_again(db
     read.end(commit=True)
     write = database.Lease(db_url)
     assert write.conn is connection and write.run("health_check", {}) is cursor
-    write.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('one', 'Один', 'One')")
-    write.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('two', 'Два', 'Two')")
+    write.conn.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('one', 'Один', 'One')")
+    write.conn.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('two', 'Два', 'Two')")
     write.end(commit=False)
     assert db.execute("SELECT count(*) AS n FROM categories WHERE slug IN ('one', 'two')").fetchone()["n"] == 0
     again = database.Lease(db_url, autocommit=True)
     assert again.conn is connection
-    again.cursor.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('three', 'Три', 'Three')")
+    again.conn.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('three', 'Три', 'Three')")
     again.end(commit=False)  # nothing to roll back: the statement was its own transaction
     assert db.execute("SELECT count(*) AS n FROM categories WHERE slug = 'three'").fetchone()["n"] == 1
 
