@@ -8,7 +8,7 @@ from bottle import request, response
 
 from web import (
     DEFAULT_TIMEZONE, SESSION_COOKIE, Form, Routes, category_name, check_password, client_address, commit,
-    csrf_protect, current_lang, current_user, db_all, db_one, db_run, end_session, error_response,
+    csrf_protect, current_lang, current_user, db_all, db_one, db_run, db_table, end_session, error_response,
     hash_password, login_required, ngettext, not_found, password_error, redirect, render, safe_next,
     start_session, token_hash, _,
 )
@@ -417,8 +417,9 @@ def performer_page(performer_id):
     if performer is None:
         raise not_found(_("There is no such performer."))
     after = cursor_from_query()
-    reviews = db_all("performer_reviews", performer_id=performer_id, after=after)  # a page and one more
+    columns, reviews = db_table("performer_reviews", performer_id=performer_id, after=after)  # a page and one more
     base = f"/performers/{performer_id}"
-    next_url = f"{base}?after={reviews[REVIEWS_PAGE - 1]['id']}" if len(reviews) > REVIEWS_PAGE else None
-    return render("accounts_performer.html", performer=performer, reviews=reviews[:REVIEWS_PAGE],
+    last_id = reviews[REVIEWS_PAGE - 1][columns.index("id")] if len(reviews) > REVIEWS_PAGE else None
+    next_url = f"{base}?after={last_id}" if last_id else None
+    return render("accounts_performer.html", performer=performer, columns=columns, reviews=reviews[:REVIEWS_PAGE],
                   next_url=next_url, first_url=base if after else None)

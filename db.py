@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import psycopg_pool
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 ROOT = Path(__file__).resolve().parent
 POOL_SIZE = int(os.environ.get("POOL_SIZE", "8"))
@@ -203,11 +203,13 @@ class Lease:
             self.pool.putconn(self.conn)
             raise
 
-    def run(self, name, params):
-        """Runs the named query through its own cursor on this connection and returns the cursor."""
-        cursor = self.cursors.get(name)
+    def run(self, name, params, as_tuples=False):
+        """Runs the named query through its own cursor on this connection and returns the cursor:
+        its rows dicts, or with `as_tuples` plain tuples (through a cursor of their own)."""
+        key = (name, True) if as_tuples else name
+        cursor = self.cursors.get(key)
         if cursor is None:
-            cursor = self.cursors[name] = self.conn.cursor()
+            cursor = self.cursors[key] = self.conn.cursor(row_factory=tuple_row if as_tuples else dict_row)
         return cursor.execute(Q[name], params)
 
     def end(self, commit):

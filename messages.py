@@ -12,7 +12,7 @@ from bottle import request
 import files
 import notices
 import orders
-from web import (FILES_BODY_BYTES, Form, Routes, _, csrf_protect, current_user, db_all, db_one, db_run,
+from web import (FILES_BODY_BYTES, Form, Routes, _, csrf_protect, current_user, db_all, db_one, db_run, db_table,
                  error_response, login_required, not_found, redirect, render, reread_unread_counts, safe_next)
 
 routes = Routes()
@@ -157,10 +157,10 @@ def inbox():
     """The viewer's conversations, the latest first, with their unread counts."""
     user = current_user()
     after_at, after_id = orders.read_time_cursor(Form(request.query))
-    rows = db_all("conversations_inbox", user_id=user["id"], after_at=after_at, after_id=after_id,
-                  limit=INBOX_PAGE + 1)
-    links, page = orders.keyset_links("/messages", {}, rows, "last_message_at", INBOX_PAGE)
-    return render("messages_inbox.html", conversations=page, **links)
+    columns, rows = db_table("conversations_inbox", user_id=user["id"], after_at=after_at, after_id=after_id,
+                             limit=INBOX_PAGE + 1)
+    links, page = orders.keyset_links("/messages", {}, rows, "last_message_at", INBOX_PAGE, columns)
+    return render("messages_inbox.html", columns=columns, conversations=page, **links)
 
 
 @routes.get("/orders/<order_id:id>/messages")

@@ -11,7 +11,7 @@ from bottle import request
 
 import files
 from web import (FILES_BODY_BYTES, Form, Routes, _, act_as, category_name, csrf_protect, current_lang, current_user,
-                 db_all, db_one, db_run, error_response, link, login_required, not_found, redirect, render,
+                 db_all, db_one, db_run, db_table, error_response, link, login_required, not_found, redirect, render,
                  reread_unread_counts, role_required, safe_next, session_role, session_token_hash,
                  user_or_login)
 
@@ -836,32 +836,34 @@ def read_time_cursor(form):
     return cursor
 
 
-def keyset_links(base, params, rows, key, size=CABINET_PAGE_SIZE):
-    """The rows of one page of `size` (`rows` may hold one more), and the links to the next and
-    the first pages."""
-    shown = rows[:size]
-    more = len(rows) > size
-    return {"next_url": link(base, params, after=cursor_after(shown[-1], key)) if more else None,
-            "first_url": link(base, params) if request.query.get("after") else None}, shown
+def keyset_links(base, params, rows, key, size=CABINET_PAGE_SIZE, columns=None):
+    """The rows of one page of `size` (`rows` may hold one more; tuples of `columns`, if given),
+    and the links to the next and the first pages."""
+    shown, next_url = rows[:size], None
+    if len(rows) > size:
+        last = dict(zip(columns, shown[-1])) if columns else shown[-1]
+        next_url = link(base, params, after=cursor_after(last, key))
+    return {"next_url": next_url, "first_url": link(base, params) if request.query.get("after") else None}, shown
 
 
 # The counters of a cabinet's aside (the `counters` of its statement's part 0), in their order there
 CUSTOMER_COUNTERS = ("orders_placed", "orders_open", "orders_in_progress", "orders_delivered", "orders_disputed",
                      "orders_done", "orders_cancelled")
 PERFORMER_COUNTERS = ("orders_completed", "orders_in_progress", "orders_delivered", "orders_disputed", "rating_count")
+PART = 0  # a cabinet statement's first column: 0 its aside, 1 a review, 2 an order
 
 
 def performer_aside(aside, rows):
     """The performer cabinet's aside (the counters and the average rating, the five latest reviews)
-    and its orders, from its statement's rows."""
-    reviews = [row for row in rows if row["part"] == 1]
+    and its orders, from its statement's rows after the aside (tuples; the reviews come first)."""
+    reviews = [row for row in rows if row[PART] == 1]
     stats = dict(zip(PERFORMER_COUNTERS, aside["counters"]), rating_avg=aside["rating_avg"])
     return {"stats": stats, "reviews": reviews, "offers": None}, rows[len(reviews):]
 
 
 def customer_aside(aside, rows):
     """The customer cabinet's aside (the counters, and the categories of the form of a new order)
-    and its orders, from its statement's rows."""
+    and its orders, from its statement's rows after the aside."""
     return {"stats": dict(zip(CUSTOMER_COUNTERS, aside["counters"])),
             "category_names": dict(aside["category_pairs"])}, rows
 
@@ -873,13 +875,16 @@ CABINETS = {"customer": ("customer_cabinet_page", "cabinet_customer.html", custo
 
 def read_cabinet(role, status=None, after=(END_OF_TIME, LAST_ID), limit=CABINET_PAGE_SIZE + 1):
     """The role's cabinet statement, read by the session: its viewer (None once the session has
-    ended: the statement then gives no row), its aside and a page of its orders (limit 0: none)."""
+    ended: the statement then gives no row), its aside with the statement's `columns`, and a page
+    of its orders as tuples (limit 0: none)."""
     statement, _template, aside_of = CABINETS[role]
-    aside, *rows = db_all(statement, token_hash=session_token_hash(), status=status, lang=current_lang(),
-                          after_time=after[0], after_id=after[1], limit=limit) or [None]
-    if aside is None:
+    columns, rows = db_table(statement, token_hash=session_token_hash(), status=status, lang=current_lang(),
+                             after_time=after[0], after_id=after[1], limit=limit)
+    if not rows:
         return None, {}, []
-    return (aside["viewer"], *aside_of(aside, rows))
+    aside = dict(zip(columns, rows[0]))
+    page, orders = aside_of(aside, rows[1:])
+    return aside["viewer"], dict(page, columns=columns), orders
 
 
 @routes.get("/cabinet", read_only=True)
@@ -897,7 +902,7 @@ def cabinet():
         role = viewer["role"]
         viewer, aside, rows = read_cabinet(role, status, after)
     user_or_login(viewer)
-    links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at")
+    links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at", columns=aside.get("columns"))
     return render(CABINETS[role][1], orders=orders, tab=status, **aside, **links)
 
 

@@ -207,6 +207,21 @@ def db_all(name, /, **params):
     return lease().run(name, params).fetchall()
 
 
+def db_table(name, /, **params):
+    """Runs a named query and returns (its columns, its rows as tuples): for the lists shown by
+    kept macros (`kept_table`), which key each row by its values. A dict a row, made only to be
+    read back into a tuple, was a tenth of a cabinet's Python. The columns of a named query are
+    the same every time: read once per worker, so every page's key holds the same names."""
+    rows = (cursor := lease().run(name, params, as_tuples=True)).fetchall()
+    columns = QUERY_COLUMNS.get(name)
+    if columns is None:
+        columns = QUERY_COLUMNS[name] = tuple(column.name for column in cursor.description)
+    return columns, rows
+
+
+QUERY_COLUMNS = {}
+
+
 def db_run(name, /, **params):
     """Runs a named query and returns the number of rows it touched."""
     return lease().run(name, params).rowcount
@@ -665,20 +680,25 @@ def kept(template_name, macro, row, *shown):
 
 
 def kept_each(template_name, macro, rows, moments=(), *shown):
-    """Each row's macro as `kept` keeps it, joined (a list's rows in one call: called row by row
-    from the template, Jinja's own calling was a third of a kept row's cost). `moments` name the
-    row's columns shown as dates (format_date), passed after the row, then `shown`, the same for
-    every row. The rows are one statement's, so they share their columns: read once, not per row."""
+    """`kept_table` of rows as dicts (made here, or read from JSON), of the same columns."""
+    columns = tuple(rows[0]) if rows else ()
+    return kept_table(template_name, macro, columns, [tuple(row.values()) for row in rows], moments, *shown)
+
+
+def kept_table(template_name, macro, columns, rows, moments=(), *shown):
+    """Each row's macro as `kept` keeps it, joined: `rows` as tuples of `columns` (db_table), so a
+    row's key is the row itself (a list's rows in one call: called row by row from the template,
+    Jinja's own calling was a third of a kept row's cost). `moments` name the row's columns shown
+    as dates (format_date), passed after the row, then `shown`, the same for every row."""
     if not rows:
         return markupsafe.Markup("")
     lang, moment = current_lang(), moments_shown()
-    columns = tuple(rows[0])
     if len(moments) == 1:  # most lists: no comprehension per row for its one moment
-        (column,) = moments
-        return safe_lines([_kept(lang, template_name, macro, columns, tuple(row.values()),
-                                 (moment(row[column]), *shown)) for row in rows])
-    return safe_lines([_kept(lang, template_name, macro, columns, tuple(row.values()),
-                             (*[moment(row[column]) for column in moments], *shown)) for row in rows])
+        at = columns.index(moments[0])
+        return safe_lines([_kept(lang, template_name, macro, columns, row, (moment(row[at]), *shown)) for row in rows])
+    places = [columns.index(column) for column in moments]
+    return safe_lines([_kept(lang, template_name, macro, columns, row, (*[moment(row[at]) for at in places], *shown))
+                       for row in rows])
 
 
 def safe_lines(parts):
@@ -713,7 +733,7 @@ def query_pair(key, value):
 
 templates.filters.update(money=format_money, number=format_number, date=format_date)
 templates.globals.update(category_name=category_name, ngettext=ngettext, order_cards=order_cards, kept=kept, link=link,
-                         kept_each=kept_each)
+                         kept_each=kept_each, kept_table=kept_table)
 
 
 def render(name, status=200, **context):

@@ -278,6 +278,25 @@ def test_my_offers_pages_newest_first_without_gaps_or_repeats(client, sign_in, d
     assert client.get("/cabinet/offers?after=garbage", status=400)
 
 
+@pytest.mark.parametrize("role", ["customer", "performer"])
+def test_a_cabinet_pages_its_orders_newest_first_without_gaps_or_repeats_and_keeps_its_tab(
+        client, sign_in, make_user, make_order, role):
+    anna, vera = make_user("customer"), make_user("performer")
+    made = [make_order(anna, performer=vera, status="done" if n % 4 else "in_progress", title=f"Paged order {n:02}")
+            for n in range(45)]
+    sign_in(client, anna if role == "customer" else vera)
+    for tab, expected in ((None, made), ("done", [order for order in made if order["status"] == "done"])):
+        url, seen = "/cabinet" + (f"?status={tab}" if tab else ""), []
+        while url:
+            page = client.get(url)
+            seen.append(titles(page))
+            found = re.search(r'href="([^"]+)">Next page', page.text)
+            url = found and found.group(1).replace("&amp;", "&")
+            assert url is None or (f"status={tab}" in url if tab else "status" not in url)
+        assert [title for shown in seen for title in shown] == [order["title"] for order in reversed(expected)]
+        assert [len(shown) for shown in seen] == [20, 20, 5] if tab is None else [20, 13]
+
+
 def test_my_offers_is_for_performers(client, make_client, sign_in, make_user):
     assert make_client().get("/cabinet/offers", status=303).headers["Location"].endswith("/login?next=/cabinet/offers")
     assert sign_in(client, make_user("customer")).get("/cabinet/offers", status=403)
