@@ -440,9 +440,13 @@ def test_a_lease_on_a_connection_a_read_only_one_had_is_one_transaction_again(db
     read = database.Lease(db_url, autocommit=True)
     connection, cursor = read.conn, read.run("health_check", {})
     assert cursor.fetchone() == {"ok": 1} and read.run("feed_categories", {}) is not cursor
+    # the same query's rows as tuples: a cursor of their own, kept as well
+    as_tuples = read.run("health_check", {}, as_tuples=True)
+    assert as_tuples is not cursor and as_tuples.fetchone() == (1,)
     read.end(commit=True)
     write = database.Lease(db_url)
     assert write.conn is connection and write.run("health_check", {}) is cursor
+    assert write.run("health_check", {}, as_tuples=True) is as_tuples and cursor.fetchone() == {"ok": 1}
     write.conn.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('one', 'Один', 'One')")
     write.conn.execute("INSERT INTO categories (slug, name_ru, name_en) VALUES ('two', 'Два', 'Two')")
     write.end(commit=False)
