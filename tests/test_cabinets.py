@@ -294,7 +294,7 @@ def test_a_cabinet_pages_its_orders_newest_first_without_gaps_or_repeats_and_kee
             url = found and found.group(1).replace("&amp;", "&")
             assert url is None or (f"status={tab}" in url if tab else "status" not in url)
         assert [title for shown in seen for title in shown] == [order["title"] for order in reversed(expected)]
-        assert [len(shown) for shown in seen] == [20, 20, 5] if tab is None else [20, 13]
+        assert [len(shown) for shown in seen] == ([20, 20, 5] if tab is None else [20, 13])
 
 
 def test_my_offers_is_for_performers(client, make_client, sign_in, make_user):
