@@ -902,7 +902,7 @@ def cabinet():
         role = viewer["role"]
         viewer, aside, rows = read_cabinet(role, status, after)
     user_or_login(viewer)
-    links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at", columns=aside.get("columns"))
+    links, orders = keyset_links("/cabinet", {"status": status}, rows, "created_at", columns=aside["columns"])
     return render(CABINETS[role][1], orders=orders, tab=status, **aside, **links)
 
 
